@@ -1,0 +1,13 @@
+"""tigeom: a Taichi-based, simulation-aware, differentiable geometry engine.
+
+Nothing runs at import: Taichi initialises on the first call of an entry point, or through
+:func:`tigeom.init`.
+"""
+
+from . import io
+from .isosurface import Curve, Surface, marching_cubes, marching_squares
+from .runtime import init
+
+__version__ = "0.1.0"
+
+__all__ = ["init", "io", "marching_cubes", "marching_squares", "Surface", "Curve", "__version__"]
