@@ -8,7 +8,7 @@ import numpy as np
 
 
 def as_array(x, name: str, dtype=np.float64, ndim: int | None = None, finite: bool = True) -> np.ndarray:
-    """``np.asarray(x, dtype)`` with the argument named in every error."""
+    """``np.asarray(x, dtype)`` with the argument named in every error (dtype None: keep floats)."""
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
@@ -19,7 +19,10 @@ def as_array(x, name: str, dtype=np.float64, ndim: int | None = None, finite: bo
         raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-dimensional array, got shape {arr.shape}")
-    arr = arr.astype(dtype, copy=False)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    elif not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
     if finite and np.issubdtype(arr.dtype, np.floating) and arr.size and not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.isfinite(arr).sum())
         raise ValueError(f"{name}: contains {bad} NaN or infinite value(s)")

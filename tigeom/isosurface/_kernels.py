@@ -1,9 +1,9 @@
 """Taichi kernels for marching squares / cubes: count, (scan), emit vertices, emit elements.
 
-Work decomposition: a thread owns a short run of ``S`` nodes along axis 0 (the slowest numpy
-axis) at fixed (j[, k]). Adjacent threads read adjacent memory (coalesced on a GPU) and each
-thread slides a window of the current and the next plane along its run, so every value is read
-about once per pass. A node owns the grid edges leaving it in +x, +y (+z); a vertex is indexed by
+Work decomposition: a thread owns a run of ``S`` nodes along one grid axis (the *sweep* axis) and
+slides a window of the current and the next plane along it, so every value is read about once
+per pass from cache. The sweep is the last (contiguous) axis on a CPU and the first axis on a
+GPU, where adjacent threads then read adjacent memory. A node owns the grid edges leaving it in +x, +y (+z); a vertex is indexed by
 (node, axis), so cells that share a grid edge share its vertex.
 
 Inside means ``value < level``; ``value >= level`` is outside. Vertex parameter along an edge from
@@ -29,86 +29,134 @@ def _ne(a: ti.i32, b: ti.i32) -> ti.i32:
 
 
 # --------------------------------------------------------------------------------------------
-# 3D
+# Sweep frames. A thread owns row (u, v) of the grid and walks the sweep coordinate s. ``sweep``
+# (a compile-time template) names the grid axis walked: the last axis on a CPU (contiguous loads),
+# the first on a GPU (adjacent threads read adjacent memory). Window bits at plane s:
+# bit (du + 2 dv) = inside-flag of node (s, u + du, v + dv), clamped at the grid edge and masked
+# by the has_* flags where the neighbour does not exist.
 # --------------------------------------------------------------------------------------------
 
 @ti.func
-def _window3(vals: ti.template(), i, j, k, level):
-    """Inside-flags of nodes (i, j, k), (i, j+1, k), (i, j, k+1), (i, j+1, k+1) (0 when absent)."""
-    ny, nz = vals.shape[1], vals.shape[2]
-    w = ti.Vector([0, 0, 0, 0])
-    w[0] = _ins(vals[i, j, k], level)
-    if j + 1 < ny:
-        w[1] = _ins(vals[i, j + 1, k], level)
-    if k + 1 < nz:
-        w[2] = _ins(vals[i, j, k + 1], level)
-    if j + 1 < ny and k + 1 < nz:
-        w[3] = _ins(vals[i, j + 1, k + 1], level)
-    return w
+def _node3(sweep: ti.template(), s, u, v):
+    r = ti.Vector([s, u, v])
+    if ti.static(sweep == 2):
+        r = ti.Vector([u, v, s])
+    return r
 
 
 @ti.func
-def _case3(b, n) -> ti.i32:
-    # corner c = dx + 2 dy + 4 dz; window slot s = dy + 2 dz; b: plane i (dx = 0), n: plane i + 1
-    return (b[0] | (n[0] << 1) | (b[1] << 2) | (n[1] << 3) | (b[2] << 4) | (n[2] << 5)
-            | (b[3] << 6) | (n[3] << 7))
+def _dims3(sweep: ti.template(), vals: ti.template()):
+    r = ti.Vector([vals.shape[0], vals.shape[1], vals.shape[2]])
+    if ti.static(sweep == 2):
+        r = ti.Vector([vals.shape[2], vals.shape[0], vals.shape[1]])
+    return r
 
 
 @ti.func
-def _node_edges3(vals: ti.template(), b, n, i, j, k) -> ti.math.ivec3:
-    """Which of node (i, j, k)'s +x, +y, +z edges cross the level."""
-    nx, ny, nz = vals.shape[0], vals.shape[1], vals.shape[2]
-    e = ti.Vector([0, 0, 0])
-    if i + 1 < nx:
-        e[0] = _ne(b[0], n[0])
-    if j + 1 < ny:
-        e[1] = _ne(b[0], b[1])
-    if k + 1 < nz:
-        e[2] = _ne(b[0], b[2])
-    return e
+def _val3(sweep: ti.template(), vals: ti.template(), s, u, v):
+    p = _node3(sweep, s, u, v)
+    return vals[p[0], p[1], p[2]]
+
+
+@ti.func
+def _win3(sweep: ti.template(), vals: ti.template(), s, u, v, u1, v1, level) -> ti.i32:
+    return (_ins(_val3(sweep, vals, s, u, v), level) | (_ins(_val3(sweep, vals, s, u1, v), level) << 1)
+            | (_ins(_val3(sweep, vals, s, u, v1), level) << 2) | (_ins(_val3(sweep, vals, s, u1, v1), level) << 3))
+
+
+def _corner_frames(dim):
+    """Per sweep axis and cell corner c: (1 if the corner lies on plane s + 1, its window bit)."""
+    out = {}
+    for sweep in range(dim):
+        others = [a for a in range(dim) if a != sweep]
+        rows = []
+        for c in range(1 << dim):
+            d = [(c >> a) & 1 for a in range(dim)]
+            rows.append((d[sweep], sum(d[a] << m for m, a in enumerate(others))))
+        out[sweep] = tuple(rows)
+    return out
+
+
+_FRAME3 = _corner_frames(3)
+_FRAME2 = _corner_frames(2)
+
+
+@ti.func
+def _case3(sweep: ti.template(), b, n) -> ti.i32:
+    """Cube case (bit c = corner c inside, c = dx + 2 dy + 4 dz) from the windows of s and s + 1."""
+    case = 0
+    for c in ti.static(range(8)):
+        if ti.static(_FRAME3[sweep][c][0]):
+            case |= ((n >> ti.static(_FRAME3[sweep][c][1])) & 1) << c
+        else:
+            case |= ((b >> ti.static(_FRAME3[sweep][c][1])) & 1) << c
+    return case
+
+
+@ti.func
+def _edges3(sweep: ti.template(), b, n, hs, hu, hv):
+    """Crossing flags of the node's +x, +y, +z grid edges."""
+    es = hs * ((b ^ n) & 1)
+    eu = hu * ((b ^ (b >> 1)) & 1)
+    ev = hv * ((b ^ (b >> 2)) & 1)
+    r = ti.Vector([es, eu, ev])
+    if ti.static(sweep == 2):
+        r = ti.Vector([eu, ev, es])
+    return r
 
 
 @ti.kernel
-def count3(vals: ti.types.ndarray(ndim=3), level: float, S: ti.i32, tri_count: nd_i32,
-           vcnt: nd_i32, tcnt: nd_i32):
-    nx, ny, nz = vals.shape[0], vals.shape[1], vals.shape[2]
-    nch = (nx + S - 1) // S
-    for c, j, k in ti.ndrange(nch, ny, nz):
-        i0 = c * S
-        i1 = ti.min(i0 + S, nx)
-        b = _window3(vals, i0, j, k, level)
-        nv = 0
-        nt = 0
-        for i in range(i0, i1):
-            n = ti.Vector([0, 0, 0, 0])
-            if i + 1 < nx:
-                n = _window3(vals, i + 1, j, k, level)
-            e = _node_edges3(vals, b, n, i, j, k)
-            nv += e[0] + e[1] + e[2]
-            if i + 1 < nx and j + 1 < ny and k + 1 < nz:
-                nt += tri_count[_case3(b, n)]
+def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32, tri_count: nd_i32,
+           vcnt: nd_i32, tcnt: nd_i32, nbad: nd_i32):
+    """Per run of S nodes: crossing grid edges owned, triangles of the cells, non-finite values."""
+    dims = _dims3(sweep, vals)
+    ns, nu, nv = dims[0], dims[1], dims[2]
+    nch = (ns + S - 1) // S
+    big = ti.static(3.0e38)
+    for c, u, v in ti.ndrange(nch, nu, nv):
+        s0 = c * S
+        s1 = ti.min(s0 + S, ns)
+        u1 = ti.min(u + 1, nu - 1)
+        v1 = ti.min(v + 1, nv - 1)
+        hu = ti.cast(u + 1 < nu, ti.i32)
+        hv = ti.cast(v + 1 < nv, ti.i32)
+        b = _win3(sweep, vals, s0, u, v, u1, v1, level)
+        cnt_v = 0
+        cnt_t = 0
+        bad = 0
+        for s in range(s0, s1):
+            x = _val3(sweep, vals, s, u, v)
+            bad += ti.cast(not (ti.abs(x) <= big), ti.i32)  # NaN fails every comparison
+            sn = ti.min(s + 1, ns - 1)
+            hs = ti.cast(s + 1 < ns, ti.i32)
+            n = _win3(sweep, vals, sn, u, v, u1, v1, level)
+            e = _edges3(sweep, b, n, hs, hu, hv)
+            cnt_v += e[0] + e[1] + e[2]
+            cnt_t += hs * hu * hv * tri_count[_case3(sweep, b, n)]
             b = n
-        r = (c * ny + j) * nz + k
-        vcnt[r] = nv
-        tcnt[r] = nt
+        r = (c * nu + u) * nv + v
+        vcnt[r] = cnt_v
+        tcnt[r] = cnt_t
+        if bad > 0:
+            ti.atomic_add(nbad[0], bad)
 
 
 @ti.func
 def _emit_vertex3(vals: ti.template(), verts: ti.template(), vedge: ti.template(), vsnap: ti.template(),
                   nsnap: ti.template(), org: ti.template(), spc: ti.template(), level,
-                  vid, i, j, k, axis):
-    nx, ny, nz = vals.shape[0], vals.shape[1], vals.shape[2]
-    di = ti.Vector([0, 0, 0])
-    di[axis] = 1
-    a = vals[i, j, k]
-    bv = vals[i + di[0], j + di[1], k + di[2]]
+                  vid, p, axis: ti.template()):
+    ny, nz = vals.shape[1], vals.shape[2]
+    q = p
+    q[axis] += 1
+    a = vals[p[0], p[1], p[2]]
+    bv = vals[q[0], q[1], q[2]]
     t = (level - a) / (bv - a)
-    fa = (i * ny + j) * nz + k
-    fb = ((i + di[0]) * ny + j + di[1]) * nz + k + di[2]
-    p = ti.Vector([ti.cast(i, float), ti.cast(j, float), ti.cast(k, float)])
-    p[axis] += t
+    fa = (p[0] * ny + p[1]) * nz + p[2]
+    fb = (q[0] * ny + q[1]) * nz + q[2]
+    x = ti.Vector([ti.cast(p[0], float), ti.cast(p[1], float), ti.cast(p[2], float)])
+    x[axis] += t
     for d in ti.static(range(3)):
-        verts[vid, d] = org[d] + spc[d] * p[d]
+        verts[vid, d] = org[d] + spc[d] * x[d]
     vedge[vid] = ti.cast(fa, ti.i64) * 3 + axis
     snap = -1
     if a == level:
@@ -121,29 +169,36 @@ def _emit_vertex3(vals: ti.template(), verts: ti.template(), vedge: ti.template(
 
 
 @ti.kernel
-def emit_vertices3(vals: ti.types.ndarray(ndim=3), level: float, S: ti.i32, vbase: nd_i32,
-                   org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1),
+def emit_vertices3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32,
+                   vbase: nd_i32, org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1),
                    verts: ti.types.ndarray(ndim=2), vedge: nd_i64, vsnap: nd_i32, node_vid: nd_i32,
                    nsnap: nd_i32):
-    nx, ny, nz = vals.shape[0], vals.shape[1], vals.shape[2]
-    nch = (nx + S - 1) // S
-    for c, j, k in ti.ndrange(nch, ny, nz):
-        i0 = c * S
-        i1 = ti.min(i0 + S, nx)
-        vid = vbase[(c * ny + j) * nz + k]
-        b = _window3(vals, i0, j, k, level)
-        for i in range(i0, i1):
-            n = ti.Vector([0, 0, 0, 0])
-            if i + 1 < nx:
-                n = _window3(vals, i + 1, j, k, level)
-            e = _node_edges3(vals, b, n, i, j, k)
-            if e[0] + e[1] + e[2] > 0:
-                node_vid[(i * ny + j) * nz + k] = vid
-                for axis in ti.static(range(3)):
-                    if e[axis]:
-                        _emit_vertex3(vals, verts, vedge, vsnap, nsnap, org, spc, level, vid, i, j, k, axis)
-                        vid += 1
-            b = n
+    dims = _dims3(sweep, vals)
+    ns, nu, nv = dims[0], dims[1], dims[2]
+    ny, nz = vals.shape[1], vals.shape[2]
+    nch = (ns + S - 1) // S
+    for c, u, v in ti.ndrange(nch, nu, nv):
+        r = (c * nu + u) * nv + v
+        vid = vbase[r]
+        if vbase[r + 1] > vid:  # skip runs without vertices
+            s0 = c * S
+            s1 = ti.min(s0 + S, ns)
+            u1 = ti.min(u + 1, nu - 1)
+            v1 = ti.min(v + 1, nv - 1)
+            hu = ti.cast(u + 1 < nu, ti.i32)
+            hv = ti.cast(v + 1 < nv, ti.i32)
+            b = _win3(sweep, vals, s0, u, v, u1, v1, level)
+            for s in range(s0, s1):
+                n = _win3(sweep, vals, ti.min(s + 1, ns - 1), u, v, u1, v1, level)
+                e = _edges3(sweep, b, n, ti.cast(s + 1 < ns, ti.i32), hu, hv)
+                if e[0] + e[1] + e[2] > 0:
+                    p = _node3(sweep, s, u, v)
+                    node_vid[(p[0] * ny + p[1]) * nz + p[2]] = vid
+                    for axis in ti.static(range(3)):
+                        if e[axis]:
+                            _emit_vertex3(vals, verts, vedge, vsnap, nsnap, org, spc, level, vid, p, axis)
+                            vid += 1
+                b = n
 
 
 @ti.func
@@ -160,125 +215,163 @@ def _vid3(vals: ti.template(), node_vid: ti.template(), level, i, j, k, axis) ->
 
 
 @ti.kernel
-def emit_triangles3(vals: ti.types.ndarray(ndim=3), level: float, S: ti.i32, tbase: nd_i32,
-                    tri_count: nd_i32, tri_elems: nd_i32, stride: ti.i32, edge_corner: nd_i32,
-                    edge_axis: nd_i32, node_vid: nd_i32, tris: ti.types.ndarray(dtype=ti.i32, ndim=2)):
-    nx, ny, nz = vals.shape[0], vals.shape[1], vals.shape[2]
-    nch = (nx + S - 1) // S
-    for c, j, k in ti.ndrange(nch, ny, nz):
-        if j + 1 < ny and k + 1 < nz:
-            i0 = c * S
-            i1 = ti.min(i0 + S, nx - 1)
-            tid = tbase[(c * ny + j) * nz + k]
-            b = _window3(vals, i0, j, k, level)
-            for i in range(i0, i1):
-                n = _window3(vals, i + 1, j, k, level)
-                case = _case3(b, n)
+def emit_triangles3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32,
+                    tbase: nd_i32, tri_count: nd_i32, tri_elems: nd_i32, stride: ti.i32,
+                    edge_corner: nd_i32, edge_axis: nd_i32, node_vid: nd_i32,
+                    tris: ti.types.ndarray(dtype=ti.i32, ndim=2)):
+    dims = _dims3(sweep, vals)
+    ns, nu, nv = dims[0], dims[1], dims[2]
+    nch = (ns + S - 1) // S
+    for c, u, v in ti.ndrange(nch, nu, nv):
+        r = (c * nu + u) * nv + v
+        tid = tbase[r]
+        if tbase[r + 1] > tid:  # skip runs without triangles (also every boundary row)
+            s0 = c * S
+            s1 = ti.min(s0 + S, ns - 1)
+            b = _win3(sweep, vals, s0, u, v, u + 1, v + 1, level)
+            for s in range(s0, s1):
+                n = _win3(sweep, vals, s + 1, u, v, u + 1, v + 1, level)
+                case = _case3(sweep, b, n)
+                p = _node3(sweep, s, u, v)
                 for t in range(tri_count[case]):
                     for m in ti.static(range(3)):
                         e = tri_elems[case * stride + 3 * t + m]
                         cc = edge_corner[e]
-                        tris[tid, m] = _vid3(vals, node_vid, level, i + (cc & 1), j + ((cc >> 1) & 1),
-                                             k + ((cc >> 2) & 1), edge_axis[e])
+                        tris[tid, m] = _vid3(vals, node_vid, level, p[0] + (cc & 1), p[1] + ((cc >> 1) & 1),
+                                             p[2] + ((cc >> 2) & 1), edge_axis[e])
                     tid += 1
                 b = n
 
 
 # --------------------------------------------------------------------------------------------
-# 2D
+# 2D: the same scheme with rows u and a two-node window (bit du)
 # --------------------------------------------------------------------------------------------
 
 @ti.func
-def _window2(vals: ti.template(), i, j, level):
-    w = ti.Vector([0, 0])
-    w[0] = _ins(vals[i, j], level)
-    if j + 1 < vals.shape[1]:
-        w[1] = _ins(vals[i, j + 1], level)
-    return w
+def _node2(sweep: ti.template(), s, u):
+    r = ti.Vector([s, u])
+    if ti.static(sweep == 1):
+        r = ti.Vector([u, s])
+    return r
 
 
 @ti.func
-def _case2(b, n) -> ti.i32:
-    # corner c = dx + 2 dy
-    return b[0] | (n[0] << 1) | (b[1] << 2) | (n[1] << 3)
+def _val2(sweep: ti.template(), vals: ti.template(), s, u):
+    p = _node2(sweep, s, u)
+    return vals[p[0], p[1]]
 
 
 @ti.func
-def _node_edges2(vals: ti.template(), b, n, i, j) -> ti.math.ivec2:
-    e = ti.Vector([0, 0])
-    if i + 1 < vals.shape[0]:
-        e[0] = _ne(b[0], n[0])
-    if j + 1 < vals.shape[1]:
-        e[1] = _ne(b[0], b[1])
-    return e
+def _win2(sweep: ti.template(), vals: ti.template(), s, u, u1, level) -> ti.i32:
+    return _ins(_val2(sweep, vals, s, u), level) | (_ins(_val2(sweep, vals, s, u1), level) << 1)
+
+
+@ti.func
+def _case2(sweep: ti.template(), b, n) -> ti.i32:
+    case = 0
+    for c in ti.static(range(4)):
+        if ti.static(_FRAME2[sweep][c][0]):
+            case |= ((n >> ti.static(_FRAME2[sweep][c][1])) & 1) << c
+        else:
+            case |= ((b >> ti.static(_FRAME2[sweep][c][1])) & 1) << c
+    return case
+
+
+@ti.func
+def _edges2(sweep: ti.template(), b, n, hs, hu):
+    es = hs * ((b ^ n) & 1)
+    eu = hu * ((b ^ (b >> 1)) & 1)
+    r = ti.Vector([es, eu])
+    if ti.static(sweep == 1):
+        r = ti.Vector([eu, es])
+    return r
+
+
+@ti.func
+def _shape2(sweep: ti.template(), vals: ti.template()):
+    r = ti.Vector([vals.shape[0], vals.shape[1]])
+    if ti.static(sweep == 1):
+        r = ti.Vector([vals.shape[1], vals.shape[0]])
+    return r
 
 
 @ti.kernel
-def count2(vals: ti.types.ndarray(ndim=2), level: float, S: ti.i32, seg_count: nd_i32,
-           vcnt: nd_i32, tcnt: nd_i32):
-    nx, ny = vals.shape[0], vals.shape[1]
-    nch = (nx + S - 1) // S
-    for c, j in ti.ndrange(nch, ny):
-        i0 = c * S
-        i1 = ti.min(i0 + S, nx)
-        b = _window2(vals, i0, j, level)
-        nv = 0
-        nt = 0
-        for i in range(i0, i1):
-            n = ti.Vector([0, 0])
-            if i + 1 < nx:
-                n = _window2(vals, i + 1, j, level)
-            e = _node_edges2(vals, b, n, i, j)
-            nv += e[0] + e[1]
-            if i + 1 < nx and j + 1 < ny:
-                nt += seg_count[_case2(b, n)]
+def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32, seg_count: nd_i32,
+           vcnt: nd_i32, tcnt: nd_i32, nbad: nd_i32):
+    dims = _shape2(sweep, vals)
+    ns, nu = dims[0], dims[1]
+    nch = (ns + S - 1) // S
+    big = ti.static(3.0e38)
+    for c, u in ti.ndrange(nch, nu):
+        s0 = c * S
+        s1 = ti.min(s0 + S, ns)
+        u1 = ti.min(u + 1, nu - 1)
+        hu = ti.cast(u + 1 < nu, ti.i32)
+        b = _win2(sweep, vals, s0, u, u1, level)
+        cnt_v = 0
+        cnt_t = 0
+        bad = 0
+        for s in range(s0, s1):
+            bad += ti.cast(not (ti.abs(_val2(sweep, vals, s, u)) <= big), ti.i32)
+            hs = ti.cast(s + 1 < ns, ti.i32)
+            n = _win2(sweep, vals, ti.min(s + 1, ns - 1), u, u1, level)
+            e = _edges2(sweep, b, n, hs, hu)
+            cnt_v += e[0] + e[1]
+            cnt_t += hs * hu * seg_count[_case2(sweep, b, n)]
             b = n
-        vcnt[c * ny + j] = nv
-        tcnt[c * ny + j] = nt
+        vcnt[c * nu + u] = cnt_v
+        tcnt[c * nu + u] = cnt_t
+        if bad > 0:
+            ti.atomic_add(nbad[0], bad)
 
 
 @ti.kernel
-def emit_vertices2(vals: ti.types.ndarray(ndim=2), level: float, S: ti.i32, vbase: nd_i32,
-                   org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1),
+def emit_vertices2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32,
+                   vbase: nd_i32, org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1),
                    verts: ti.types.ndarray(ndim=2), vedge: nd_i64, vsnap: nd_i32, node_vid: nd_i32,
                    nsnap: nd_i32):
-    nx, ny = vals.shape[0], vals.shape[1]
-    nch = (nx + S - 1) // S
-    for c, j in ti.ndrange(nch, ny):
-        i0 = c * S
-        i1 = ti.min(i0 + S, nx)
-        vid = vbase[c * ny + j]
-        b = _window2(vals, i0, j, level)
-        for i in range(i0, i1):
-            n = ti.Vector([0, 0])
-            if i + 1 < nx:
-                n = _window2(vals, i + 1, j, level)
-            e = _node_edges2(vals, b, n, i, j)
-            if e[0] + e[1] > 0:
-                node_vid[i * ny + j] = vid
-                for axis in ti.static(range(2)):
-                    if e[axis]:
-                        di = ti.Vector([0, 0])
-                        di[axis] = 1
-                        a = vals[i, j]
-                        bv = vals[i + di[0], j + di[1]]
-                        t = (level - a) / (bv - a)
-                        p = ti.Vector([ti.cast(i, float), ti.cast(j, float)])
-                        p[axis] += t
-                        for d in ti.static(range(2)):
-                            verts[vid, d] = org[d] + spc[d] * p[d]
-                        fa = i * ny + j
-                        vedge[vid] = ti.cast(fa, ti.i64) * 2 + axis
-                        snap = -1
-                        if a == level:
-                            snap = fa
-                        elif bv == level:
-                            snap = (i + di[0]) * ny + j + di[1]
-                        vsnap[vid] = snap
-                        if snap >= 0:
-                            ti.atomic_add(nsnap[0], 1)
-                        vid += 1
-            b = n
+    dims = _shape2(sweep, vals)
+    ns, nu = dims[0], dims[1]
+    ny = vals.shape[1]
+    nch = (ns + S - 1) // S
+    for c, u in ti.ndrange(nch, nu):
+        r = c * nu + u
+        vid = vbase[r]
+        if vbase[r + 1] > vid:
+            s0 = c * S
+            s1 = ti.min(s0 + S, ns)
+            u1 = ti.min(u + 1, nu - 1)
+            hu = ti.cast(u + 1 < nu, ti.i32)
+            b = _win2(sweep, vals, s0, u, u1, level)
+            for s in range(s0, s1):
+                n = _win2(sweep, vals, ti.min(s + 1, ns - 1), u, u1, level)
+                e = _edges2(sweep, b, n, ti.cast(s + 1 < ns, ti.i32), hu)
+                if e[0] + e[1] > 0:
+                    p = _node2(sweep, s, u)
+                    node_vid[p[0] * ny + p[1]] = vid
+                    for axis in ti.static(range(2)):
+                        if e[axis]:
+                            q = p
+                            q[axis] += 1
+                            a = vals[p[0], p[1]]
+                            bv = vals[q[0], q[1]]
+                            t = (level - a) / (bv - a)
+                            x = ti.Vector([ti.cast(p[0], float), ti.cast(p[1], float)])
+                            x[axis] += t
+                            for d in ti.static(range(2)):
+                                verts[vid, d] = org[d] + spc[d] * x[d]
+                            fa = p[0] * ny + p[1]
+                            vedge[vid] = ti.cast(fa, ti.i64) * 2 + axis
+                            snap = -1
+                            if a == level:
+                                snap = fa
+                            elif bv == level:
+                                snap = q[0] * ny + q[1]
+                            vsnap[vid] = snap
+                            if snap >= 0:
+                                ti.atomic_add(nsnap[0], 1)
+                            vid += 1
+                b = n
 
 
 @ti.func
@@ -290,25 +383,28 @@ def _vid2(vals: ti.template(), node_vid: ti.template(), level, i, j, axis) -> ti
 
 
 @ti.kernel
-def emit_segments2(vals: ti.types.ndarray(ndim=2), level: float, S: ti.i32, tbase: nd_i32,
-                   seg_count: nd_i32, seg_elems: nd_i32, stride: ti.i32, edge_corner: nd_i32,
+def emit_segments2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32,
+                   tbase: nd_i32, seg_count: nd_i32, seg_elems: nd_i32, stride: ti.i32, edge_corner: nd_i32,
                    edge_axis: nd_i32, node_vid: nd_i32, segs: ti.types.ndarray(dtype=ti.i32, ndim=2)):
-    nx, ny = vals.shape[0], vals.shape[1]
-    nch = (nx + S - 1) // S
-    for c, j in ti.ndrange(nch, ny):
-        if j + 1 < ny:
-            i0 = c * S
-            i1 = ti.min(i0 + S, nx - 1)
-            sid = tbase[c * ny + j]
-            b = _window2(vals, i0, j, level)
-            for i in range(i0, i1):
-                n = _window2(vals, i + 1, j, level)
-                case = _case2(b, n)
+    dims = _shape2(sweep, vals)
+    ns, nu = dims[0], dims[1]
+    nch = (ns + S - 1) // S
+    for c, u in ti.ndrange(nch, nu):
+        r = c * nu + u
+        sid = tbase[r]
+        if tbase[r + 1] > sid:
+            s0 = c * S
+            s1 = ti.min(s0 + S, ns - 1)
+            b = _win2(sweep, vals, s0, u, u + 1, level)
+            for s in range(s0, s1):
+                n = _win2(sweep, vals, s + 1, u, u + 1, level)
+                case = _case2(sweep, b, n)
+                p = _node2(sweep, s, u)
                 for t in range(seg_count[case]):
                     for m in ti.static(range(2)):
                         e = seg_elems[case * stride + 2 * t + m]
                         cc = edge_corner[e]
-                        segs[sid, m] = _vid2(vals, node_vid, level, i + (cc & 1), j + ((cc >> 1) & 1),
+                        segs[sid, m] = _vid2(vals, node_vid, level, p[0] + (cc & 1), p[1] + ((cc >> 1) & 1),
                                              edge_axis[e])
                     sid += 1
                 b = n
