@@ -38,8 +38,11 @@ def _ne(a: ti.i32, b: ti.i32) -> ti.i32:
 
 @ti.func
 def _node3(sweep: ti.template(), s, u, v):
+    """Grid node (i, j, k) of sweep coordinate s and row (u, v): u, v are the other axes in order."""
     r = ti.Vector([s, u, v])
-    if ti.static(sweep == 2):
+    if ti.static(sweep == 1):
+        r = ti.Vector([u, s, v])
+    elif ti.static(sweep == 2):
         r = ti.Vector([u, v, s])
     return r
 
@@ -47,7 +50,9 @@ def _node3(sweep: ti.template(), s, u, v):
 @ti.func
 def _dims3(sweep: ti.template(), vals: ti.template()):
     r = ti.Vector([vals.shape[0], vals.shape[1], vals.shape[2]])
-    if ti.static(sweep == 2):
+    if ti.static(sweep == 1):
+        r = ti.Vector([vals.shape[1], vals.shape[0], vals.shape[2]])
+    elif ti.static(sweep == 2):
         r = ti.Vector([vals.shape[2], vals.shape[0], vals.shape[1]])
     return r
 
@@ -100,7 +105,9 @@ def _edges3(sweep: ti.template(), b, n, hs, hu, hv):
     eu = hu * ((b ^ (b >> 1)) & 1)
     ev = hv * ((b ^ (b >> 2)) & 1)
     r = ti.Vector([es, eu, ev])
-    if ti.static(sweep == 2):
+    if ti.static(sweep == 1):
+        r = ti.Vector([eu, es, ev])
+    elif ti.static(sweep == 2):
         r = ti.Vector([eu, ev, es])
     return r
 

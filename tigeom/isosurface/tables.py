@@ -24,8 +24,10 @@ between crossing edges:
 
 Each segment is directed so that, seen from outside the cube, the inside corners lie on its
 right. Walking those segments edge to edge gives closed loops on the cube surface (every crossing
-edge starts exactly one segment and ends exactly one). Each loop is fanned into triangles from
-its first vertex; the direction makes right-hand normals point to ``values > level``.
+edge starts exactly one segment and ends exactly one). Each loop is triangulated so that no
+interior diagonal joins two vertices on a common cube face (the neighbouring cell might draw the
+same pair: a non-manifold edge); the direction makes right-hand normals point to
+``values > level``.
 
 2D uses the same face rule on the single square; segments are directed so that inside corners
 lie on their left, so curves run counter-clockwise around ``values < level``.
@@ -112,6 +114,10 @@ def cube_cases() -> tuple[tuple[tuple[int, int, int], ...], ...]:
             normal = np.zeros(3)
             normal[axis] = 2 * side - 1
             faces.append((cyc, normal))
+    edge_faces = [set() for _ in edges]
+    for f, (cyc, _) in enumerate(faces):
+        for i in range(4):
+            edge_faces[_edge_index(edges, cyc[i], cyc[(i + 1) % 4])].add(f)
     table = []
     for case in range(256):
         nxt: dict[int, int] = {}
@@ -138,10 +144,43 @@ def cube_cases() -> tuple[tuple[tuple[int, int, int], ...], ...]:
             while e != start:
                 loop.append(e)
                 e = todo.pop(e)
-            for i in range(1, len(loop) - 1):
-                tris.append((loop[0], loop[i], loop[i + 1]))
+            tris.extend(_triangulate(loop, edge_faces))
         table.append(tuple(tris))
     return tuple(table)
+
+
+def _triangulate(loop: list[int], edge_faces: list[set]) -> list[tuple[int, int, int]]:
+    """Triangles of one closed loop whose interior diagonals never join two vertices on a common
+    cube face: such a diagonal could coincide with an edge drawn by the neighbouring cell and make
+    the mesh edge non-manifold. Fans are tried first (from each start), then any triangulation."""
+
+    def on_face(a: int, b: int) -> bool:
+        return bool(edge_faces[a] & edge_faces[b])
+
+    n = len(loop)
+    for r in range(n):
+        rot = loop[r:] + loop[:r]
+        if all(not on_face(rot[0], rot[i]) for i in range(2, n - 1)):
+            return [(rot[0], rot[i], rot[i + 1]) for i in range(1, n - 1)]
+
+    def solve(poly: list[int]):
+        if len(poly) == 3:
+            return [tuple(poly)]
+        a, b = poly[0], poly[-1]  # triangle on edge (a, b) with apex poly[k]
+        for k in range(1, len(poly) - 1):
+            c = poly[k]
+            if (k > 1 and on_face(a, c)) or (k < len(poly) - 2 and on_face(c, b)):
+                continue
+            left = solve(poly[: k + 1]) if k > 1 else []
+            right = solve(poly[k:]) if k < len(poly) - 2 else []
+            if left is not None and right is not None:
+                return left + [(a, c, b)] + right
+        return None
+
+    tris = solve(loop)
+    if tris is None:
+        raise RuntimeError(f"table derivation: no face-free triangulation of loop {loop}")
+    return tris
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,19 @@
+import numpy as np
+import pytest
+
+import tigeom  # noqa: F401  (the conftest fixture initialises the runtime)
+from tigeom._scan import ExclusiveScan, exclusive_scan_numpy
+
+
+@pytest.mark.parametrize("n", [1, 5, 256, 257, 1000, 65536 + 3, 300_000])
+def test_exclusive_scan_matches_numpy(n):
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 7, n).astype(np.int32)
+    out = np.zeros(n + 1, np.int32)
+    ExclusiveScan(n).run(x, out, n)
+    np.testing.assert_array_equal(out, exclusive_scan_numpy(x))
+
+
+def test_scan_capacity_error():
+    with pytest.raises(ValueError, match="capacity"):
+        ExclusiveScan(4).run(np.zeros(8, np.int32), np.zeros(9, np.int32), 8)
