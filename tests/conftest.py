@@ -4,9 +4,10 @@ import pytest
 import tigeom
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _runtime():
-    """The whole suite runs on the CPU in f64 (finite-difference checks need it)."""
+    """Every test starts on the CPU in f64 (finite-difference checks need it). Scenes may switch
+    the runtime; re-initialising with the same arguments is free."""
     tigeom.init(arch="cpu", precision="f64", seed=0)
     yield
 

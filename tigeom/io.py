@@ -89,8 +89,8 @@ def read_volume(path, cell_type: str = "tetra") -> tuple[np.ndarray, np.ndarray]
 
     try:
         mesh = meshio.read(path)
-    except Exception as exc:
-        raise ValueError(f"path: cannot read {str(path)!r} as a volume mesh ({exc})") from None
+    except (Exception, SystemExit) as exc:  # meshio calls sys.exit(1) on some unreadable files
+        raise ValueError(f"path: cannot read {str(path)!r} as a volume mesh ({exc or type(exc).__name__})") from None
     blocks = [c.data for c in mesh.cells if c.type == cell_type]
     if not blocks:
         found = sorted({c.type for c in mesh.cells})

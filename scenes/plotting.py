@@ -1,0 +1,67 @@
+"""Matplotlib helpers shared by the scenes (Agg backend: headless)."""
+
+from __future__ import annotations
+
+import io as _io
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path) -> None:
+    from tigeom.io import write_bytes_atomic
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def loss_curve(history, keys, path, title="", log=True) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    its = [h["iteration"] for h in history]
+    for k in keys:
+        ax.plot(its, [h[k] for h in history], label=k)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save_png(fig, path)
+
+
+def render_mesh(vertices, faces, path, points=None, title="") -> None:
+    """Shaded render of a triangle mesh (and optional points) from two viewpoints."""
+    plt = _plt()
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    fig = plt.figure(figsize=(10, 5))
+    tri = vertices[faces]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
+    light = np.array([0.4, 0.3, 0.85])
+    shade = 0.35 + 0.65 * np.clip(n @ (light / np.linalg.norm(light)), 0, 1)
+    colors = np.column_stack([0.35 * shade, 0.55 * shade, 0.85 * shade, np.ones_like(shade)])
+    lo, hi = vertices.min(0), vertices.max(0)
+    c, r = (lo + hi) / 2, (hi - lo).max() / 2
+    for k, (elev, azim) in enumerate([(30, 35), (75, -60)]):
+        ax = fig.add_subplot(1, 2, k + 1, projection="3d")
+        ax.add_collection3d(Poly3DCollection(tri, facecolors=colors, edgecolor="none"))
+        if points is not None:
+            ax.scatter(*points[:: max(len(points) // 1500, 1)].T, s=0.3, c="k", alpha=0.3)
+        for a, setl in zip(range(3), (ax.set_xlim, ax.set_ylim, ax.set_zlim)):
+            setl(c[a] - r, c[a] + r)
+        ax.view_init(elev, azim)
+        ax.set_axis_off()
+    fig.suptitle(title)
+    save_png(fig, path)

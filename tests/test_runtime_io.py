@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+import tigeom
+from tigeom import io, runtime
+
+
+def test_init_is_idempotent_and_validates():
+    cfg = tigeom.init(arch="cpu", precision="f64")
+    gen = runtime.generation()
+    assert tigeom.init(arch="cpu", precision="f64") is cfg
+    assert runtime.generation() == gen
+    assert cfg.backend == "cpu"
+    with pytest.raises(ValueError, match="arch"):
+        tigeom.init(arch="tpu")
+    with pytest.raises(ValueError, match="precision"):
+        tigeom.init(precision="f16")
+    with pytest.raises(TypeError, match="seed"):
+        tigeom.init(seed="x")
+    assert tigeom.init(arch="cpu", precision="f64") is cfg  # failed calls changed nothing
+
+
+def test_reinit_switches_precision_and_kernels_still_work():
+    f = np.random.default_rng(0).standard_normal((6, 6, 6))
+    tigeom.init(arch="cpu", precision="f32")
+    try:
+        assert runtime.real_dtype() == np.float32
+        s = tigeom.marching_cubes(f)
+        assert s._values.dtype == np.float32
+    finally:
+        tigeom.init(arch="cpu", precision="f64")
+    assert runtime.real_dtype() == np.float64
+    assert len(tigeom.marching_cubes(f).faces) == len(s.faces)
+
+
+def test_surface_roundtrip(tmp_path):
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    for ext in (".ply", ".obj", ".stl", ".off"):
+        io.write_surface(tmp_path / f"t{ext}", v, f)
+        v2, f2 = io.read_surface(tmp_path / f"t{ext}")
+        assert f2.shape == (4, 3)
+        np.testing.assert_allclose(np.sort(v2[f2].reshape(-1, 3), axis=0), np.sort(v[f].reshape(-1, 3), axis=0))
+
+
+def test_volume_and_curve_roundtrip(tmp_path):
+    p = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    t = np.array([[0, 1, 2, 3]])
+    for ext in (".vtu", ".msh", ".mesh"):
+        io.write_volume(tmp_path / f"v{ext}", p, t)
+        p2, t2 = io.read_volume(tmp_path / f"v{ext}")
+        np.testing.assert_allclose(p2, p)
+        np.testing.assert_array_equal(t2, t)
+    io.write_curve(tmp_path / "c.npz", [[0, 0], [1, 0], [0, 1]], [[0, 1], [1, 2], [2, 0]])
+    v, s = io.read_curve(tmp_path / "c.npz")
+    assert v.shape == (3, 2) and s.shape == (3, 2)
+
+
+def test_io_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown surface mesh format"):
+        io.write_surface(tmp_path / "a.xyz", np.zeros((3, 3)), [[0, 1, 2]])
+    with pytest.raises(ValueError, match="faces: index out of range"):
+        io.write_surface(tmp_path / "a.ply", np.zeros((3, 3)), [[0, 1, 5]])
+    with pytest.raises(ValueError, match="vertices: contains"):
+        io.write_surface(tmp_path / "a.ply", np.full((3, 3), np.nan), [[0, 1, 2]])
+    with pytest.raises(FileNotFoundError):
+        io.read_surface(tmp_path / "missing.ply")
+    (tmp_path / "junk.ply").write_bytes(b"not a ply at all")
+    with pytest.raises(ValueError, match="junk.ply"):
+        io.read_surface(tmp_path / "junk.ply")
+    (tmp_path / "junk.vtu").write_bytes(b"<xml nonsense")
+    with pytest.raises(ValueError, match="junk.vtu"):
+        io.read_volume(tmp_path / "junk.vtu")
+    io.write_volume(tmp_path / "tri.vtu", np.eye(3), [[0, 1, 2]], cell_type="triangle")
+    with pytest.raises(ValueError, match="no 'tetra' cells"):
+        io.read_volume(tmp_path / "tri.vtu")
+    np.savez(tmp_path / "c.npz", points=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="lacks the arrays"):
+        io.read_curve(tmp_path / "c.npz")
+    # a failed write leaves no partial file behind
+    with pytest.raises(ValueError):
+        io.write_curve(tmp_path / "d.npz", np.zeros((2, 2)), [[0, 7]])
+    assert not (tmp_path / "d.npz").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
