@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import tigeom
-from conftest import grid
+from conftest import ARCH, grid
 from mesh_checks import (assert_closed_curves, assert_closed_oriented_manifold, assert_edge_manifold, euler,
                          face_areas)
 
@@ -159,13 +159,13 @@ def test_no_crossing_gives_empty_arrays():
 def test_f32_and_f64_give_the_same_topology():
     h, f = torus(30)
     s64 = tigeom.marching_cubes(f, spacing=h)
-    tigeom.init(arch="cpu", precision="f32")
+    tigeom.init(arch=ARCH, precision="f32")
     try:
         s32 = tigeom.marching_cubes(f, spacing=h)
         assert s32.faces.shape == s64.faces.shape
         np.testing.assert_allclose(s32.vertices, s64.vertices, atol=1e-5)
     finally:
-        tigeom.init(arch="cpu", precision="f64")
+        tigeom.init(arch=ARCH, precision="f64")
 
 
 # ------------------------------------------------------------------------------------------ 2D

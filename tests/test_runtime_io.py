@@ -2,33 +2,34 @@ import numpy as np
 import pytest
 
 import tigeom
+from conftest import ARCH
 from tigeom import io, runtime
 
 
 def test_init_is_idempotent_and_validates():
-    cfg = tigeom.init(arch="cpu", precision="f64")
+    cfg = tigeom.init(arch=ARCH, precision="f64")
     gen = runtime.generation()
-    assert tigeom.init(arch="cpu", precision="f64") is cfg
+    assert tigeom.init(arch=ARCH, precision="f64") is cfg
     assert runtime.generation() == gen
-    assert cfg.backend == "cpu"
+    assert cfg.backend == ARCH
     with pytest.raises(ValueError, match="arch"):
         tigeom.init(arch="tpu")
     with pytest.raises(ValueError, match="precision"):
         tigeom.init(precision="f16")
     with pytest.raises(TypeError, match="seed"):
         tigeom.init(seed="x")
-    assert tigeom.init(arch="cpu", precision="f64") is cfg  # failed calls changed nothing
+    assert tigeom.init(arch=ARCH, precision="f64") is cfg  # failed calls changed nothing
 
 
 def test_reinit_switches_precision_and_kernels_still_work():
     f = np.random.default_rng(0).standard_normal((6, 6, 6))
-    tigeom.init(arch="cpu", precision="f32")
+    tigeom.init(arch=ARCH, precision="f32")
     try:
         assert runtime.real_dtype() == np.float32
         s = tigeom.marching_cubes(f)
         assert s._values.dtype == np.float32
     finally:
-        tigeom.init(arch="cpu", precision="f64")
+        tigeom.init(arch=ARCH, precision="f64")
     assert runtime.real_dtype() == np.float64
     assert len(tigeom.marching_cubes(f).faces) == len(s.faces)
 

@@ -114,7 +114,7 @@ def _edges3(sweep: ti.template(), b, n, hs, hu, hv):
 
 @ti.kernel
 def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32, tri_count: nd_i32,
-           vcnt: nd_i32, tcnt: nd_i32, nbad: nd_i32):
+           cnt: nd_i32, nbad: nd_i32):
     """Per run of S nodes: crossing grid edges owned, triangles of the cells, non-finite values."""
     dims = _dims3(sweep, vals)
     ns, nu, nv = dims[0], dims[1], dims[2]
@@ -142,8 +142,8 @@ def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S
             cnt_t += hs * hu * hv * tri_count[_case3(sweep, b, n)]
             b = n
         r = (c * nu + u) * nv + v
-        vcnt[r] = cnt_v
-        tcnt[r] = cnt_t
+        cnt[r] = cnt_v
+        cnt[nch * nu * nv + r] = cnt_t
         if bad > 0:
             ti.atomic_add(nbad[0], bad)
 
@@ -223,7 +223,7 @@ def _vid3(vals: ti.template(), node_vid: ti.template(), level, i, j, k, axis) ->
 
 @ti.kernel
 def emit_triangles3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32,
-                    tbase: nd_i32, tri_count: nd_i32, tri_elems: nd_i32, stride: ti.i32,
+                    base: nd_i32, tri_count: nd_i32, tri_elems: nd_i32, stride: ti.i32,
                     edge_corner: nd_i32, edge_axis: nd_i32, node_vid: nd_i32,
                     tris: ti.types.ndarray(dtype=ti.i32, ndim=2)):
     dims = _dims3(sweep, vals)
@@ -231,8 +231,9 @@ def emit_triangles3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.temp
     nch = (ns + S - 1) // S
     for c, u, v in ti.ndrange(nch, nu, nv):
         r = (c * nu + u) * nv + v
-        tid = tbase[r]
-        if tbase[r + 1] > tid:  # skip runs without triangles (also every boundary row)
+        R = nch * nu * nv
+        tid = base[R + r] - base[R]
+        if base[R + r + 1] - base[R] > tid:  # skip runs without triangles (also every boundary row)
             s0 = c * S
             s1 = ti.min(s0 + S, ns - 1)
             b = _win3(sweep, vals, s0, u, v, u + 1, v + 1, level)
@@ -304,7 +305,7 @@ def _shape2(sweep: ti.template(), vals: ti.template()):
 
 @ti.kernel
 def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32, seg_count: nd_i32,
-           vcnt: nd_i32, tcnt: nd_i32, nbad: nd_i32):
+           cnt: nd_i32, nbad: nd_i32):
     dims = _shape2(sweep, vals)
     ns, nu = dims[0], dims[1]
     nch = (ns + S - 1) // S
@@ -326,8 +327,8 @@ def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S
             cnt_v += e[0] + e[1]
             cnt_t += hs * hu * seg_count[_case2(sweep, b, n)]
             b = n
-        vcnt[c * nu + u] = cnt_v
-        tcnt[c * nu + u] = cnt_t
+        cnt[c * nu + u] = cnt_v
+        cnt[nch * nu + c * nu + u] = cnt_t
         if bad > 0:
             ti.atomic_add(nbad[0], bad)
 
@@ -391,15 +392,16 @@ def _vid2(vals: ti.template(), node_vid: ti.template(), level, i, j, axis) -> ti
 
 @ti.kernel
 def emit_segments2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32,
-                   tbase: nd_i32, seg_count: nd_i32, seg_elems: nd_i32, stride: ti.i32, edge_corner: nd_i32,
+                   base: nd_i32, seg_count: nd_i32, seg_elems: nd_i32, stride: ti.i32, edge_corner: nd_i32,
                    edge_axis: nd_i32, node_vid: nd_i32, segs: ti.types.ndarray(dtype=ti.i32, ndim=2)):
     dims = _shape2(sweep, vals)
     ns, nu = dims[0], dims[1]
     nch = (ns + S - 1) // S
     for c, u in ti.ndrange(nch, nu):
         r = c * nu + u
-        sid = tbase[r]
-        if tbase[r + 1] > sid:
+        R = nch * nu
+        sid = base[R + r] - base[R]
+        if base[R + r + 1] - base[R] > sid:
             s0 = c * S
             s1 = ti.min(s0 + S, ns - 1)
             b = _win2(sweep, vals, s0, u, u + 1, level)
@@ -422,16 +424,16 @@ def emit_segments2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.templ
 # --------------------------------------------------------------------------------------------
 
 @ti.kernel
-def vertex_vjp(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, gaxis: ti.types.ndarray(ndim=1),
+def vertex_vjp(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, n: ti.i32, gaxis: ti.types.ndarray(ndim=1),
                strides: nd_i32, spc: ti.types.ndarray(ndim=1), dim: ti.i32, level: float, eps: float,
                out: ti.types.ndarray(ndim=1)):
     """out[node] += d(sum_v g_v . x_v)/d values[node] for each vertex's edge (A, B).
 
     x_v = x_A + t (x_B - x_A) along one axis, t = (level - a) / (b - a):
     dt/da = (level - b) / (b - a)^2, dt/db = (a - level) / (b - a)^2. ``gaxis`` holds g_v's
-    component along the vertex's axis; |b - a| is clamped below by ``eps``.
+    component along the vertex's axis; |b - a| is clamped below by ``eps``. Vertices 0..n-1.
     """
-    for v in range(vedge.shape[0]):
+    for v in range(n):
         e = vedge[v]
         axis = ti.cast(e % dim, ti.i32)
         fa = ti.cast(e // dim, ti.i32)

@@ -41,6 +41,8 @@ class _Marcher:
         self.edge_corner = _device.upload(tab["edge_corner"])
         self.edge_axis = _device.upload(tab["edge_axis"])
         self._scratch: dict = {}
+        self._consts: dict = {}
+        self._outs: dict = {}
 
     def _buffers(self, shape: tuple, sweep: int, S: int):
         key = (shape, sweep, S)
@@ -52,11 +54,10 @@ class _Marcher:
             R = nch * int(np.prod(shape)) // shape[sweep]
             self._scratch[key] = dict(
                 R=R,
-                vcnt=_device.empty((R,), np.int32), tcnt=_device.empty((R,), np.int32),
-                vbase=_device.empty((R + 1,), np.int32), tbase=_device.empty((R + 1,), np.int32),
+                cnt=_device.empty((2 * R,), np.int32), base=_device.empty((2 * R + 1,), np.int32),
                 node_vid=_device.empty((int(np.prod(shape)),), np.int32),
                 nsnap=_device.empty((1,), np.int32), nbad=_device.empty((1,), np.int32),
-                scan=ExclusiveScan(R))
+                scan=ExclusiveScan(2 * R))
         return self._scratch[key]
 
     def run(self, vals, shape: tuple, level: float, origin: np.ndarray, spacing: np.ndarray,
@@ -73,31 +74,52 @@ class _Marcher:
         else:
             count, emit_v, emit_e = k.count2, k.emit_vertices2, k.emit_segments2
         b["nbad"].fill(0)
-        count(vals, level, sweep, S, self.count, b["vcnt"], b["tcnt"], b["nbad"])
+        count(vals, level, sweep, S, self.count, b["cnt"], b["nbad"])
         nbad = int(b["nbad"][0])
         if nbad:
             raise ValueError(f"values: contains {nbad} NaN or infinite value(s)"
                              + (" (or values beyond the float32 range: use precision='f64')"
                                 if rdt == np.float32 else ""))
-        b["scan"].run(b["vcnt"], b["vbase"], b["R"])
-        b["scan"].run(b["tcnt"], b["tbase"], b["R"])
-        V = int(b["vbase"][b["R"]])
-        T = int(b["tbase"][b["R"]])
+        R = b["R"]
+        # one scan over [vertex counts | element counts]: base[R] = V, base[2R] = V + T
+        b["scan"].run(b["cnt"], b["base"], 2 * R)
+        V = int(b["base"][R])
+        T = int(b["base"][2 * R]) - V
         out = dict(V=V, T=T)
         if V == 0:
             return out
-        org = _device.upload(origin.astype(rdt))
-        spc = _device.upload(spacing.astype(rdt))
-        verts = _device.empty((V, self.dim), rdt)
-        vedge = _device.empty((V,), np.int64)
-        vsnap = _device.empty((V,), np.int32)
-        elems = _device.empty((T, self.dim), np.int32)
+        org = self._small(origin.astype(rdt), "org")
+        spc = self._small(spacing.astype(rdt), "spc")
+        verts = self._out("verts", (V, self.dim), rdt)
+        vedge = self._out("vedge", (V,), np.int64)
+        vsnap = self._out("vsnap", (V,), np.int32)
+        elems = self._out("elems", (T, self.dim), np.int32)
         b["nsnap"].fill(0)
-        emit_v(vals, level, sweep, S, b["vbase"], org, spc, verts, vedge, vsnap, b["node_vid"], b["nsnap"])
-        emit_e(vals, level, sweep, S, b["tbase"], self.count, self.elems, self.stride, self.edge_corner,
+        emit_v(vals, level, sweep, S, b["base"], org, spc, verts, vedge, vsnap, b["node_vid"], b["nsnap"])
+        emit_e(vals, level, sweep, S, b["base"], self.count, self.elems, self.stride, self.edge_corner,
                self.edge_axis, b["node_vid"], elems)
         out.update(verts=verts, vedge=vedge, vsnap=vsnap, elems=elems, nsnap=b["nsnap"])
         return out
+
+
+    def _small(self, arr: np.ndarray, name: str):
+        """Upload a tiny constant array, reusing the last upload when it is unchanged."""
+        key = (name, arr.dtype.str, arr.tobytes())
+        if self._consts.get(name, (None,))[0] != key:
+            self._consts[name] = (key, _device.upload(arr))
+        return self._consts[name][1]
+
+    def _out(self, name: str, shape: tuple, dtype):
+        """Output buffer: exact-size numpy on the CPU; on a GPU a grow-only device buffer (the
+        caller reads the first ``shape[0]`` rows)."""
+        if not runtime.on_gpu():
+            return np.empty(shape, dtype)
+        buf = self._outs.get(name)
+        if buf is None or buf.shape[0] < shape[0] or buf.dtype != _device.ti_dtype(dtype):
+            cap = (max(int(shape[0] * 1.25), 1024),) + tuple(shape[1:])
+            buf = _device.empty(cap, dtype)
+            self._outs[name] = buf
+        return buf
 
 
 def _marcher(dim: int) -> _Marcher:
@@ -245,7 +267,8 @@ class _IsoResult:
         k = _kernels()
         runtime.ensure_init()
         out_k = _device.upload(out)
-        k.vertex_vjp(_device.upload(self._values.ravel()), _device.upload(self._vedge), _device.upload(gaxis), _device.upload(self._strides()),
+        k.vertex_vjp(_device.upload(self._values.ravel()), _device.upload(self._vedge), len(self._vedge),
+                     _device.upload(gaxis), _device.upload(self._strides()),
             _device.upload(self.spacing.astype(self._values.dtype)), self.dim, self.level, eps, out_k)
         return _device.fetch(out_k).reshape(self._values.shape).astype(np.float64)
 
