@@ -1,11 +1,31 @@
 """Scenes double as tests: each runs briefly on the CPU into tmp_path and its summary is checked."""
 
+import contextlib
 import json
 
 import numpy as np
 import pytest
 
 from tigeom import cli, scene
+
+
+@contextlib.contextmanager
+def interrupted_at(name, iteration):
+    """Make scene ``name`` raise KeyboardInterrupt when it reaches ``iteration``."""
+    cls = scene.load(name)
+    orig = cls.step
+
+    def failing(self, it):
+        if it == iteration:
+            raise KeyboardInterrupt
+        return orig(self, it)
+
+    cls.step = failing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        cls.step = orig
 
 
 def test_scene_registry_lists_sdf_fit(capsys):
@@ -35,20 +55,8 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
     straight = scene.run("sdf_fit", out=str(tmp_path / "a"), arch="cpu", iters=20, config_file=str(cfg),
                          progress=False)
     # an interrupted run: same config, the scene raises at iteration 12 (after the checkpoint at 10)
-    cls = scene.load("sdf_fit")
-    orig = cls.step
-
-    def failing(self, it):
-        if it == 12:
-            raise KeyboardInterrupt
-        return orig(self, it)
-
-    cls.step = failing
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            scene.run("sdf_fit", out=str(tmp_path / "b"), arch="cpu", iters=20, config_file=str(cfg), progress=False)
-    finally:
-        cls.step = orig
+    with interrupted_at("sdf_fit", 12):
+        scene.run("sdf_fit", out=str(tmp_path / "b"), arch="cpu", iters=20, config_file=str(cfg), progress=False)
     assert (tmp_path / "b" / "checkpoint.npz").is_file()
     resumed = scene.run("sdf_fit", out=str(tmp_path / "b"), arch="cpu", iters=20, config_file=str(cfg),
                         progress=False)
@@ -62,20 +70,8 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
 def test_resume_refuses_a_different_configuration(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("resolution = 16\nn_target = 300\ncheckpoint_every = 2\neval_samples = 500\n")
-    cls = scene.load("sdf_fit")
-    orig = cls.step
-
-    def failing(self, it):
-        if it == 3:
-            raise KeyboardInterrupt
-        return orig(self, it)
-
-    cls.step = failing
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            scene.run("sdf_fit", out=str(tmp_path / "b"), arch="cpu", iters=6, config_file=str(cfg), progress=False)
-    finally:
-        cls.step = orig
+    with interrupted_at("sdf_fit", 3):
+        scene.run("sdf_fit", out=str(tmp_path / "b"), arch="cpu", iters=6, config_file=str(cfg), progress=False)
     with pytest.raises(ValueError, match="different configuration"):
         scene.run("sdf_fit", out=str(tmp_path / "b"), arch="cpu", iters=6, seed=3, config_file=str(cfg),
                   progress=False)

@@ -114,7 +114,7 @@ def _edges3(sweep: ti.template(), b, n, hs, hu, hv):
 
 @ti.kernel
 def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32, tri_count: nd_i32,
-           cnt: nd_i32, nbad: nd_i32):
+           cnt: nd_i32, flags: nd_i32):
     """Per run of S nodes: crossing grid edges owned, triangles of the cells, non-finite values."""
     dims = _dims3(sweep, vals)
     ns, nu, nv = dims[0], dims[1], dims[2]
@@ -145,12 +145,12 @@ def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S
         cnt[r] = cnt_v
         cnt[nch * nu * nv + r] = cnt_t
         if bad > 0:
-            ti.atomic_add(nbad[0], bad)
+            ti.atomic_add(flags[0], bad)  # flags[0]: non-finite values
 
 
 @ti.func
 def _emit_vertex3(vals: ti.template(), verts: ti.template(), vedge: ti.template(), vsnap: ti.template(),
-                  nsnap: ti.template(), org: ti.template(), spc: ti.template(), level,
+                  flags: ti.template(), org: ti.template(), spc: ti.template(), level,
                   vid, p, axis: ti.template()):
     ny, nz = vals.shape[1], vals.shape[2]
     q = p
@@ -172,14 +172,14 @@ def _emit_vertex3(vals: ti.template(), verts: ti.template(), vedge: ti.template(
         snap = fb
     vsnap[vid] = snap
     if snap >= 0:
-        ti.atomic_add(nsnap[0], 1)
+        ti.atomic_add(flags[1], 1)  # flags[1]: snapped vertices
 
 
 @ti.kernel
 def emit_vertices3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32,
                    vbase: nd_i32, org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1),
                    verts: ti.types.ndarray(ndim=2), vedge: nd_i64, vsnap: nd_i32, node_vid: nd_i32,
-                   nsnap: nd_i32):
+                   flags: nd_i32):
     dims = _dims3(sweep, vals)
     ns, nu, nv = dims[0], dims[1], dims[2]
     ny, nz = vals.shape[1], vals.shape[2]
@@ -203,7 +203,7 @@ def emit_vertices3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.templ
                     node_vid[(p[0] * ny + p[1]) * nz + p[2]] = vid
                     for axis in ti.static(range(3)):
                         if e[axis]:
-                            _emit_vertex3(vals, verts, vedge, vsnap, nsnap, org, spc, level, vid, p, axis)
+                            _emit_vertex3(vals, verts, vedge, vsnap, flags, org, spc, level, vid, p, axis)
                             vid += 1
                 b = n
 
@@ -305,7 +305,7 @@ def _shape2(sweep: ti.template(), vals: ti.template()):
 
 @ti.kernel
 def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32, seg_count: nd_i32,
-           cnt: nd_i32, nbad: nd_i32):
+           cnt: nd_i32, flags: nd_i32):
     dims = _shape2(sweep, vals)
     ns, nu = dims[0], dims[1]
     nch = (ns + S - 1) // S
@@ -330,14 +330,14 @@ def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S
         cnt[c * nu + u] = cnt_v
         cnt[nch * nu + c * nu + u] = cnt_t
         if bad > 0:
-            ti.atomic_add(nbad[0], bad)
+            ti.atomic_add(flags[0], bad)  # flags[0]: non-finite values
 
 
 @ti.kernel
 def emit_vertices2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32,
                    vbase: nd_i32, org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1),
                    verts: ti.types.ndarray(ndim=2), vedge: nd_i64, vsnap: nd_i32, node_vid: nd_i32,
-                   nsnap: nd_i32):
+                   flags: nd_i32):
     dims = _shape2(sweep, vals)
     ns, nu = dims[0], dims[1]
     ny = vals.shape[1]
@@ -377,7 +377,7 @@ def emit_vertices2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.templ
                                 snap = q[0] * ny + q[1]
                             vsnap[vid] = snap
                             if snap >= 0:
-                                ti.atomic_add(nsnap[0], 1)
+                                ti.atomic_add(flags[1], 1)  # flags[1]: snapped vertices
                             vid += 1
                 b = n
 
@@ -486,3 +486,12 @@ def vertex_normals(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, shape: nd_i32
             g /= norm
         for d in ti.static(range(dim)):
             out[v, d] = g[d]
+
+
+@ti.kernel
+def gather_totals(base: nd_i32, R: ti.i32, flags: nd_i32, out: nd_i32):
+    """One small array for the host: [vertices, vertices + elements, non-finite values]."""
+    for _ in range(1):
+        out[0] = base[R]
+        out[1] = base[2 * R]
+        out[2] = flags[0]

@@ -56,7 +56,7 @@ class _Marcher:
                 R=R,
                 cnt=_device.empty((2 * R,), np.int32), base=_device.empty((2 * R + 1,), np.int32),
                 node_vid=_device.empty((int(np.prod(shape)),), np.int32),
-                nsnap=_device.empty((1,), np.int32), nbad=_device.empty((1,), np.int32),
+                flags=_device.empty((2,), np.int32), totals=_device.empty((3,), np.int32),
                 scan=ExclusiveScan(2 * R))
         return self._scratch[key]
 
@@ -73,18 +73,18 @@ class _Marcher:
             count, emit_v, emit_e = k.count3, k.emit_vertices3, k.emit_triangles3
         else:
             count, emit_v, emit_e = k.count2, k.emit_vertices2, k.emit_segments2
-        b["nbad"].fill(0)
-        count(vals, level, sweep, S, self.count, b["cnt"], b["nbad"])
-        nbad = int(b["nbad"][0])
+        b["flags"].fill(0)  # [non-finite values, snapped vertices]
+        count(vals, level, sweep, S, self.count, b["cnt"], b["flags"])
+        R = b["R"]
+        # one scan over [vertex counts | element counts]: base[R] = V, base[2R] = V + T
+        b["scan"].run(b["cnt"], b["base"], 2 * R)
+        k.gather_totals(b["base"], R, b["flags"], b["totals"])
+        V, VT, nbad = (int(x) for x in _device.fetch(b["totals"])[:3])  # the only host sync
         if nbad:
             raise ValueError(f"values: contains {nbad} NaN or infinite value(s)"
                              + (" (or values beyond the float32 range: use precision='f64')"
                                 if rdt == np.float32 else ""))
-        R = b["R"]
-        # one scan over [vertex counts | element counts]: base[R] = V, base[2R] = V + T
-        b["scan"].run(b["cnt"], b["base"], 2 * R)
-        V = int(b["base"][R])
-        T = int(b["base"][2 * R]) - V
+        T = VT - V
         out = dict(V=V, T=T)
         if V == 0:
             return out
@@ -94,11 +94,10 @@ class _Marcher:
         vedge = self._out("vedge", (V,), np.int64)
         vsnap = self._out("vsnap", (V,), np.int32)
         elems = self._out("elems", (T, self.dim), np.int32)
-        b["nsnap"].fill(0)
-        emit_v(vals, level, sweep, S, b["base"], org, spc, verts, vedge, vsnap, b["node_vid"], b["nsnap"])
+        emit_v(vals, level, sweep, S, b["base"], org, spc, verts, vedge, vsnap, b["node_vid"], b["flags"])
         emit_e(vals, level, sweep, S, b["base"], self.count, self.elems, self.stride, self.edge_corner,
                self.edge_axis, b["node_vid"], elems)
-        out.update(verts=verts, vedge=vedge, vsnap=vsnap, elems=elems, nsnap=b["nsnap"])
+        out.update(verts=verts, vedge=vedge, vsnap=vsnap, elems=elems, flags=b["flags"])
         return out
 
 
@@ -218,7 +217,7 @@ def _extract(values, level, spacing, origin, dim: int, name: str, layout):
     verts = _device.fetch(res["verts"], res["V"]).astype(np.float64)
     vedge = _device.fetch(res["vedge"], res["V"]).astype(np.int64)
     elems = _device.fetch(res["elems"], res["T"]).astype(np.int64)
-    if int(res["nsnap"][0]) > 0:
+    if int(_device.fetch(res["flags"])[1]) > 0:  # vertices landed on grid nodes: weld
         vsnap = _device.fetch(res["vsnap"], res["V"])
         verts, vedge, elems = _weld(verts, vedge, vsnap, elems)
     return vals, level, spacing, origin, verts, vedge, elems
