@@ -86,15 +86,18 @@ _FRAME3 = _corner_frames(3)
 _FRAME2 = _corner_frames(2)
 
 
+_FRAMES = {3: _FRAME3, 2: _FRAME2}
+
+
 @ti.func
-def _case3(sweep: ti.template(), b, n) -> ti.i32:
-    """Cube case (bit c = corner c inside, c = dx + 2 dy + 4 dz) from the windows of s and s + 1."""
+def _case(dim: ti.template(), sweep: ti.template(), b, n) -> ti.i32:
+    """Cell case (bit c = corner c inside, c = dx + 2 dy [+ 4 dz]) from the windows of s and s + 1."""
     case = 0
-    for c in ti.static(range(8)):
-        if ti.static(_FRAME3[sweep][c][0]):
-            case |= ((n >> ti.static(_FRAME3[sweep][c][1])) & 1) << c
+    for c in ti.static(range(1 << dim)):
+        if ti.static(_FRAMES[dim][sweep][c][0]):
+            case |= ((n >> ti.static(_FRAMES[dim][sweep][c][1])) & 1) << c
         else:
-            case |= ((b >> ti.static(_FRAME3[sweep][c][1])) & 1) << c
+            case |= ((b >> ti.static(_FRAMES[dim][sweep][c][1])) & 1) << c
     return case
 
 
@@ -139,7 +142,7 @@ def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S
             n = _win3(sweep, vals, sn, u, v, u1, v1, level)
             e = _edges3(sweep, b, n, hs, hu, hv)
             cnt_v += e[0] + e[1] + e[2]
-            cnt_t += hs * hu * hv * tri_count[_case3(sweep, b, n)]
+            cnt_t += hs * hu * hv * tri_count[_case(3, sweep, b, n)]
             b = n
         r = (c * nu + u) * nv + v
         cnt[r] = cnt_v
@@ -239,7 +242,7 @@ def emit_triangles3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.temp
             b = _win3(sweep, vals, s0, u, v, u + 1, v + 1, level)
             for s in range(s0, s1):
                 n = _win3(sweep, vals, s + 1, u, v, u + 1, v + 1, level)
-                case = _case3(sweep, b, n)
+                case = _case(3, sweep, b, n)
                 p = _node3(sweep, s, u, v)
                 for t in range(tri_count[case]):
                     for m in ti.static(range(3)):
@@ -272,17 +275,6 @@ def _val2(sweep: ti.template(), vals: ti.template(), s, u):
 @ti.func
 def _win2(sweep: ti.template(), vals: ti.template(), s, u, u1, level) -> ti.i32:
     return _ins(_val2(sweep, vals, s, u), level) | (_ins(_val2(sweep, vals, s, u1), level) << 1)
-
-
-@ti.func
-def _case2(sweep: ti.template(), b, n) -> ti.i32:
-    case = 0
-    for c in ti.static(range(4)):
-        if ti.static(_FRAME2[sweep][c][0]):
-            case |= ((n >> ti.static(_FRAME2[sweep][c][1])) & 1) << c
-        else:
-            case |= ((b >> ti.static(_FRAME2[sweep][c][1])) & 1) << c
-    return case
 
 
 @ti.func
@@ -325,7 +317,7 @@ def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S
             n = _win2(sweep, vals, ti.min(s + 1, ns - 1), u, u1, level)
             e = _edges2(sweep, b, n, hs, hu)
             cnt_v += e[0] + e[1]
-            cnt_t += hs * hu * seg_count[_case2(sweep, b, n)]
+            cnt_t += hs * hu * seg_count[_case(2, sweep, b, n)]
             b = n
         cnt[c * nu + u] = cnt_v
         cnt[nch * nu + c * nu + u] = cnt_t
@@ -407,7 +399,7 @@ def emit_segments2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.templ
             b = _win2(sweep, vals, s0, u, u + 1, level)
             for s in range(s0, s1):
                 n = _win2(sweep, vals, s + 1, u, u + 1, level)
-                case = _case2(sweep, b, n)
+                case = _case(2, sweep, b, n)
                 p = _node2(sweep, s, u)
                 for t in range(seg_count[case]):
                     for m in ti.static(range(2)):
