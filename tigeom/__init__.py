@@ -5,9 +5,13 @@ Nothing runs at import: Taichi initialises on the first call of an entry point, 
 """
 
 from . import io
+from .delaunay import Triangulation, weighted_delaunay
 from .isosurface import Curve, Surface, marching_cubes, marching_squares
 from .runtime import init
 
 __version__ = "0.1.0"
 
-__all__ = ["init", "io", "marching_cubes", "marching_squares", "Surface", "Curve", "__version__"]
+__all__ = [
+    "init", "io", "marching_cubes", "marching_squares", "Surface", "Curve", "weighted_delaunay", "Triangulation",
+    "__version__",
+]

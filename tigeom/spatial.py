@@ -31,36 +31,14 @@ class NearestIndex:
             raise ValueError("points: need at least one point")
         self.dim = pts.shape[1]
         runtime.ensure_init()
-        from . import _scan
-        from . import _spatial_kernels as K
-
         rdt = runtime.real_dtype()
         p3 = _pad3(pts).astype(rdt)
-        lo, hi = p3.min(0), p3.max(0)
-        ext = np.maximum(hi - lo, 0.0)
-        active = ext > 0
-        vol = np.prod(ext[active]) if active.any() else 1.0
-        k = int(active.sum()) or 1
-        h = float((vol / max(len(pts) / 2.0, 1.0)) ** (1.0 / k)) if active.any() else 1.0
-        h = max(h, float(ext.max()) / 1024.0, 1e-30)
-        res = np.maximum(np.floor(ext / h).astype(np.int64) + 1, 1)
-        while res.prod() > 4 * len(pts) + 64:  # cap the cell count
-            h *= 1.25
-            res = np.maximum(np.floor(ext / h).astype(np.int64) + 1, 1)
-        self.h, self.lo, self.res = h, lo, res.astype(np.int32)
-        ncell = int(res.prod())
+        lo, h, res = grid_params(p3, 2.0)
+        self.h, self.lo, self.res = h, lo, res
         self._pts = _device.upload(p3)
         self._lo = _device.upload(lo.astype(rdt))
         self._res = _device.upload(self.res)
-        counts = _device.zeros((ncell,), np.int32)
-        cell_of = _device.empty((len(pts),), np.int32)
-        K.count_cells(self._pts, self._lo, h, self._res, counts, cell_of)
-        self._start = _device.empty((ncell + 1,), np.int32)
-        _scan.ExclusiveScan(ncell).run(counts, self._start, ncell)
-        cursor = _device.zeros((ncell,), np.int32)
-        self._order = _device.empty((len(pts),), np.int32)
-        K.fill_cells(cell_of, self._start, cursor, self._order)
-        K.sort_cells(self._start, self._order)
+        self._start, self._order = build_grid(self._pts, len(pts), self._lo, h, self._res)
         self.n = len(pts)
 
     def query(self, queries) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +54,49 @@ class NearestIndex:
                       self._order, idx, d2)
         return (_device.fetch(idx, len(q)).astype(np.int64),
                 np.sqrt(np.maximum(_device.fetch(d2, len(q)).astype(np.float64), 0.0)))
+
+
+def grid_params(p3: np.ndarray, per_cell: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """Origin, cell size and resolution (int32, 3) of a grid holding about ``per_cell`` points per
+    cell over the bounding box of ``p3`` (N, 3); flat axes get one cell. The cell size is an f32
+    value, so kernels compiled for either precision place the points in the same cells."""
+    lo, hi = p3.min(0), p3.max(0)
+    ext = np.maximum(hi - lo, 0.0)
+    active = ext > 0
+    vol = np.prod(ext[active]) if active.any() else 1.0
+    k = int(active.sum()) or 1
+    n = len(p3)
+    h = float((vol / max(n / per_cell, 1.0)) ** (1.0 / k)) if active.any() else 1.0
+    h = max(h, float(ext.max()) / 1024.0, 1e-30)
+    res = np.maximum(np.floor(ext / h).astype(np.int64) + 1, 1)
+    while res.prod() > 4 * n + 64:  # cap the cell count
+        h *= 1.25
+        res = np.maximum(np.floor(ext / h).astype(np.int64) + 1, 1)
+    h = float(np.float32(h))
+    res = np.maximum(np.floor(ext / h).astype(np.int64) + 1, 1)
+    return lo, h, res.astype(np.int32)
+
+
+def build_grid(pts3, n: int, lo, h: float, res):
+    """Counting sort of n points (an (n, 3) kernel array) into the cells of a uniform grid.
+
+    Returns ``(start, order)`` kernel arrays: the points of flat cell f are
+    ``order[start[f]:start[f + 1]]``, in ascending index order (deterministic).
+    """
+    from . import _scan
+    from . import _spatial_kernels as K
+
+    ncell = int(np.prod(_device.fetch(res) if not isinstance(res, np.ndarray) else res))
+    counts = _device.zeros((ncell,), np.int32)
+    cell_of = _device.empty((n,), np.int32)
+    K.count_cells(pts3, lo, h, res, counts, cell_of)
+    start = _device.empty((ncell + 1,), np.int32)
+    _scan.ExclusiveScan(ncell).run(counts, start, ncell)
+    cursor = _device.zeros((ncell,), np.int32)
+    order = _device.empty((n,), np.int32)
+    K.fill_cells(cell_of, start, cursor, order)
+    K.sort_cells(start, order)
+    return start, order
 
 
 def nearest(points, queries) -> tuple[np.ndarray, np.ndarray]:

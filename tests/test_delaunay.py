@@ -1,0 +1,247 @@
+"""Weighted Delaunay triangulation: equality with the lifted lower hull (scipy/Qhull as the
+reference only), validity on degenerate inputs, property-based checks and bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.spatial import ConvexHull
+
+import tigeom
+from tigeom.delaunay import _Exact, _exact_cell, weighted_delaunay
+
+
+def canon(s):
+    return set(map(tuple, np.sort(np.asarray(s), axis=1).tolist()))
+
+
+def lifted_lower_hull(p, w):
+    """Reference: lower facets of the hull of (p, |p|^2 - w) and the points they leave out."""
+    lift = np.column_stack([p, (p * p).sum(1) - w])
+    hull = ConvexHull(lift)
+    d = p.shape[1]
+    lower = hull.simplices[hull.equations[:, d] < -1e-12]
+    hidden = np.ones(len(p), bool)
+    hidden[np.unique(lower)] = False
+    return lower, hidden
+
+
+def check_valid(tri, tol=1e-9):
+    """Invariants every regular triangulation satisfies, checked by brute force."""
+    p, w, s = tri.points, tri.weights, tri.simplices
+    d = p.shape[1]
+    assert s.dtype == np.int64 and s.shape[1] == d + 1
+    vol = tigeom.delaunay._signed_volumes(p, s)
+    assert np.all(vol > 0), "every simplex positively oriented and not flat"
+    used = np.unique(s)
+    live = np.flatnonzero(~tri.hidden)
+    assert np.array_equal(used, live), "exactly the non-hidden points are vertices"
+    # union of the simplices = the convex hull
+    hv = ConvexHull(p).volume
+    assert abs(vol.sum() - hv) <= 1e-9 * hv
+    # empty power spheres: no point has smaller power at a simplex's power centre
+    c = tri.power_centers
+    pw = ((c - p[s[:, 0]]) ** 2).sum(1) - w[s[:, 0]]
+    allpow = ((c[:, None, :] - p[None, :, :]) ** 2).sum(-1) - w[None, :]
+    scale = np.abs(allpow).max() + 1.0
+    assert np.all(allpow >= pw[:, None] - tol * scale), "a point lies inside a power sphere"
+    # faces: unique, sorted rows, each in one or two simplices, matching the simplices' faces
+    f = tri.faces
+    assert np.all(np.diff(f, axis=1) > 0)
+    assert len(canon(f)) == len(f)
+    sf = np.concatenate([np.delete(s, k, axis=1) for k in range(d + 1)])
+    assert canon(sf) == canon(f)
+    # adjacency symmetric
+    nb = tri.neighbors
+    for a in range(len(s)):
+        for k in range(d + 1):
+            b = nb[a, k]
+            if b >= 0:
+                assert a in nb[b]
+    # Euler: V - E + F (- T) = 1 for a triangulated disk / ball
+    edges = canon(np.concatenate([s[:, [i, j]] for i in range(d + 1) for j in range(i + 1, d + 1)]))
+    V = len(live)
+    if d == 2:
+        assert V - len(edges) + len(s) == 1
+    else:
+        assert V - len(edges) + len(f) - len(s) == 1
+    # hidden points (not duplicates) are redundant: their lifted point is not below the hull
+    for i in np.flatnonzero(tri.hidden):
+        if np.any(np.all(p[live] == p[i], axis=1)):
+            continue
+        lifted_i = p[i] @ p[i] - w[i]
+        best = np.inf
+        for simplex in s:
+            A = np.column_stack([p[simplex], np.ones(d + 1)])
+            bc = np.linalg.solve(A.T, np.append(p[i], 1.0))
+            if np.all(bc >= -1e-9):
+                h = bc @ ((p[simplex] ** 2).sum(1) - w[simplex])
+                best = min(best, h)
+        assert lifted_i >= best - 1e-9 * (abs(best) + 1)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_equals_lifted_lower_hull(d, weighted):
+    rng = np.random.default_rng(10 * d + weighted)
+    n = 400 if d == 2 else 300
+    p = rng.random((n, d))
+    spacing = n ** (-1.0 / d)
+    w = rng.random(n) * (0.5 * spacing) ** 2 if weighted else np.zeros(n)
+    tri = tigeom.weighted_delaunay(p, w if weighted else None)
+    lower, hidden = lifted_lower_hull(p, w)
+    assert canon(tri.simplices) == canon(lower)
+    assert np.array_equal(tri.hidden, hidden)
+    if weighted:
+        assert hidden.any(), "the weights should hide some points (otherwise the test is weak)"
+    check_valid(tri)
+
+
+def test_heavy_weights_hide_most_points():
+    rng = np.random.default_rng(3)
+    p = rng.random((200, 2))
+    w = np.zeros(200)
+    w[:4] = [4.0, 4.0, 4.0, 4.0]  # far larger than the spacing
+    p[:4] = [[0.2, 0.2], [0.8, 0.2], [0.5, 0.8], [0.5, 0.45]]
+    tri = tigeom.weighted_delaunay(p, w)
+    lower, hidden = lifted_lower_hull(p, w)
+    assert canon(tri.simplices) == canon(lower)
+    assert np.array_equal(tri.hidden, hidden)
+    assert tri.hidden.sum() >= 150
+    check_valid(tri)
+
+
+@pytest.mark.parametrize("d,k", [(2, 9), (3, 4)])
+def test_grid_is_valid_and_deterministic(d, k):
+    x = np.linspace(0, 1, k)
+    p = np.stack(np.meshgrid(*([x] * d), indexing="ij"), -1).reshape(-1, d)
+    a = tigeom.weighted_delaunay(p)
+    b = tigeom.weighted_delaunay(p)
+    assert np.array_equal(a.simplices, b.simplices) and np.array_equal(a.faces, b.faces)
+    assert not a.hidden.any()
+    check_valid(a)
+    # each grid square / cube is split into 2 triangles / some tets: the count is fixed in 2D
+    if d == 2:
+        assert len(a.simplices) == 2 * (k - 1) ** 2
+
+
+def test_cocircular_and_cospherical():
+    t = np.linspace(0, 2 * np.pi, 17)[:-1]
+    p = np.column_stack([np.cos(t), np.sin(t)])
+    tri = tigeom.weighted_delaunay(np.vstack([p, [[0.0, 0.0]]]))
+    check_valid(tri)
+    tri = tigeom.weighted_delaunay(p)  # all points on one circle: any fan is Delaunay
+    check_valid(tri)
+    assert len(tri.simplices) == 14
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(40, 3))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    check_valid(tigeom.weighted_delaunay(q))
+
+
+def test_duplicates_hide_the_lighter_twin():
+    rng = np.random.default_rng(1)
+    p = rng.random((50, 3))
+    p = np.vstack([p, p[:5], p[5:8]])
+    w = np.zeros(len(p))
+    w[50:55] = 1e-6  # heavier twins: the originals 0..4 are hidden
+    tri = tigeom.weighted_delaunay(p, w)
+    assert tri.hidden[:5].all() and not tri.hidden[50:55].any()
+    # equal weights: the smaller index stays
+    assert not tri.hidden[5:8].any() and tri.hidden[55:58].all()
+    check_valid(tri)
+
+
+def test_nearly_coplanar_and_nearly_collinear():
+    rng = np.random.default_rng(2)
+    p = rng.random((60, 3))
+    p[:, 2] *= 1e-7
+    p[:4, 2] = [0.0, 1.0, 0.5, 0.3]  # a few points give the set a volume
+    check_valid(tigeom.weighted_delaunay(p))
+    q = rng.random((60, 2))
+    q[:, 1] = 0.5 + 1e-9 * q[:, 1]
+    q[:2, 1] = [0.0, 1.0]
+    check_valid(tigeom.weighted_delaunay(q))
+
+
+def test_exact_fallback_agrees_with_kernels():
+    rng = np.random.default_rng(4)
+    p = rng.random((25, 2))
+    w = rng.random(25) * 0.01
+    tri = tigeom.weighted_delaunay(p, w)
+    ex = _Exact(p, w)
+    box_lo, box_hi = p.min(0) - 10.0, p.max(0) + 10.0
+    for i in range(25):
+        cand = np.argsort(((p - p[i]) ** 2).sum(1), kind="stable")
+        cand = cand[cand != i]
+        simp = _exact_cell(i, ex, cand, box_lo, box_hi, 0.0, w.max())
+        if simp is None:
+            assert tri.hidden[i]
+            continue
+        mine = canon([tuple(sorted(set(s) - {i})) for s in tri.simplices if i in s])
+        assert set(simp) == mine
+
+
+def test_power_cells_and_adjacency():
+    rng = np.random.default_rng(5)
+    p = rng.random((80, 2))
+    tri = tigeom.weighted_delaunay(p, rng.random(80) * 1e-3)
+    cells = tri.power_cells()
+    for i in range(80):
+        nb, verts = cells.cell(i)
+        if tri.hidden[i]:
+            assert len(nb) == 0 and len(verts) == 0
+            continue
+        assert len(verts) == np.sum(np.any(tri.simplices == i, axis=1))
+        # every cell vertex is equidistant (in power) from i and is no closer to any other point
+        pw = ((verts - p[i]) ** 2).sum(1) - tri.weights[i]
+        for j in nb:
+            assert i in cells.cell(j)[0]
+        allp = ((verts[:, None] - p[None]) ** 2).sum(-1) - tri.weights[None]
+        assert np.all(allp.min(1) >= pw - 1e-12)
+    hull = canon(tri.hull_faces())
+    assert cells.unbounded.sum() == len({v for f in hull for v in f})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(d=st.sampled_from([2, 3]), n=st.integers(5, 60), scale=st.sampled_from([1e-3, 1.0, 1e3]),
+       wfac=st.sampled_from([0.0, 0.1, 1.0, 10.0]), seed=st.integers(0, 2**31 - 1),
+       snap=st.booleans())
+def test_property_valid(d, n, scale, wfac, seed, snap):
+    rng = np.random.default_rng(seed)
+    p = rng.random((n, d))
+    if snap:  # points on a coarse lattice: co-circular sets, collinear runs and duplicates
+        p = np.round(p * 4) / 4
+    p = p * scale + scale
+    spacing = scale * n ** (-1.0 / d)
+    w = rng.random(n) * wfac * spacing ** 2
+    uniq = np.unique(p, axis=0)
+    if len(uniq) < d + 1 or np.linalg.matrix_rank(uniq - uniq.mean(0), tol=1e-9 * scale) < d:
+        with pytest.raises(ValueError, match="points"):
+            tigeom.weighted_delaunay(p, w)
+        return
+    tri = tigeom.weighted_delaunay(p, w)
+    check_valid(tri, tol=1e-8)
+    if not snap:
+        lower, hidden = lifted_lower_hull(p, w)
+        assert canon(tri.simplices) == canon(lower)
+
+
+@pytest.mark.parametrize("points,weights,match", [
+    (np.zeros((5, 4)), None, "points: expected shape"),
+    (np.zeros(5), None, "points: expected a 2-dimensional"),
+    (np.array([[0, 0], [1, 0], [np.nan, 1]]), None, "points: contains 1 NaN"),
+    (np.random.default_rng(0).random((6, 2)), np.ones(5), "weights: expected shape"),
+    (np.random.default_rng(0).random((6, 2)), np.array([0, 0, 0, np.inf, 0, 0]), "weights: contains"),
+    (np.array([[0, 0], [1, 1], [0, 0], [1, 1]]), None, "at least 3 distinct"),
+    (np.array([[0, 0], [1, 1], [2, 2], [3, 3]]), None, "one line"),
+    (np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [2, 3, 0]]), None, "one plane"),
+])
+def test_bad_input(points, weights, match):
+    with pytest.raises(ValueError, match=match):
+        tigeom.weighted_delaunay(points, weights)
+
+
+def test_wrong_type():
+    with pytest.raises(TypeError):
+        tigeom.weighted_delaunay(np.array([["a", "b"]] * 4))

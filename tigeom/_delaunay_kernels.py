@@ -1,0 +1,1048 @@
+"""Taichi kernels of the weighted Delaunay triangulation: power cells by half-space clipping.
+
+Every cell is clipped in the local frame of its point (coordinates relative to p_i), in f64
+whatever the runtime precision. A plane is named by a global point index (the power bisector
+between p_i and that point: keep g(y) = 2 d.y - (|d|^2 - w_j + w_i) <= 0, d = p_j - p_i) or by
+-1-k for the k-th face of the clipping box (k = 2 axis + side).
+
+Decisions. A cell vertex made of bisectors only is the power centre of a simplex (i, S); point
+j removes it when it lies inside that simplex's power sphere. Far from a tie the sign of g at
+the vertex decides. Near a tie the lifted predicate decides, evaluated on the input
+coordinates in a canonical order (indices sorted, sign corrected by the permutation's parity),
+so every cell that meets the same d + 2 points answers the same. When its floating-point error
+bound cannot certify the sign, the tie is broken by symbolic perturbation of the weights (point
+k gets w_k + eps^(k+1), lower indices dominating), which is a genuine perturbation of the input
+and therefore consistent across cells. Vertices that involve a box face are decided by g.
+
+The host checks afterwards that every simplex is reported by each of its d + 1 cells; cells
+that disagree are recomputed with exact rational arithmetic (see ``delaunay._exact``).
+"""
+
+import taichi as ti
+
+nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
+nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
+nd_i32_3 = ti.types.ndarray(dtype=ti.i32, ndim=3)
+nd_f64 = ti.types.ndarray(dtype=ti.f64, ndim=1)
+nd_f64_2 = ti.types.ndarray(dtype=ti.f64, ndim=2)
+nd_f64_3 = ti.types.ndarray(dtype=ti.f64, ndim=3)
+
+F0 = 0.0
+EPS_ORIENT = 1e-15  # relative error bound of an orientation determinant (Shewchuk: 3.3e-16)
+EPS_LIFT = 1e-14  # relative error bound of a lifted determinant (weights and squares included)
+R1_2D = 0  # rings gathered and clipped nearest-first before the ring-by-ring search
+R1_3D = 1
+EPS_G = 1e-9  # relative band of the fast vertex test inside which the lifted predicate decides
+
+# status bits per cell
+ST_HIDDEN = 1
+ST_OVERFLOW = 2  # cell too complex for the scratch capacity: rerun with more room
+ST_BROKEN = 4  # clipping met an inconsistent configuration: recompute exactly on the host
+
+
+@ti.func
+def _f64(x):
+    return ti.cast(x, ti.f64)
+
+
+# --------------------------------------------------------------------------- predicates
+
+
+@ti.func
+def _sort_small(v: ti.template(), n: ti.template()):
+    """Sort the first n entries of an int vector ascending; return it and the parity (+1/-1)."""
+    par = 1
+    for a in ti.static(range(n)):
+        for b in ti.static(range(n - 1 - a)):
+            if v[b] > v[b + 1]:
+                t = v[b]
+                v[b] = v[b + 1]
+                v[b + 1] = t
+                par = -par
+    return v, par
+
+
+@ti.func
+def _pt(P: ti.template(), i, dim: ti.template()):
+    v = ti.Vector.zero(ti.f64, dim)
+    for d in ti.static(range(dim)):
+        v[d] = P[i, d]
+    return v
+
+
+@ti.func
+def _det2(a, b):
+    return a[0] * b[1] - a[1] * b[0]
+
+
+@ti.func
+def _det3(a, b, c):
+    return a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0]) + a[2] * (
+        b[0] * c[1] - b[1] * c[0])
+
+
+@ti.func
+def _perm3(a, b, c):
+    A, B, C = ti.abs(a), ti.abs(b), ti.abs(c)
+    return A[0] * (B[1] * C[2] + B[2] * C[1]) + A[1] * (B[0] * C[2] + B[2] * C[0]) + A[2] * (
+        B[0] * C[1] + B[1] * C[0])
+
+
+@ti.func
+def _sign_orient_sorted(P: ti.template(), v: ti.template(), dim: ti.template()):
+    """Sign of the homogeneous orientation det [x 1] of the d + 1 points v (already sorted);
+    0 when the error bound cannot certify it."""
+    s = 0
+    if ti.static(dim == 2):
+        p0 = _pt(P, v[0], 2)
+        a = _pt(P, v[1], 2) - p0
+        b = _pt(P, v[2], 2) - p0
+        det = _det2(a, b)
+        bound = EPS_ORIENT * (ti.abs(a[0] * b[1]) + ti.abs(a[1] * b[0]))
+        if det > bound:
+            s = 1
+        elif det < -bound:
+            s = -1
+    else:
+        p0 = _pt(P, v[0], 3)
+        a = _pt(P, v[1], 3) - p0
+        b = _pt(P, v[2], 3) - p0
+        c = _pt(P, v[3], 3) - p0
+        det = -_det3(a, b, c)  # homogeneous 4x4 = (-1)^3 det_rel
+        bound = EPS_ORIENT * 2.0 * _perm3(a, b, c)
+        if det > bound:
+            s = 1
+        elif det < -bound:
+            s = -1
+    return s
+
+
+@ti.func
+def _lifted_row(P: ti.template(), W: ti.template(), k, p0, w0, dim: ti.template()):
+    """Row (d, |d|^2 - w_k + w_0) relative to point 0, and its magnitude row for the bound."""
+    d = _pt(P, k, dim) - p0
+    r = ti.Vector.zero(ti.f64, dim + 1)
+    m = ti.Vector.zero(ti.f64, dim + 1)
+    for a in ti.static(range(dim)):
+        r[a] = d[a]
+        m[a] = ti.abs(d[a])
+    r[dim] = d.dot(d) - W[k] + w0
+    m[dim] = d.dot(d) + ti.abs(W[k]) + ti.abs(w0)
+    return r, m
+
+
+@ti.func
+def _sign_lifted_sorted(P: ti.template(), W: ti.template(), v: ti.template(), dim: ti.template()):
+    """Sign of the homogeneous lifted det [x |x|^2-w 1] of the d + 2 sorted points v, with the
+    symbolic weight perturbation deciding exact (or uncertifiable) zeros."""
+    p0 = _pt(P, v[0], dim)
+    w0 = W[v[0]]
+    s = 0
+    if ti.static(dim == 2):
+        r1, m1 = _lifted_row(P, W, v[1], p0, w0, 2)
+        r2, m2 = _lifted_row(P, W, v[2], p0, w0, 2)
+        r3, m3 = _lifted_row(P, W, v[3], p0, w0, 2)
+        det = -_det3(r1, r2, r3)  # homogeneous 4x4 = (-1)^3 det_rel
+        bound = EPS_LIFT * _perm3(m1, m2, m3)
+        if det > bound:
+            s = 1
+        elif det < -bound:
+            s = -1
+    else:
+        r1, m1 = _lifted_row(P, W, v[1], p0, w0, 3)
+        r2, m2 = _lifted_row(P, W, v[2], p0, w0, 3)
+        r3, m3 = _lifted_row(P, W, v[3], p0, w0, 3)
+        r4, m4 = _lifted_row(P, W, v[4], p0, w0, 3)
+        # expansion along the lifted column; the homogeneous 5x5 det equals det_rel
+        x1 = ti.Vector([r1[0], r1[1], r1[2]])
+        x2 = ti.Vector([r2[0], r2[1], r2[2]])
+        x3 = ti.Vector([r3[0], r3[1], r3[2]])
+        x4 = ti.Vector([r4[0], r4[1], r4[2]])
+        a1 = ti.Vector([m1[0], m1[1], m1[2]])
+        a2 = ti.Vector([m2[0], m2[1], m2[2]])
+        a3 = ti.Vector([m3[0], m3[1], m3[2]])
+        a4 = ti.Vector([m4[0], m4[1], m4[2]])
+        det = (-r1[3] * _det3(x2, x3, x4) + r2[3] * _det3(x1, x3, x4)
+               - r3[3] * _det3(x1, x2, x4) + r4[3] * _det3(x1, x2, x3))
+        perm = (m1[3] * _perm3(a2, a3, a4) + m2[3] * _perm3(a1, a3, a4)
+                + m3[3] * _perm3(a1, a2, a4) + m4[3] * _perm3(a1, a2, a3))
+        bound = EPS_LIFT * 4.0 * perm
+        if det > bound:
+            s = 1
+        elif det < -bound:
+            s = -1
+    if s == 0:
+        # D(eps) = D - sum_r eps_r C_r, C_r = (-1)^(r+d) H(others); the first (lowest index)
+        # r with H != 0 decides: sign = -(-1)^(r+d) sign(H)
+        for r in ti.static(range(dim + 2)):
+            if s == 0:
+                o = ti.Vector.zero(ti.i32, dim + 1)
+                for q in ti.static(range(dim + 2)):
+                    if ti.static(q < r):
+                        o[q] = v[q]
+                    elif ti.static(q > r):
+                        o[q - 1] = v[q]
+                h = _sign_orient_sorted(P, o, dim)
+                if h != 0:
+                    sg = -1 if ti.static((r + dim) % 2 == 0) else 1
+                    s = sg * h
+    return s
+
+
+@ti.func
+def conflict_exact(P: ti.template(), W: ti.template(), i, S: ti.template(), j, dim: ti.template()):
+    """True when point j lies inside the power sphere of simplex (i, S): the lifted test."""
+    u = ti.Vector.zero(ti.i32, dim + 1)
+    u[0] = i
+    for a in ti.static(range(dim)):
+        u[a + 1] = S[a]
+    us, pu = _sort_small(u, dim + 1)
+    h = _sign_orient_sorted(P, us, dim) * pu
+    res = False
+    if h != 0:
+        v = ti.Vector.zero(ti.i32, dim + 2)
+        for a in ti.static(range(dim + 1)):
+            v[a] = u[a]
+        v[dim + 1] = j
+        vs, pv = _sort_small(v, dim + 2)
+        D = _sign_lifted_sorted(P, W, vs, dim) * pv
+        res = D * h > 0
+    return res
+
+
+# --------------------------------------------------------------------------- planes
+
+
+@ti.func
+def _plane(P: ti.template(), W: ti.template(), i, pid, pi, box_lo, box_hi, dim: ti.template()):
+    """(normal, offset) of plane pid in the local frame of point i: keep n.y <= c."""
+    n = ti.Vector.zero(ti.f64, dim)
+    c = _f64(0.0)
+    if pid >= 0:
+        d = _pt(P, pid, dim) - pi
+        n = 2.0 * d
+        c = d.dot(d) - W[pid] + W[i]
+    else:
+        k = -1 - pid
+        ax = k // 2
+        for a in ti.static(range(dim)):
+            if a == ax:
+                if k % 2 == 0:
+                    n[a] = -1.0
+                    c = -(box_lo[a] - pi[a])
+                else:
+                    n[a] = 1.0
+                    c = box_hi[a] - pi[a]
+    return n, c
+
+
+@ti.func
+def _sos_box_vertex(P: ti.template(), W: ti.template(), i, pi, S: ti.template(), j, n, box_lo, box_hi,
+                    dim: ti.template()):
+    """Tie at a vertex that involves a box face: the sign of dg under the weight perturbation
+    w_k + eps_k (lower index dominant). With u = N^-T n_j (N: the vertex's plane normals),
+    dg = eps_i (sum_bis u_k - 1) - sum_bis u_k eps_k + eps_j; the lowest index with a non-zero
+    coefficient decides."""
+    N = ti.Matrix.zero(ti.f64, dim, dim)
+    for a in ti.static(range(dim)):
+        na, ca = _plane(P, W, i, S[a], pi, box_lo, box_hi, dim)
+        for b in ti.static(range(dim)):
+            N[a, b] = na[b]
+    u = N.transpose().inverse() @ n
+    ci = -1.0
+    for a in ti.static(range(dim)):
+        if S[a] >= 0:
+            ci += u[a]
+    # candidates: i, j and the bisectors of S; pick the smallest index with a non-zero coefficient
+    best = 2147483647
+    coef = _f64(0.0)
+    if ti.abs(ci) > 1e-9:
+        best = i
+        coef = ci
+    if j < best:
+        best = j
+        coef = 1.0
+    for a in ti.static(range(dim)):
+        if S[a] >= 0 and S[a] < best and ti.abs(u[a]) > 1e-9:
+            best = S[a]
+            coef = -u[a]
+    return coef > 0
+
+
+@ti.func
+def _is_conflict(P: ti.template(), W: ti.template(), i, pi, S: ti.template(), y, j, n, c, box_lo, box_hi,
+                 dim: ti.template()):
+    """Does bisector j (plane n.y <= c) remove the cell vertex y = intersection of planes S?"""
+    g = n.dot(y) - c
+    allbis = True
+    for a in ti.static(range(dim)):
+        if S[a] < 0:
+            allbis = False
+    res = g > 0
+    tol = EPS_G * (ti.abs(n).dot(ti.abs(y)) + ti.abs(c))
+    if ti.abs(g) <= tol:
+        if allbis:
+            res = conflict_exact(P, W, i, S, j, dim)
+        else:
+            res = _sos_box_vertex(P, W, i, pi, S, j, n, box_lo, box_hi, dim)
+    return res
+
+
+@ti.func
+def _vertex2(P: ti.template(), W: ti.template(), i, pi, a, b, box_lo, box_hi):
+    na, ca = _plane(P, W, i, a, pi, box_lo, box_hi, 2)
+    nb, cb = _plane(P, W, i, b, pi, box_lo, box_hi, 2)
+    det = _det2(na, nb)
+    y = ti.Vector([ca * nb[1] - cb * na[1], na[0] * cb - nb[0] * ca]) / det
+    return y, det != 0.0
+
+
+@ti.func
+def _vertex3(P: ti.template(), W: ti.template(), i, pi, a, b, c, box_lo, box_hi):
+    na, ca = _plane(P, W, i, a, pi, box_lo, box_hi, 3)
+    nb, cb = _plane(P, W, i, b, pi, box_lo, box_hi, 3)
+    nc, cc = _plane(P, W, i, c, pi, box_lo, box_hi, 3)
+    bc = nb.cross(nc)
+    det = na.dot(bc)
+    y = (ca * bc + cb * nc.cross(na) + cc * na.cross(nb)) / det
+    return y, det != 0.0
+
+
+@ti.func
+def inside_box_canonical(P: ti.template(), W: ti.template(), i, S: ti.template(), box_lo, box_hi, band, dim: ti.template()):
+    """Whether the power centre of simplex (i, S) lies inside the box shrunk by band, computed
+    from the sorted indices in one fixed way, so every cell of the simplex gets the same answer."""
+    u = ti.Vector.zero(ti.i32, dim + 1)
+    u[0] = i
+    for a in ti.static(range(dim)):
+        u[a + 1] = S[a]
+    us, par = _sort_small(u, dim + 1)
+    p0 = _pt(P, us[0], dim)
+    x = p0
+    if ti.static(dim == 2):
+        e1 = _pt(P, us[1], 2) - p0
+        e2 = _pt(P, us[2], 2) - p0
+        b1 = 0.5 * (e1.dot(e1) - W[us[1]] + W[us[0]])
+        b2 = 0.5 * (e2.dot(e2) - W[us[2]] + W[us[0]])
+        det = _det2(e1, e2)
+        x = p0 + ti.Vector([b1 * e2[1] - b2 * e1[1], e1[0] * b2 - e2[0] * b1]) / det
+    else:
+        e1 = _pt(P, us[1], 3) - p0
+        e2 = _pt(P, us[2], 3) - p0
+        e3 = _pt(P, us[3], 3) - p0
+        b1 = 0.5 * (e1.dot(e1) - W[us[1]] + W[us[0]])
+        b2 = 0.5 * (e2.dot(e2) - W[us[2]] + W[us[0]])
+        b3 = 0.5 * (e3.dot(e3) - W[us[3]] + W[us[0]])
+        c23 = e2.cross(e3)
+        det = e1.dot(c23)
+        x = p0 + (b1 * c23 + b2 * e3.cross(e1) + b3 * e1.cross(e2)) / det
+    ok = True
+    for a in ti.static(range(dim)):
+        if not (box_lo[a] + band < x[a] < box_hi[a] - band):
+            ok = False
+    return ok
+
+
+# --------------------------------------------------------------------------- grid rings
+
+
+@ti.func
+def _cell_of(p, lo, h, res, dim: ti.template()):
+    c = ti.Vector.zero(ti.i32, 3)
+    for d in ti.static(range(dim)):
+        c[d] = ti.min(ti.max(ti.cast(ti.floor((p[d] - lo[d]) / h), ti.i32), 0), res[d] - 1)
+    return c
+
+
+@ti.func
+def _security(R2, dw):
+    """Squared distance beyond which a point cannot cut a cell of squared radius R2 (dw: the
+    largest weight minus the cell's own): |d| >= R + sqrt(R^2 + dw), with a little slack."""
+    R = ti.sqrt(R2)
+    need = (R + ti.sqrt(R2 + ti.max(dw, 0.0))) * (1.0 + 1e-9)
+    return need * need
+
+
+@ti.func
+def _need2_2(vy: ti.template(), w, cur, n, dw):
+    R2 = _f64(0.0)
+    for k in range(n):
+        R2 = ti.max(R2, vy[w, cur, k, 0] ** 2 + vy[w, cur, k, 1] ** 2)
+    return _security(R2, dw)
+
+
+@ti.func
+def _need2_3(vy: ti.template(), w, nt, dw):
+    R2 = _f64(0.0)
+    for t in range(nt):
+        R2 = ti.max(R2, vy[w, t, 0] ** 2 + vy[w, t, 1] ** 2 + vy[w, t, 2] ** 2)
+    return _security(R2, dw)
+
+
+@ti.func
+def _gather(P: ti.template(), skip: ti.template(), start: ti.template(), order: ti.template(), i, pi, c, r1,
+            r3, cand: ti.template(), cdist: ti.template(), w, dim: ti.template()):
+    """The points of the grid cells within Chebyshev distance r1 of cell c, sorted by distance to
+    p_i (insertion sort: a few dozen entries). Returns their count, or -1 when they overflow."""
+    kc = cand.shape[1]
+    m = 0
+    for a, b, e in ti.ndrange((-r1, r1 + 1), (-r1, r1 + 1), (-r1 if ti.static(dim == 3) else 0,
+                                                               r1 + 1 if ti.static(dim == 3) else 1)):
+        cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
+        if 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]:
+            f = (cx * r3[1] + cy) * r3[2] + cz
+            for sidx in range(start[f], start[f + 1]):
+                j = order[sidx]
+                if j != i and skip[j] == 0:
+                    if m < kc:
+                        dj = _pt(P, j, dim) - pi
+                        d2 = dj.dot(dj)
+                        k = m
+                        while k > 0 and (cdist[w, k - 1] > d2 or (cdist[w, k - 1] == d2 and cand[w, k - 1] > j)):
+                            cand[w, k] = cand[w, k - 1]
+                            cdist[w, k] = cdist[w, k - 1]
+                            k -= 1
+                        cand[w, k] = j
+                        cdist[w, k] = d2
+                    m += 1
+    if m > kc:
+        m = -1
+    return m
+
+
+# --------------------------------------------------------------------------- 2D cells
+
+
+@ti.func
+def _clip2(P: ti.template(), W: ti.template(), i, pi, j, w, n, cur, planes: ti.template(), vy: ti.template(), flag: ti.template(),
+           box_lo, box_hi, cap: ti.template()):
+    """Clip polygon `cur` of worker w (n vertices) by bisector j; returns (n, cur, status)."""
+    nin = 0
+    nj, cj = _plane(P, W, i, j, pi, box_lo, box_hi, 2)
+    for k in range(n):
+        a = planes[w, cur, k]
+        b = planes[w, cur, (k + 1) % n]
+        y = ti.Vector([vy[w, cur, k, 0], vy[w, cur, k, 1]])
+        f = _is_conflict(P, W, i, pi, ti.Vector([a, b]), y, j, nj, cj, box_lo, box_hi, 2)
+        flag[w, k] = 1 if f else 0
+        nin += 1 if f else 0
+    st = 0
+    if nin == n:
+        n = 0
+        st = ST_HIDDEN
+    elif nin > 0:
+        # the conflict vertices must form one cyclic run s..e
+        s = -1
+        runs = 0
+        for k in range(n):
+            if flag[w, k] == 1 and flag[w, (k + n - 1) % n] == 0:
+                s = k
+                runs += 1
+        if runs != 1:
+            st = ST_BROKEN
+        else:
+            e = (s + nin - 1) % n
+            m = n - nin + 2
+            if m > cap:
+                st = ST_OVERFLOW
+            else:
+                nxt = 1 - cur
+                # kept vertices e+1 .. s-1, then (P[s], j), then (j, P[e+1])
+                for t in range(n - nin):
+                    k = (e + 1 + t) % n
+                    planes[w, nxt, t] = planes[w, cur, k]
+                    vy[w, nxt, t, 0] = vy[w, cur, k, 0]
+                    vy[w, nxt, t, 1] = vy[w, cur, k, 1]
+                ps = planes[w, cur, s]
+                pe = planes[w, cur, (e + 1) % n]
+                planes[w, nxt, m - 2] = ps
+                planes[w, nxt, m - 1] = j
+                y1, ok1 = _vertex2(P, W, i, pi, ps, j, box_lo, box_hi)
+                y2, ok2 = _vertex2(P, W, i, pi, j, pe, box_lo, box_hi)
+                if not (ok1 and ok2):
+                    st = ST_BROKEN
+                vy[w, nxt, m - 2, 0] = y1[0]
+                vy[w, nxt, m - 2, 1] = y1[1]
+                vy[w, nxt, m - 1, 0] = y2[0]
+                vy[w, nxt, m - 1, 1] = y2[1]
+                n = m
+                cur = nxt
+    return n, cur, st
+
+
+@ti.kernel
+def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, h: ti.f64, res: nd_i32,
+            start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, wmax: ti.f64, band: ti.f64,
+            planes: nd_i32_3, vy: ti.types.ndarray(dtype=ti.f64, ndim=4), flag: nd_i32_2,
+            cand: nd_i32_2, cdist: nd_f64_2,
+            status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32, cap: ti.template()):
+    """Power cell of every point in ids; writes each cell's simplices (i, a, b) into buf."""
+    nw = planes.shape[0]
+    box_lo = ti.Vector([box_lo_a[0], box_lo_a[1]])
+    box_hi = ti.Vector([box_hi_a[0], box_hi_a[1]])
+    lo = ti.Vector([glo[0], glo[1]])
+    r3 = ti.Vector([res[0], res[1], res[2]])
+    rmax = ti.max(r3[0], r3[1])
+    bufcap = buf.shape[0]
+    for w in range(nw):
+        q = w
+        while q < ids.shape[0]:
+            i = ids[q]
+            pi = _pt(P, i, 2)
+            # the box as a 4-gon: planes x-, y-, x+, y+ counter-clockwise; vertex k joins k, k+1
+            cur = 0
+            n = 4
+            planes[w, 0, 0] = -1
+            planes[w, 0, 1] = -3
+            planes[w, 0, 2] = -2
+            planes[w, 0, 3] = -4
+            for k in range(4):
+                y, ok = _vertex2(P, W, i, pi, planes[w, 0, k], planes[w, 0, (k + 1) % 4], box_lo, box_hi)
+                vy[w, 0, k, 0] = y[0]
+                vy[w, 0, k, 1] = y[1]
+            st = 0
+            need2 = _need2_2(vy, w, cur, n, wmax - W[i])
+            c = _cell_of(pi, lo, h, r3, 2)
+            r = 0
+            m = _gather(P, skip, start, order, i, pi, c, R1_2D, r3, cand, cdist, w, 2)
+            if m >= 0:
+                k = 0
+                while k < m and st == 0:
+                    if cdist[w, k] < need2:
+                        cur0 = cur
+                        n, cur, st = _clip2(P, W, i, pi, cand[w, k], w, n, cur, planes, vy, flag, box_lo,
+                                            box_hi, cap)
+                        if st == 0 and cur != cur0:
+                            need2 = _need2_2(vy, w, cur, n, wmax - W[i])
+                    k += 1
+                r = R1_2D + 1
+            done = m >= 0 and (R1_2D * h * (1.0 - 1e-9)) ** 2 >= need2
+            while not done:
+                a = -r
+                while a <= r and st == 0:
+                    bstep = 1 if (ti.abs(a) == r or r == 0) else 2 * r
+                    b = -r
+                    while b <= r and st == 0:
+                        cx = c[0] + a
+                        cy = c[1] + b
+                        if 0 <= cx < r3[0] and 0 <= cy < r3[1]:
+                            f = cx * r3[1] + cy
+                            s = start[f]
+                            while s < start[f + 1] and st == 0:
+                                j = order[s]
+                                dj = _pt(P, j, 2) - pi
+                                if j != i and skip[j] == 0 and dj.dot(dj) < need2:
+                                    cur0 = cur
+                                    n, cur, st = _clip2(P, W, i, pi, j, w, n, cur, planes, vy, flag,
+                                                        box_lo, box_hi, cap)
+                                    if st == 0 and cur != cur0:
+                                        need2 = _need2_2(vy, w, cur, n, wmax - W[i])
+                                s += 1
+                        b += bstep
+                    a += 1
+                if st != 0 or r > rmax:
+                    done = True
+                elif (r * h * (1.0 - 1e-9)) ** 2 >= need2:
+                    done = True
+                r += 1
+            status[i] = st
+            cnt = 0
+            if st == 0:
+                for k in range(n):
+                    a2 = planes[w, cur, k]
+                    b2 = planes[w, cur, (k + 1) % n]
+                    if a2 >= 0 and b2 >= 0 and inside_box_canonical(P, W, i, ti.Vector([a2, b2]), box_lo,
+                                                                     box_hi, band, 2):
+                        slot = ti.atomic_add(counter[0], 1)
+                        if slot < bufcap:
+                            buf[slot, 0] = i
+                            buf[slot, 1] = cnt
+                            buf[slot, 2] = ti.min(a2, b2)
+                            buf[slot, 3] = ti.max(a2, b2)
+                        cnt += 1
+            count[i] = cnt
+            q += nw
+
+
+# --------------------------------------------------------------------------- 3D cells
+
+
+@ti.func
+def _tri_has_edge(tri: ti.template(), w, t, u, v):
+    """Whether triangle t of worker w contains the directed edge u -> v."""
+    a, b, c = tri[w, t, 0], tri[w, t, 1], tri[w, t, 2]
+    return (a == u and b == v) or (b == u and c == v) or (c == u and a == v)
+
+
+@ti.func
+def _clip3(P: ti.template(), W: ti.template(), i, pi, j, w, nt, npl, tri: ti.template(), pl: ti.template(), vy: ti.template(),
+           flag: ti.template(), cl: ti.template(), be: ti.template(), box_lo, box_hi,
+           tcap: ti.template(), pcap: ti.template()):
+    """Clip the cell of worker w (nt triangles over npl plane slots) by bisector j."""
+    nc = 0
+    nj, cj = _plane(P, W, i, j, pi, box_lo, box_hi, 3)
+    for t in range(nt):
+        S = ti.Vector([pl[w, tri[w, t, 0]], pl[w, tri[w, t, 1]], pl[w, tri[w, t, 2]]])
+        y = ti.Vector([vy[w, t, 0], vy[w, t, 1], vy[w, t, 2]])
+        f = _is_conflict(P, W, i, pi, S, y, j, nj, cj, box_lo, box_hi, 3)
+        flag[w, t] = 1 if f else 0
+        if f:
+            cl[w, nc] = t
+            nc += 1
+    st = 0
+    if nc == nt:
+        nt = 0
+        st = ST_HIDDEN
+    elif nc > 0:
+        if npl >= pcap:
+            st = ST_OVERFLOW
+        else:
+            js = npl
+            pl[w, js] = j
+            npl += 1
+            # boundary of the conflict region: edges of conflict triangles not shared by two
+            nb = 0
+            for q in range(nc):
+                t = cl[w, q]
+                for e in ti.static(range(3)):
+                    u = tri[w, t, e]
+                    v = tri[w, t, (e + 1) % 3]
+                    inner = False
+                    for q2 in range(nc):
+                        if _tri_has_edge(tri, w, cl[w, q2], v, u):
+                            inner = True
+                    if not inner:
+                        if nb < tcap:
+                            be[w, nb, 0] = u
+                            be[w, nb, 1] = v
+                        nb += 1
+            # a topological disk: its boundary is one cycle, every slot starts one edge at most
+            if nb > tcap or nt - nc + nb > tcap:
+                st = ST_OVERFLOW
+            else:
+                for q in range(nb):
+                    for q2 in range(q + 1, nb):
+                        if be[w, q, 0] == be[w, q2, 0]:
+                            st = ST_BROKEN
+            if st == 0:
+                # new triangles (u, v, j) go into the conflict slots first, then at the end
+                ntn = nt
+                for q in range(nb):
+                    t = 0
+                    if q < nc:
+                        t = cl[w, q]
+                    else:
+                        t = ntn
+                        ntn += 1
+                    u = be[w, q, 0]
+                    v = be[w, q, 1]
+                    tri[w, t, 0] = u
+                    tri[w, t, 1] = v
+                    tri[w, t, 2] = js
+                    flag[w, t] = 0
+                    y, ok = _vertex3(P, W, i, pi, pl[w, u], pl[w, v], j, box_lo, box_hi)
+                    if not ok:
+                        st = ST_BROKEN
+                    vy[w, t, 0] = y[0]
+                    vy[w, t, 1] = y[1]
+                    vy[w, t, 2] = y[2]
+                # fewer new than removed: fill the remaining holes with triangles from the end
+                if nb < nc:
+                    t = 0
+                    while t < ntn:
+                        if flag[w, t] == 1:
+                            last = ntn - 1
+                            while last > t and flag[w, last] == 1:
+                                last -= 1
+                            if last > t:
+                                for e in ti.static(range(3)):
+                                    tri[w, t, e] = tri[w, last, e]
+                                    vy[w, t, e] = vy[w, last, e]
+                                flag[w, t] = 0
+                                flag[w, last] = 1
+                            ntn = last
+                            if flag[w, t] == 1:
+                                ntn = t
+                        t += 1
+                nt = ntn
+    return nt, npl, st
+
+
+@ti.kernel
+def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, h: ti.f64, res: nd_i32,
+            start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, wmax: ti.f64, band: ti.f64,
+            tri: nd_i32_3, pl: nd_i32_2, vy: nd_f64_3, flag: nd_i32_2, cl: nd_i32_2, be: nd_i32_3,
+            cand: nd_i32_2, cdist: nd_f64_2,
+            status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32,
+            tcap: ti.template(), pcap: ti.template()):
+    """Power cell of every point in ids; writes each cell's simplices (i, a, b, c) into buf."""
+    nw = tri.shape[0]
+    box_lo = ti.Vector([box_lo_a[0], box_lo_a[1], box_lo_a[2]])
+    box_hi = ti.Vector([box_hi_a[0], box_hi_a[1], box_hi_a[2]])
+    lo = ti.Vector([glo[0], glo[1], glo[2]])
+    r3 = ti.Vector([res[0], res[1], res[2]])
+    rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
+    bufcap = buf.shape[0]
+    for w in range(nw):
+        q = w
+        while q < ids.shape[0]:
+            i = ids[q]
+            pi = _pt(P, i, 3)
+            # the box: slots 0..5 are x-, x+, y-, y+, z-, z+; its 8 corners, each ordered so that
+            # the outward normals have a positive determinant (a consistent dual orientation)
+            for k in range(6):
+                pl[w, k] = -1 - k
+            npl = 6
+            nt = 8
+            for k in range(8):
+                sx, sy, sz = k & 1, (k >> 1) & 1, (k >> 2) & 1
+                a, b, cc = sx, 2 + sy, 4 + sz
+                sgn = (1 if sx == 1 else -1) * (1 if sy == 1 else -1) * (1 if sz == 1 else -1)
+                if sgn < 0:
+                    tmp = b
+                    b = cc
+                    cc = tmp
+                tri[w, k, 0] = a
+                tri[w, k, 1] = b
+                tri[w, k, 2] = cc
+                y, ok = _vertex3(P, W, i, pi, -1 - a, -1 - b, -1 - cc, box_lo, box_hi)
+                vy[w, k, 0] = y[0]
+                vy[w, k, 1] = y[1]
+                vy[w, k, 2] = y[2]
+            st = 0
+            need2 = _need2_3(vy, w, nt, wmax - W[i])
+            c = _cell_of(pi, lo, h, r3, 3)
+            r = 0
+            m = _gather(P, skip, start, order, i, pi, c, R1_3D, r3, cand, cdist, w, 3)
+            if m >= 0:
+                k = 0
+                while k < m and st == 0:
+                    if cdist[w, k] < need2:
+                        nt0 = nt
+                        npl0 = npl
+                        nt, npl, st = _clip3(P, W, i, pi, cand[w, k], w, nt, npl, tri, pl, vy, flag, cl, be,
+                                             box_lo, box_hi, tcap, pcap)
+                        if st == 0 and (npl != npl0 or nt != nt0):
+                            need2 = _need2_3(vy, w, nt, wmax - W[i])
+                    k += 1
+                r = R1_3D + 1
+            done = m >= 0 and (R1_3D * h * (1.0 - 1e-9)) ** 2 >= need2
+            while not done:
+                a = -r
+                while a <= r and st == 0:
+                    b = -r
+                    while b <= r and st == 0:
+                        edge = ti.abs(a) == r or ti.abs(b) == r
+                        e = -r
+                        while e <= r and st == 0:
+                            cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
+                            if 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]:
+                                f = (cx * r3[1] + cy) * r3[2] + cz
+                                s = start[f]
+                                while s < start[f + 1] and st == 0:
+                                    j = order[s]
+                                    dj = _pt(P, j, 3) - pi
+                                    if j != i and skip[j] == 0 and dj.dot(dj) < need2:
+                                        nt0 = nt
+                                        npl0 = npl
+                                        nt, npl, st = _clip3(P, W, i, pi, j, w, nt, npl, tri, pl, vy,
+                                                             flag, cl, be, box_lo, box_hi, tcap, pcap)
+                                        if st == 0 and (npl != npl0 or nt != nt0):
+                                            need2 = _need2_3(vy, w, nt, wmax - W[i])
+                                    s += 1
+                            e += 1 if (edge or r == 0) else 2 * r
+                        b += 1
+                    a += 1
+                if st != 0 or r > rmax:
+                    done = True
+                elif (r * h * (1.0 - 1e-9)) ** 2 >= need2:
+                    done = True
+                r += 1
+            status[i] = st
+            cnt = 0
+            if st == 0:
+                for t in range(nt):
+                    a3 = pl[w, tri[w, t, 0]]
+                    b3 = pl[w, tri[w, t, 1]]
+                    c3 = pl[w, tri[w, t, 2]]
+                    if a3 >= 0 and b3 >= 0 and c3 >= 0 and inside_box_canonical(
+                            P, W, i, ti.Vector([a3, b3, c3]), box_lo, box_hi, band, 3):
+                        slot = ti.atomic_add(counter[0], 1)
+                        if slot < bufcap:
+                            s3 = ti.Vector([a3, b3, c3])
+                            s3s, par = _sort_small(s3, 3)
+                            buf[slot, 0] = i
+                            buf[slot, 1] = cnt
+                            buf[slot, 2] = s3s[0]
+                            buf[slot, 3] = s3s[1]
+                            buf[slot, 4] = s3s[2]
+                        cnt += 1
+            count[i] = cnt
+            q += nw
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+@ti.kernel
+def scatter(buf: nd_i32_2, n: ti.i32, off: nd_i32, out: nd_i32_2):
+    """Put entry (owner, k, others...) at row off[owner] + k: a deterministic per-cell order."""
+    m = out.shape[1]
+    for e in range(n):
+        row = off[buf[e, 0]] + buf[e, 1]
+        for a in range(m):
+            out[row, a] = buf[e, 2 + a]
+
+
+@ti.func
+def _contains(lst: ti.template(), off: ti.template(), cell, v: ti.template(), m: ti.template()):
+    """Whether cell's list (rows off[cell] .. off[cell+1]) holds the sorted tuple v."""
+    found = False
+    for row in range(off[cell], off[cell + 1]):
+        same = True
+        for a in ti.static(range(m)):
+            if lst[row, a] != v[a]:
+                same = False
+        if same:
+            found = True
+    return found
+
+
+@ti.kernel
+def check_and_own(lst: nd_i32_2, off: nd_i32, bad: nd_i32, owned: nd_i32, dim: ti.template()):
+    """For each cell entry (i; S): every vertex of S must list (i, S minus itself) too. Counts the
+    entries each cell owns (i below all of S), which become the simplices."""
+    for i in range(off.shape[0] - 1):
+        nown = 0
+        for row in range(off[i], off[i + 1]):
+            S = ti.Vector.zero(ti.i32, dim)
+            for a in ti.static(range(dim)):
+                S[a] = lst[row, a]
+            if i < S[0]:
+                nown += 1
+            for a in ti.static(range(dim)):
+                # the tuple seen from S[a]: (S without S[a]) plus i, sorted
+                v = ti.Vector.zero(ti.i32, dim)
+                for b in ti.static(range(dim)):
+                    if ti.static(b < a):
+                        v[b] = S[b]
+                    elif ti.static(b > a):
+                        v[b - 1] = S[b]
+                v[dim - 1] = i
+                vs, par = _sort_small(v, dim)
+                if not _contains(lst, off, S[a], vs, dim):
+                    bad[i] = 1
+                    bad[S[a]] = 1
+        owned[i] = nown
+
+
+@ti.kernel
+def emit_owned(lst: nd_i32_2, off: nd_i32, own_off: nd_i32, simp: nd_i32_2, dim: ti.template()):
+    for i in range(off.shape[0] - 1):
+        k = own_off[i]
+        for row in range(off[i], off[i + 1]):
+            if i < lst[row, 0]:
+                simp[k, 0] = i
+                for a in ti.static(range(dim)):
+                    simp[k, a + 1] = lst[row, a]
+                k += 1
+
+
+@ti.kernel
+def cell_faces(lst: nd_i32_2, off: nd_i32, fcount: nd_i32, fout: nd_i32_2, foff: nd_i32, mode: ti.i32,
+               dim: ti.template()):
+    """Faces owned by each cell (the cell's point is the face's smallest index). mode 0 counts
+    them into fcount; mode 1 writes rows (face..., opposite, multiplicity) from foff."""
+    for i in range(off.shape[0] - 1):
+        k = 0
+        for row in range(off[i], off[i + 1]):
+            for drop in ti.static(range(dim)):
+                # the face (i, S minus S[drop]) and its opposite vertex S[drop]
+                f = ti.Vector.zero(ti.i32, dim - 1 if dim > 1 else 1)
+                ok = True
+                for b in ti.static(range(dim)):
+                    if ti.static(b < drop):
+                        f[b] = lst[row, b]
+                    elif ti.static(b > drop):
+                        f[b - 1] = lst[row, b]
+                for b in ti.static(range(dim - 1)):
+                    if f[b] < i:
+                        ok = False
+                if ok:
+                    # first occurrence within this cell's list? count the multiplicity
+                    first = True
+                    mult = 0
+                    for r2 in range(off[i], off[i + 1]):
+                        for d2 in ti.static(range(dim)):
+                            same = True
+                            g = ti.Vector.zero(ti.i32, dim - 1 if dim > 1 else 1)
+                            for b in ti.static(range(dim)):
+                                if ti.static(b < d2):
+                                    g[b] = lst[r2, b]
+                                elif ti.static(b > d2):
+                                    g[b - 1] = lst[r2, b]
+                            for b in ti.static(range(dim - 1)):
+                                if g[b] != f[b]:
+                                    same = False
+                            if same:
+                                mult += 1
+                                if r2 < row or (r2 == row and d2 < drop):
+                                    first = False
+                    if first:
+                        if mode == 1:
+                            o = foff[i] + k
+                            fout[o, 0] = i
+                            for b in ti.static(range(dim - 1)):
+                                fout[o, b + 1] = f[b]
+                            fout[o, dim] = lst[row, drop]
+                            fout[o, dim + 1] = mult
+                        k += 1
+        if mode == 0:
+            fcount[i] = k
+
+
+# --------------------------------------------------------------------------- hull completion
+
+
+@ti.func
+def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), o, q, n, p0, cf, pow_f, scale,
+                    best, tb, dim: ti.template()):
+    """Offer point q as the apex over face F (away from o); returns the updated (best, t_best)."""
+    pq = _pt(P, q, dim)
+    side = n.dot(pq - p0)
+    isface = False
+    for a in ti.static(range(dim)):
+        if F[a] == q:
+            isface = True
+    if not isface and side > 1e-12 * ti.sqrt(scale):
+        # certify the side with the orientation predicate on input coordinates
+        u2 = ti.Vector.zero(ti.i32, dim + 1)
+        v2 = ti.Vector.zero(ti.i32, dim + 1)
+        for a in ti.static(range(dim)):
+            u2[a] = F[a]
+            v2[a] = F[a]
+        u2[dim] = q
+        v2[dim] = o
+        us, pu = _sort_small(u2, dim + 1)
+        vs, pv = _sort_small(v2, dim + 1)
+        so = _sign_orient_sorted(P, us, dim) * pu
+        sp = _sign_orient_sorted(P, vs, dim) * pv
+        if so != 0 and so != sp:
+            dq = cf - pq
+            tq = (dq.dot(dq) - W[q] - pow_f) / (2.0 * n.dot(pq - cf))
+            if best < 0:
+                best = q
+                tb = tq
+            else:
+                tol = 1e-9 * (ti.abs(tq) + ti.abs(tb) + ti.sqrt(scale))
+                if tq < tb - tol:
+                    best = q
+                    tb = tq
+                elif tq <= tb + tol:
+                    # near tie: does q lie inside the power sphere of (face, best)?
+                    S = ti.Vector.zero(ti.i32, dim)
+                    for a in ti.static(range(dim - 1)):
+                        S[a] = F[a + 1]
+                    S[dim - 1] = best
+                    if conflict_exact(P, W, F[0], S, q, dim):
+                        best = q
+                        tb = tq
+    return best, tb
+
+
+@ti.kernel
+def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32, out: nd_i32,
+              glo: nd_f64, h: ti.f64, res: nd_i32, start: nd_i32, order: nd_i32, wmax: ti.f64,
+              dim: ti.template()):
+    """For each face (d points) with the known simplex on the side of opp, find the point q on the
+    other side whose simplex with the face has an empty power sphere (-1: a hull face).
+
+    Along the face's dual line c(t) = c_f + t n (n pointing away from opp) the power of q equals
+    the face's at t_q; the simplex on that side belongs to the smallest t_q. A point at distance
+    at least D from c_f has t_q >= (D^2 - wmax - pow_f) / (2 D), which ends the ring search; grid
+    cells wholly behind the face's plane are skipped. Ties are decided by the lifted predicate."""
+    r3 = ti.Vector([res[0], res[1], res[2]])
+    rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
+    lo = ti.Vector.zero(ti.f64, dim)
+    for a in ti.static(range(dim)):
+        lo[a] = glo[a]
+    for fi in range(faces.shape[0]):
+        F = ti.Vector.zero(ti.i32, dim)
+        for a in ti.static(range(dim)):
+            F[a] = faces[fi, a]
+        p0 = _pt(P, F[0], dim)
+        n = ti.Vector.zero(ti.f64, dim)
+        cf = p0
+        scale = _f64(0.0)
+        if ti.static(dim == 2):
+            e = _pt(P, F[1], 2) - p0
+            L2 = e.dot(e)
+            tpar = 0.5 * (1.0 - (W[F[1]] - W[F[0]]) / L2)
+            cf = p0 + tpar * e
+            n = ti.Vector([-e[1], e[0]])
+            scale = L2
+        else:
+            e1 = _pt(P, F[1], 3) - p0
+            e2 = _pt(P, F[2], 3) - p0
+            a11, a12, a22 = e1.dot(e1), e1.dot(e2), e2.dot(e2)
+            b1 = 0.5 * (a11 - W[F[1]] + W[F[0]])
+            b2 = 0.5 * (a22 - W[F[2]] + W[F[0]])
+            det = a11 * a22 - a12 * a12
+            s = (b1 * a22 - b2 * a12) / det
+            u = (a11 * b2 - a12 * b1) / det
+            cf = p0 + s * e1 + u * e2
+            n = e1.cross(e2)
+            scale = ti.max(a11, a22)
+        d0 = cf - p0
+        pow_f = d0.dot(d0) - W[F[0]]
+        po = _pt(P, opp[fi], dim)
+        if n.dot(po - p0) > 0:
+            n = -n
+        n = n / n.norm()
+        K = wmax + pow_f
+        best = -1
+        tb = _f64(0.0)
+        c = _cell_of(cf, lo, h, r3, dim)
+        r = 0
+        done = False
+        while not done:
+            a = -r
+            while a <= r:
+                b = -r
+                while b <= r:
+                    edge = ti.abs(a) == r or ti.abs(b) == r
+                    e = 0
+                    estep = 1
+                    if ti.static(dim == 3):
+                        e = -r
+                        estep = 1 if (edge or r == 0) else 2 * r
+                    elif not (edge or r == 0):
+                        e = 1  # interior of the square ring: nothing to visit in 2D
+                    while e <= (r if ti.static(dim == 3) else 0):
+                        cc = ti.Vector([c[0] + a, c[1] + b, c[2] + e])
+                        if 0 <= cc[0] < r3[0] and 0 <= cc[1] < r3[1] and 0 <= cc[2] < r3[2]:
+                            # skip cells wholly behind (or on) the face's plane
+                            reach = _f64(0.0)
+                            for k in ti.static(range(dim)):
+                                ctr = lo[k] + (cc[k] + 0.5) * h
+                                reach += n[k] * (ctr - p0[k]) + ti.abs(n[k]) * 0.5 * h
+                            if reach > 0:
+                                f = (cc[0] * r3[1] + cc[1]) * r3[2] + cc[2]
+                                for sidx in range(start[f], start[f + 1]):
+                                    q = order[sidx]
+                                    if skip[q] == 0:
+                                        best, tb = _wrap_candidate(P, W, F, opp[fi], q, n, p0, cf, pow_f,
+                                                                   scale, best, tb, dim)
+                        e += estep
+                    if ti.static(dim == 2):
+                        b += 1 if (ti.abs(a) == r or r == 0) else 2 * r
+                    else:
+                        b += 1
+                a += 1
+            D = r * h * (1.0 - 1e-9)
+            if r > rmax:
+                done = True
+            elif best >= 0 and D > 0 and D * D > K and (D * D - K) / (2.0 * D) > tb + 1e-9 * ti.abs(tb):
+                done = True
+            r += 1
+        out[fi] = best

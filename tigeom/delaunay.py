@@ -1,0 +1,701 @@
+"""Weighted Delaunay (regular) triangulation in 2D and 3D, computed by Taichi kernels.
+
+>>> tri = weighted_delaunay(points, weights)       # points (N, 2|3), weights (N,) or None
+>>> tri.simplices, tri.faces, tri.hidden
+>>> tri.neighbors                                   # (M, d+1) adjacency, -1 on the hull
+>>> cells = tri.power_cells()                       # per point: neighbours and cell vertices
+
+Algorithm (docs/delaunay.md): every point's power cell is clipped, in parallel, from a box
+around the data by the power bisectors of its grid neighbours, visited ring by ring until a
+security radius proves that no further point can cut it. Cell vertices made of bisectors name
+the simplices. Decisions near a tie use the lifted predicate on input coordinates with a
+floating-point filter and symbolic perturbation of the weights, so all cells agree. The host
+then certifies the result: each simplex must be reported by all its d + 1 cells; cells that
+disagree are recomputed with exact rational arithmetic. Simplices whose power centre falls
+outside the box (thin ones on the convex hull) are added by gift wrapping from the boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+import os
+import time
+from fractions import Fraction
+from itertools import combinations
+
+import numpy as np
+
+from . import _device, runtime
+from ._validate import as_array, as_points
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["weighted_delaunay", "Triangulation", "PowerCells"]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class PowerCells:
+    """The power diagram, cell by cell, in CSR form.
+
+    ``neighbors[neighbor_ptr[i]:neighbor_ptr[i+1]]``: the points whose cells share a facet with
+    point i's cell (its neighbours in the triangulation), sorted. ``vertex_ids[vertex_ptr[i]:
+    vertex_ptr[i+1]]``: rows of ``vertices`` (the power centres of the simplices around i) that
+    are the finite corners of i's cell. ``unbounded[i]``: the cell is infinite (i on the hull).
+    Hidden points have empty cells.
+    """
+
+    neighbor_ptr: np.ndarray
+    neighbors: np.ndarray
+    vertex_ptr: np.ndarray
+    vertex_ids: np.ndarray
+    vertices: np.ndarray
+    unbounded: np.ndarray
+
+    def cell(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(neighbour indices, cell vertex coordinates) of point i."""
+        nb = self.neighbors[self.neighbor_ptr[i]:self.neighbor_ptr[i + 1]]
+        return nb, self.vertices[self.vertex_ids[self.vertex_ptr[i]:self.vertex_ptr[i + 1]]]
+
+
+@dataclass(frozen=True, eq=False)
+class Triangulation:
+    """A regular triangulation: numpy arrays, float64 coordinates, int64 indices.
+
+    Attributes
+    ----------
+    points, weights : the input, (N, d) and (N,).
+    simplices : (M, d+1), positively oriented (CCW triangles, positive-volume tets).
+    hidden : (N,) bool, points that are no vertex (redundant, or a duplicate no heavier than
+        its twin).
+    faces : (K, d) unique (d-1)-faces, each row sorted ascending (rows in a fixed, deterministic order).
+    stats : how the result was obtained (cells recomputed exactly, hull simplices wrapped, ...).
+    """
+
+    points: np.ndarray
+    weights: np.ndarray
+    simplices: np.ndarray
+    hidden: np.ndarray
+    faces: np.ndarray
+    stats: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    @property
+    def neighbors(self) -> np.ndarray:
+        """(M, d+1): the simplex across the face opposite vertex k of each simplex, -1 on the hull."""
+        cache = self.stats.setdefault("_cache", {})
+        if "neighbors" not in cache:
+            cache["neighbors"] = _adjacency(self.simplices)
+        return cache["neighbors"]
+
+    @property
+    def power_centers(self) -> np.ndarray:
+        """(M, d): the power centre (orthocentre) of every simplex: the power diagram's vertices."""
+        cache = self.stats.setdefault("_cache", {})
+        if "centers" not in cache:
+            cache["centers"] = _orthocenters(self.points, self.weights, self.simplices)
+        return cache["centers"]
+
+    def power_cells(self) -> PowerCells:
+        """Power cells of all points (see :class:`PowerCells`)."""
+        n, d = self.points.shape
+        s = self.simplices
+        m = len(s)
+        # cell vertices: the simplices around each point
+        owner = s.reshape(-1)
+        sid = np.repeat(np.arange(m), d + 1)
+        order = np.argsort(owner, kind="stable")
+        vptr = np.zeros(n + 1, np.int64)
+        np.add.at(vptr, owner + 1, 1)
+        vptr = np.cumsum(vptr)
+        vids = sid[order]
+        # neighbours: the edges of the triangulation
+        e = np.concatenate([s[:, [a, b]] for a, b in combinations(range(d + 1), 2)])
+        e = np.unique(np.sort(e, axis=1), axis=0)
+        both = np.concatenate([e, e[:, ::-1]])
+        both = both[np.lexsort((both[:, 1], both[:, 0]))]
+        nptr = np.zeros(n + 1, np.int64)
+        np.add.at(nptr, both[:, 0] + 1, 1)
+        nptr = np.cumsum(nptr)
+        unb = np.zeros(n, bool)
+        hull = self.hull_faces()
+        unb[hull.reshape(-1)] = True
+        return PowerCells(nptr, both[:, 1].copy(), vptr, vids, self.power_centers, unb)
+
+    def hull_faces(self) -> np.ndarray:
+        """(H, d): the faces on the convex hull (one simplex only), sorted rows."""
+        nb = self.neighbors
+        rows, k = np.nonzero(nb < 0)
+        d = self.dim
+        f = np.array([[c for c in range(d + 1) if c != kk] for kk in range(d + 1)])
+        out = np.take_along_axis(self.simplices[rows], f[k], axis=1) if len(rows) else np.zeros((0, d), np.int64)
+        return np.sort(out, axis=1)
+
+    def volume(self) -> float:
+        """Total area (2D) or volume (3D) of the simplices."""
+        return float(np.abs(_signed_volumes(self.points, self.simplices)).sum())
+
+
+# --------------------------------------------------------------------------- helpers (numpy)
+
+
+def _signed_volumes(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+    if len(s) == 0:
+        return np.zeros(0)
+    p0 = p[s[:, 0]]
+    a, b = p[s[:, 1]] - p0, p[s[:, 2]] - p0
+    if p.shape[1] == 2:
+        return 0.5 * (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0])
+    c = p[s[:, 3]] - p0
+    return np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0
+
+
+def _orthocenters(p, w, s) -> np.ndarray:
+    if len(s) == 0:
+        return np.zeros((0, p.shape[1]))
+    p0 = p[s[:, 0]]
+    e = p[s[:, 1:]] - p0[:, None, :]
+    rhs = 0.5 * ((e * e).sum(-1) - w[s[:, 1:]] + w[s[:, :1]])
+    return p0 + np.linalg.solve(e, rhs[..., None])[..., 0]
+
+
+def _adjacency(s: np.ndarray) -> np.ndarray:
+    m, k = s.shape
+    nb = -np.ones((m, k), np.int64)
+    if m == 0:
+        return nb
+    f = np.concatenate([np.sort(np.delete(s, c, axis=1), axis=1) for c in range(k)])
+    sid = np.tile(np.arange(m), k)
+    opp = np.repeat(np.arange(k), m)
+    order = np.lexsort(f.T[::-1])
+    fs = f[order]
+    same = np.all(fs[1:] == fs[:-1], axis=1)
+    a, b = order[:-1][same], order[1:][same]
+    nb[sid[a], opp[a]] = sid[b]
+    nb[sid[b], opp[b]] = sid[a]
+    return nb
+
+
+# --------------------------------------------------------------------------- exact fallback
+
+
+def _fr(x) -> list[Fraction]:
+    return [Fraction(float(v)) for v in x]
+
+
+def _det_exact(rows: list[list[Fraction]]) -> Fraction:
+    a = [list(r) for r in rows]
+    n = len(a)
+    det = Fraction(1)
+    for c in range(n):
+        piv = next((r for r in range(c, n) if a[r][c] != 0), None)
+        if piv is None:
+            return Fraction(0)
+        if piv != c:
+            a[c], a[piv] = a[piv], a[c]
+            det = -det
+        det *= a[c][c]
+        for r in range(c + 1, n):
+            if a[r][c] != 0:
+                f = a[r][c] / a[c][c]
+                a[r] = [x - f * y for x, y in zip(a[r], a[c])]
+    return det
+
+
+class _Exact:
+    """Exact rational predicates with the same symbolic perturbation as the kernels."""
+
+    def __init__(self, points: np.ndarray, weights: np.ndarray):
+        self.p = points
+        self.w = weights
+        self._pf: dict[int, list[Fraction]] = {}
+        self._wf: dict[int, Fraction] = {}
+
+    def pt(self, i):
+        if i not in self._pf:
+            self._pf[i] = _fr(self.p[i])
+            self._wf[i] = Fraction(float(self.w[i]))
+        return self._pf[i], self._wf[i]
+
+    def orient(self, idx) -> int:
+        """Sign of the homogeneous det [x 1] of the sorted points idx."""
+        rows = [self.pt(i)[0] + [Fraction(1)] for i in idx]
+        d = _det_exact(rows)
+        return (d > 0) - (d < 0)
+
+    def lifted(self, idx) -> int:
+        """Sign of the homogeneous det [x |x|^2-w 1] of sorted idx, perturbed weights."""
+        rows = []
+        for i in idx:
+            x, w = self.pt(i)
+            rows.append(x + [sum(v * v for v in x) - w, Fraction(1)])
+        d = _det_exact(rows)
+        if d != 0:
+            return (d > 0) - (d < 0)
+        dim = len(idx) - 2
+        for r in range(len(idx)):
+            h = self.orient([v for q, v in enumerate(idx) if q != r])
+            if h != 0:
+                return (-1 if (r + dim) % 2 == 0 else 1) * h
+        return 0
+
+    def conflict(self, i, S, j) -> bool:
+        u = [i, *S]
+        h = self.orient(sorted(u)) * _parity(u)
+        if h == 0:
+            return False
+        v = u + [j]
+        return self.lifted(sorted(v)) * _parity(v) * h > 0
+
+
+def _parity(v) -> int:
+    v = list(v)
+    par = 1
+    for a in range(len(v)):
+        for b in range(len(v) - 1 - a):
+            if v[b] > v[b + 1]:
+                v[b], v[b + 1] = v[b + 1], v[b]
+                par = -par
+    return par
+
+
+def _solve_exact(A: list[list[Fraction]], b: list[Fraction]) -> list[Fraction] | None:
+    n = len(A)
+    M = [list(A[r]) + [b[r]] for r in range(n)]
+    for c in range(n):
+        piv = next((r for r in range(c, n) if M[r][c] != 0), None)
+        if piv is None:
+            return None
+        M[c], M[piv] = M[piv], M[c]
+        for r in range(n):
+            if r != c and M[r][c] != 0:
+                f = M[r][c] / M[c][c]
+                M[r] = [x - f * y for x, y in zip(M[r], M[c])]
+    return [M[r][n] / M[r][r] for r in range(n)]
+
+
+def _exact_cell(i: int, ex: _Exact, cand: np.ndarray, box_lo, box_hi, band, wmax) -> list[tuple] | None:
+    """Power cell of point i with exact arithmetic; returns its simplices (sorted tuples of the
+    other d points) or None when the cell is empty (hidden). ``cand``: candidate points sorted by
+    distance from p_i."""
+    p, w = ex.p, ex.w
+    d = p.shape[1]
+    pi, wi = ex.pt(i)
+
+    def plane(pid):
+        if pid >= 0:
+            x, wj = ex.pt(pid)
+            dv = [a - b for a, b in zip(x, pi)]
+            return [2 * v for v in dv], sum(v * v for v in dv) - wj + wi
+        k = -1 - pid
+        ax, side = divmod(k, 2)
+        n = [Fraction(0)] * d
+        if side == 0:
+            n[ax] = Fraction(-1)
+            return n, -(Fraction(float(box_lo[ax])) - pi[ax])
+        n[ax] = Fraction(1)
+        return n, Fraction(float(box_hi[ax])) - pi[ax]
+
+    verts: dict[frozenset, list[Fraction]] = {}
+    for bits in range(2 ** d):
+        ids = [-1 - (2 * a + ((bits >> a) & 1)) for a in range(d)]
+        rows = [plane(q) for q in ids]
+        verts[frozenset(ids)] = _solve_exact([r[0] for r in rows], [r[1] for r in rows])
+    for j in cand:
+        j = int(j)
+        R2 = max(sum(float(v) ** 2 for v in y) for y in verts.values())
+        dist = float(np.sqrt(((p[j] - p[i]) ** 2).sum()))
+        R = np.sqrt(R2)
+        if dist > (R + np.sqrt(R2 + max(wmax - float(w[i]), 0.0))) * (1 + 1e-9):
+            break
+        nj, cj = plane(j)
+        out = {}
+        for key, y in verts.items():
+            if all(q >= 0 for q in key):
+                out[key] = ex.conflict(i, sorted(key), j)
+                continue
+            g = sum(a * b for a, b in zip(nj, y)) - cj
+            if g != 0:
+                out[key] = g > 0
+                continue
+            # tie at a box vertex: the sign of dg under the weight perturbation (as in the kernels)
+            keys = sorted(key)
+            rows = [plane(q)[0] for q in keys]
+            u = _solve_exact([list(col) for col in zip(*rows)], nj)
+            coef = {j: Fraction(1), i: sum(u[a] for a, q in enumerate(keys) if q >= 0) - 1}
+            for a, q in enumerate(keys):
+                if q >= 0:
+                    coef[q] = -u[a]
+            first = min(k for k, v in coef.items() if v != 0)
+            out[key] = coef[first] > 0
+        if not any(out.values()):
+            continue
+        if all(out.values()):
+            return None
+        new = {}
+        for u, fu in out.items():
+            if not fu:
+                continue
+            for v, fv in out.items():
+                if fv:
+                    continue
+                shared = u & v
+                if len(shared) == d - 1:
+                    key = shared | {j}
+                    if key not in new:
+                        rows = [plane(q) for q in key]
+                        y = _solve_exact([r[0] for r in rows], [r[1] for r in rows])
+                        if y is not None:
+                            new[key] = y
+        verts = {k: y for k, y in verts.items() if not out[k]}
+        verts.update(new)
+    simp = []
+    for key, y in verts.items():
+        if all(q >= 0 for q in key):
+            x = _orthocenters(p, w, np.array([sorted([i, *key])]))[0]
+            if np.all(x > box_lo + band) and np.all(x < box_hi - band):
+                simp.append(tuple(sorted(key)))
+    return sorted(simp)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def _validate(points, weights):
+    pts = as_points(points, "points")
+    n, d = pts.shape
+    if weights is None:
+        w = np.zeros(n)
+    else:
+        w = as_array(weights, "weights")
+        if w.ndim != 1 or len(w) != n:
+            raise ValueError(f"weights: expected shape ({n},) to match points, got {w.shape}")
+    dup = _duplicates(pts, w)
+    uniq = pts[~dup]
+    if len(uniq) < d + 1:
+        raise ValueError(f"points: need at least {d + 1} distinct points in {d}D, got {len(uniq)}")
+    c = uniq - uniq.mean(0)
+    sv = np.linalg.svd(c, compute_uv=False)
+    if sv[-1] <= 1e-12 * sv[0]:
+        what = "one line" if d == 2 else "one plane"
+        raise ValueError(f"points: all points lie on {what}; the triangulation would be degenerate")
+    return pts, w, dup
+
+
+def _duplicates(pts: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mask of points hidden by a twin at the same position: the heavier stays, ties keep the
+    smaller index."""
+    n = len(pts)
+    order = np.lexsort((np.arange(n), -w, *pts.T[::-1]))
+    ps = pts[order]
+    same = np.zeros(n, bool)
+    same[1:] = np.all(ps[1:] == ps[:-1], axis=1)
+    dup = np.zeros(n, bool)
+    dup[order[same]] = True
+    return dup
+
+
+def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulation:
+    """Regular (weighted Delaunay) triangulation of ``points`` (N, 2|3) with ``weights`` (N,).
+
+    The power distance of x to point i is |x - p_i|^2 - w_i; zero weights (None) give the
+    Delaunay triangulation. In general position the result is the lower convex hull of the
+    lifted points (p, |p|^2 - w); degenerate inputs (grids, co-circular points) get a valid
+    triangulation chosen by symbolic perturbation, the same on every run.
+
+    ``check`` (default True) certifies that neighbouring cells agree and recomputes the cells
+    that do not with exact arithmetic; switching it off saves one pass.
+
+    Raises ValueError for a wrong shape or dimension, NaN/inf, weights of the wrong length,
+    fewer than d + 1 distinct points, or all points on one line (2D) / plane (3D).
+    """
+    pts, w, dup = _validate(points, weights)
+    runtime.ensure_init()
+    from . import _delaunay_kernels as K
+    from ._scan import ExclusiveScan
+    from .spatial import build_grid, grid_params
+
+    def lap(key, t0):
+        runtime.sync()
+        t1 = time.perf_counter()
+        stats["seconds"][key] = round(t1 - t0, 4)
+        return t1
+
+    n, d = pts.shape
+    stats: dict = {"exact_cells": 0, "wrapped": 0, "retries": 0, "seconds": {}}
+    t0 = time.perf_counter()
+    skip = dup.astype(np.int32)
+    live = np.flatnonzero(~dup)
+
+    # grid over the live points; the clipping box is the bounding box plus a margin
+    p3 = np.zeros((n, 3))
+    p3[:, :d] = pts
+    lo, h, res = grid_params(p3[live], 2.0 if d == 2 else 3.0)
+    ext = pts[live].max(0) - pts[live].min(0)
+
+    up = _device.upload
+    P, Wd, skip_d = up(pts), up(w), up(skip)
+    p3live = up(p3[live])
+    start, order_live = build_grid(p3live, len(live), up(lo), h, up(res))
+    order = live.astype(np.int32)[_device.fetch(order_live)]  # grid order, global indices
+    order_d = up(order)
+    glo, res_d = up(lo[:d].copy()), up(res)
+    wmax = float(w[live].max())
+    t0 = lap("setup", t0)
+
+    def cell_pass(margin, t0):
+        box_lo = pts[live].min(0) - margin
+        box_hi = pts[live].max(0) + margin
+        band = 1e-7 * float(ext.max() + 2 * margin)
+        blo, bhi = up(box_lo), up(box_hi)
+        status = _device.zeros((n,), np.int32)
+        count = _device.zeros((n,), np.int32)
+        gpu = runtime.on_gpu()
+        nworkers = 65536 if gpu else 64 * max(os.cpu_count() or 1, 1)
+        bufcap = int((6.5 if d == 2 else 30.0) * len(live)) + 4096
+        cap = 64 if d == 2 else 128
+        ids = order
+
+        lst_rows: list[np.ndarray] = []
+        while True:
+            nw = max(1, min(nworkers, len(ids)))
+            buf = _device.empty((bufcap, d + 2), np.int32)
+            counter = _device.zeros((1,), np.int32)
+            ids_d = up(ids.astype(np.int32))
+            cand = _device.empty((nw, 192 if d == 2 else 256), np.int32)
+            cdist = _device.empty((nw, 192 if d == 2 else 256), np.float64)
+            if d == 2:
+                planes = _device.empty((nw, 2, cap), np.int32)
+                vy = _device.empty((nw, 2, cap, 2), np.float64)
+                flag = _device.empty((nw, cap), np.int32)
+                K.cells2d(P, Wd, skip_d, ids_d, glo, h, res_d, start, order_d, blo, bhi, wmax, band,
+                          planes, vy, flag, cand, cdist, status, count, buf, counter, cap)
+            else:
+                pcap = cap
+                tri = _device.empty((nw, cap, 3), np.int32)
+                pl = _device.empty((nw, pcap), np.int32)
+                vy = _device.empty((nw, cap, 3), np.float64)
+                flag = _device.empty((nw, cap), np.int32)
+                cl = _device.empty((nw, cap), np.int32)
+                be = _device.empty((nw, cap, 2), np.int32)
+                K.cells3d(P, Wd, skip_d, ids_d, glo, h, res_d, start, order_d, blo, bhi, wmax, band,
+                          tri, pl, vy, flag, cl, be, cand, cdist, status, count, buf, counter, cap, pcap)
+            used = int(_device.fetch(counter)[0])
+            if used > bufcap:
+                bufcap = used + 1024
+                stats["retries"] += 1
+                continue
+            lst_rows.append(_device.fetch(buf, used).copy())
+            st = _device.fetch(status)[ids]
+            over = ids[(st & K.ST_OVERFLOW) != 0]
+            if len(over) == 0 or cap >= 4096:
+                break
+            ids = over
+            cap *= 2
+            stats["retries"] += 1
+
+        t0 = lap("cells", t0)
+        st_all = _device.fetch(status).copy()
+        cnt_all = _device.fetch(count).copy()
+        rows = np.concatenate(lst_rows) if lst_rows else np.zeros((0, d + 2), np.int32)
+        # cells rerun after an overflow reported their entries again: keep the last run's rows
+        if len(lst_rows) > 1:
+            keep_from = np.zeros(n, np.int64)
+            lens = np.cumsum([0] + [len(r) for r in lst_rows])
+            for k, r in enumerate(lst_rows):
+                keep_from[r[:, 0]] = lens[k]
+            idx = np.arange(len(rows))
+            rows = rows[idx >= keep_from[rows[:, 0]]]
+        exact = _Exact(pts, w)
+        need_exact = set(np.flatnonzero((st_all & (K.ST_BROKEN | K.ST_OVERFLOW)) != 0).tolist())
+        hidden_cell = (st_all & K.ST_HIDDEN) != 0
+        cells = _CellLists(n, d, rows, cnt_all)
+
+        def recompute(cells_to_do):
+            live_pts = pts[live]
+            for i in sorted(cells_to_do):
+                dist = ((live_pts - pts[i]) ** 2).sum(1)
+                cand = live[np.argsort(dist, kind="stable")]
+                cand = cand[cand != i]
+                simp = _exact_cell(i, exact, cand, box_lo, box_hi, band, wmax)
+                hidden_cell[i] = simp is None
+                cells.replace(i, simp or [])
+            stats["exact_cells"] += len(cells_to_do)
+
+        if need_exact:
+            recompute(need_exact)
+        if check:
+            for _ in range(4):
+                bad = cells.check(K)
+                if not len(bad):
+                    break
+                logger.info("weighted_delaunay: %d cells disagree with a neighbour; recomputing them exactly", len(bad))
+                recompute(set(bad.tolist()))
+            else:
+                bad = cells.check(K)
+                if len(bad):
+                    raise RuntimeError(f"weighted_delaunay: {len(bad)} power cells stay inconsistent after exact "
+                                       "recomputation; please report this input")
+
+        t0 = lap("check", t0)
+        simplices, faces_rows = cells.assemble(K)
+        t0 = lap("assemble", t0)
+        return simplices, faces_rows, t0
+
+    # the box is the bounding box plus a cell; when no cell of the triangulation falls inside it
+    # (a few points with weights far larger than their spacing), widen it and try again
+    margin = 1.0 * h
+    for _attempt in range(4):
+        simplices, faces_rows, t0 = cell_pass(margin, t0)
+        if len(simplices):
+            break
+        margin = 1000.0 * margin + float(np.sqrt(max(wmax - float(w[live].min()), 0.0)))
+        stats["retries"] += 1
+
+    # hull completion: boundary faces of what the cells produced, wrapped outward
+    grid = (glo, h, res_d, start, order_d, wmax)
+    simplices, faces = _complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats)
+    t0 = lap("hull", t0)
+    # hidden = no vertex. A cell that lies wholly outside the clipping box (possible next to very
+    # heavy points) comes out empty from the clipping, but its simplices are found by the wrapping.
+    hidden = np.ones(n, bool)
+    hidden[simplices.reshape(-1)] = False
+    simplices = _orient(pts, simplices)
+    faces = faces if len(faces) else faces.reshape(0, d)
+    lap("finish", t0)
+    stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
+    return Triangulation(pts, w, simplices.astype(np.int64), hidden, faces.astype(np.int64), stats)
+
+
+class _CellLists:
+    """Per-cell simplex lists (CSR by owner point), as the kernels produced them."""
+
+    def __init__(self, n, d, rows, counts):
+        self.n, self.d = n, d
+        off = np.zeros(n + 1, np.int64)
+        off[1:] = np.cumsum(counts)
+        self.off = off
+        lst = np.zeros((int(off[-1]), d), np.int32)
+        if len(rows):
+            lst[off[rows[:, 0]] + rows[:, 1]] = rows[:, 2:]
+        self.lst = lst
+        self.override: dict[int, list[tuple]] = {}
+
+    def replace(self, i, simp):
+        self.override[i] = simp
+
+    def _materialise(self):
+        if not self.override:
+            return
+        counts = np.diff(self.off)
+        parts = []
+        for i, s in self.override.items():
+            counts[i] = len(s)
+        off = np.zeros(self.n + 1, np.int64)
+        off[1:] = np.cumsum(counts)
+        lst = np.zeros((int(off[-1]), self.d), np.int32)
+        keep = np.ones(self.n, bool)
+        keep[list(self.override)] = False
+        # copy untouched cells in one go
+        old_owner = np.repeat(np.arange(self.n), np.diff(self.off))
+        mask = keep[old_owner]
+        src = np.flatnonzero(mask)
+        dst = off[old_owner[src]] + (src - self.off[old_owner[src]])
+        lst[dst] = self.lst[src]
+        for i, s in self.override.items():
+            if s:
+                lst[off[i]:off[i + 1]] = np.array(s, np.int32)
+        del parts
+        self.off, self.lst = off, lst
+        self.override = {}
+
+    def check(self, K) -> np.ndarray:
+        self._materialise()
+        bad = np.zeros(self.n, np.int32)
+        owned = np.zeros(self.n, np.int32)
+        if len(self.lst):
+            K.check_and_own(_device.upload(self.lst), _device.upload(self.off.astype(np.int32)), bad, owned, self.d)
+        return np.flatnonzero(bad)
+
+    def assemble(self, K):
+        self._materialise()
+        d = self.d
+        lst_d = _device.upload(self.lst)
+        off_d = _device.upload(self.off.astype(np.int32))
+        n = self.n
+        # simplices owned by their smallest vertex
+        first = self.lst[:, 0] if len(self.lst) else np.zeros(0, np.int32)
+        owner = np.repeat(np.arange(n), np.diff(self.off))
+        own = first > owner
+        simplices = np.column_stack([owner[own], self.lst[own]]).astype(np.int64) if own.any() else np.zeros(
+            (0, d + 1), np.int64)
+        # faces owned by their smallest vertex, with multiplicity within the cell
+        fcount = _device.zeros((n,), np.int32)
+        dummy = _device.zeros((1, d + 2), np.int32)
+        if len(self.lst):
+            K.cell_faces(lst_d, off_d, fcount, dummy, _device.zeros((n,), np.int32), 0, d)
+        fc = _device.fetch(fcount).astype(np.int64)
+        foff = np.zeros(n + 1, np.int64)
+        foff[1:] = np.cumsum(fc)
+        fout = _device.empty((max(int(foff[-1]), 1), d + 2), np.int32)
+        if foff[-1]:
+            K.cell_faces(lst_d, off_d, fcount, fout, _device.upload(foff[:-1].astype(np.int32)), 1, d)
+        faces_rows = _device.fetch(fout, int(foff[-1])).astype(np.int64)
+        return simplices, faces_rows
+
+
+def _complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats):
+    """Add the simplices whose power centre lies outside the clipping box by gift wrapping from
+    every face that has a simplex on one side only; a face with no point beyond it is on the hull."""
+    faces = faces_rows[:, :d]
+    single = faces_rows[:, d + 1] == 1
+    count: dict[tuple, int] = {tuple(f): 1 for f in faces[single].tolist()}
+    front = [(tuple(f), int(o)) for f, o in zip(faces[single].tolist(), faces_rows[single, d].tolist())]
+    new_simp: set[tuple] = set()
+    new_faces: list[tuple] = []
+    while front:
+        fa = np.array([f for f, _ in front], np.int32)
+        op = np.array([o for _, o in front], np.int32)
+        out = _device.zeros((len(front),), np.int32)
+        K.gift_wrap(P, Wd, skip_d, _device.upload(fa), _device.upload(op), out, *grid, d)
+        found = _device.fetch(out, len(front)).tolist()
+        nxt = []
+        for (f, _), q in zip(front, found):
+            if q < 0:
+                continue
+            s = tuple(sorted((*f, q)))
+            if s in new_simp:
+                continue
+            new_simp.add(s)
+            for k in range(d + 1):
+                g = tuple(x for x in s if x != s[k])
+                if g in count:
+                    count[g] += 1
+                else:
+                    count[g] = 1
+                    new_faces.append(g)
+                    nxt.append((g, s[k]))
+        # a face met twice in this round is closed on both sides
+        front = [(g, o) for g, o in nxt if count[g] == 1]
+    stats["wrapped"] = len(new_simp)
+    if new_simp:
+        simplices = np.concatenate([simplices, np.array(sorted(new_simp), np.int64)])
+    if new_faces:
+        faces = np.concatenate([faces, np.array(new_faces, np.int64)])
+    return simplices, faces
+
+
+def _orient(pts, s):
+    if len(s) == 0:
+        return s.reshape(0, pts.shape[1] + 1)
+    vol = _signed_volumes(pts, s)
+    s = s.copy()
+    neg = vol < 0
+    s[neg, 0], s[neg, 1] = s[neg, 1].copy(), s[neg, 0].copy()
+    return s
