@@ -27,7 +27,6 @@ nd_f64 = ti.types.ndarray(dtype=ti.f64, ndim=1)
 nd_f64_2 = ti.types.ndarray(dtype=ti.f64, ndim=2)
 nd_f64_3 = ti.types.ndarray(dtype=ti.f64, ndim=3)
 
-F0 = 0.0
 EPS_ORIENT = 1e-15  # relative error bound of an orientation determinant (Shewchuk: 3.3e-16)
 EPS_LIFT = 1e-14  # relative error bound of a lifted determinant (weights and squares included)
 R1_2D = 0  # rings gathered and clipped nearest-first before the ring-by-ring search
@@ -249,7 +248,7 @@ def _sos_box_vertex(P: ti.template(), W: ti.template(), i, pi, S: ti.template(),
         for b in ti.static(range(dim)):
             N[a, b] = na[b]
     u = N.transpose().inverse() @ n
-    ci = -1.0
+    ci = _f64(-1.0)
     for a in ti.static(range(dim)):
         if S[a] >= 0:
             ci += u[a]
@@ -471,12 +470,14 @@ def _clip2(P: ti.template(), W: ti.template(), i, pi, j, w, n, cur, planes: ti.t
 
 
 @ti.kernel
-def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, h: ti.f64, res: nd_i32,
-            start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, wmax: ti.f64, band: ti.f64,
+def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res: nd_i32,
+            start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, prm: nd_f64,
             planes: nd_i32_3, vy: ti.types.ndarray(dtype=ti.f64, ndim=4), flag: nd_i32_2,
             cand: nd_i32_2, cdist: nd_f64_2,
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32, cap: ti.template()):
-    """Power cell of every point in ids; writes each cell's simplices (i, a, b) into buf."""
+    """Power cell of every point in ids; writes each cell's simplices (i, a, b) into buf.
+    prm = (grid cell size, largest weight, box band): f64 scalars travel in an array."""
+    h, wmax, band = prm[0], prm[1], prm[2]
     nw = planes.shape[0]
     box_lo = ti.Vector([box_lo_a[0], box_lo_a[1]])
     box_hi = ti.Vector([box_hi_a[0], box_hi_a[1]])
@@ -669,13 +670,15 @@ def _clip3(P: ti.template(), W: ti.template(), i, pi, j, w, nt, npl, tri: ti.tem
 
 
 @ti.kernel
-def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, h: ti.f64, res: nd_i32,
-            start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, wmax: ti.f64, band: ti.f64,
+def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res: nd_i32,
+            start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, prm: nd_f64,
             tri: nd_i32_3, pl: nd_i32_2, vy: nd_f64_3, flag: nd_i32_2, cl: nd_i32_2, be: nd_i32_3,
             cand: nd_i32_2, cdist: nd_f64_2,
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32,
             tcap: ti.template(), pcap: ti.template()):
-    """Power cell of every point in ids; writes each cell's simplices (i, a, b, c) into buf."""
+    """Power cell of every point in ids; writes each cell's simplices (i, a, b, c) into buf.
+    prm = (grid cell size, largest weight, box band)."""
+    h, wmax, band = prm[0], prm[1], prm[2]
     nw = tri.shape[0]
     box_lo = ti.Vector([box_lo_a[0], box_lo_a[1], box_lo_a[2]])
     box_hi = ti.Vector([box_hi_a[0], box_hi_a[1], box_hi_a[2]])
@@ -784,16 +787,6 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, h: t
 # --------------------------------------------------------------------------- assembly
 
 
-@ti.kernel
-def scatter(buf: nd_i32_2, n: ti.i32, off: nd_i32, out: nd_i32_2):
-    """Put entry (owner, k, others...) at row off[owner] + k: a deterministic per-cell order."""
-    m = out.shape[1]
-    for e in range(n):
-        row = off[buf[e, 0]] + buf[e, 1]
-        for a in range(m):
-            out[row, a] = buf[e, 2 + a]
-
-
 @ti.func
 def _contains(lst: ti.template(), off: ti.template(), cell, v: ti.template(), m: ti.template()):
     """Whether cell's list (rows off[cell] .. off[cell+1]) holds the sorted tuple v."""
@@ -834,18 +827,6 @@ def check_and_own(lst: nd_i32_2, off: nd_i32, bad: nd_i32, owned: nd_i32, dim: t
                     bad[i] = 1
                     bad[S[a]] = 1
         owned[i] = nown
-
-
-@ti.kernel
-def emit_owned(lst: nd_i32_2, off: nd_i32, own_off: nd_i32, simp: nd_i32_2, dim: ti.template()):
-    for i in range(off.shape[0] - 1):
-        k = own_off[i]
-        for row in range(off[i], off[i + 1]):
-            if i < lst[row, 0]:
-                simp[k, 0] = i
-                for a in ti.static(range(dim)):
-                    simp[k, a + 1] = lst[row, a]
-                k += 1
 
 
 @ti.kernel
@@ -952,15 +933,16 @@ def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), o, q, 
 
 @ti.kernel
 def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32, out: nd_i32,
-              glo: nd_f64, h: ti.f64, res: nd_i32, start: nd_i32, order: nd_i32, wmax: ti.f64,
-              dim: ti.template()):
+              glo: nd_f64, res: nd_i32, start: nd_i32, order: nd_i32, prm: nd_f64, dim: ti.template()):
     """For each face (d points) with the known simplex on the side of opp, find the point q on the
     other side whose simplex with the face has an empty power sphere (-1: a hull face).
 
     Along the face's dual line c(t) = c_f + t n (n pointing away from opp) the power of q equals
     the face's at t_q; the simplex on that side belongs to the smallest t_q. A point at distance
     at least D from c_f has t_q >= (D^2 - wmax - pow_f) / (2 D), which ends the ring search; grid
-    cells wholly behind the face's plane are skipped. Ties are decided by the lifted predicate."""
+    cells wholly behind the face's plane are skipped. Ties are decided by the lifted predicate.
+    prm = (grid cell size, largest weight)."""
+    h, wmax = prm[0], prm[1]
     r3 = ti.Vector([res[0], res[1], res[2]])
     rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
     lo = ti.Vector.zero(ti.f64, dim)

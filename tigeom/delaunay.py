@@ -454,6 +454,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
         box_hi = pts[live].max(0) + margin
         band = 1e-7 * float(ext.max() + 2 * margin)
         blo, bhi = up(box_lo), up(box_hi)
+        prm = up(np.array([h, wmax, band], np.float64))
         status = _device.zeros((n,), np.int32)
         count = _device.zeros((n,), np.int32)
         gpu = runtime.on_gpu()
@@ -474,7 +475,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
                 planes = _device.empty((nw, 2, cap), np.int32)
                 vy = _device.empty((nw, 2, cap, 2), np.float64)
                 flag = _device.empty((nw, cap), np.int32)
-                K.cells2d(P, Wd, skip_d, ids_d, glo, h, res_d, start, order_d, blo, bhi, wmax, band,
+                K.cells2d(P, Wd, skip_d, ids_d, glo, res_d, start, order_d, blo, bhi, prm,
                           planes, vy, flag, cand, cdist, status, count, buf, counter, cap)
             else:
                 pcap = cap
@@ -484,7 +485,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
                 flag = _device.empty((nw, cap), np.int32)
                 cl = _device.empty((nw, cap), np.int32)
                 be = _device.empty((nw, cap, 2), np.int32)
-                K.cells3d(P, Wd, skip_d, ids_d, glo, h, res_d, start, order_d, blo, bhi, wmax, band,
+                K.cells3d(P, Wd, skip_d, ids_d, glo, res_d, start, order_d, blo, bhi, prm,
                           tri, pl, vy, flag, cl, be, cand, cdist, status, count, buf, counter, cap, pcap)
             used = int(_device.fetch(counter)[0])
             if used > bufcap:
@@ -559,7 +560,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
         stats["retries"] += 1
 
     # hull completion: boundary faces of what the cells produced, wrapped outward
-    grid = (glo, h, res_d, start, order_d, wmax)
+    grid = (glo, res_d, start, order_d, up(np.array([h, wmax], np.float64)))
     simplices, faces = _complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats)
     t0 = lap("hull", t0)
     # hidden = no vertex. A cell that lies wholly outside the clipping box (possible next to very
