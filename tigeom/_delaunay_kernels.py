@@ -409,6 +409,26 @@ def _gather(P: ti.template(), skip: ti.template(), start: ti.template(), order: 
     return m
 
 
+@ti.func
+def _ring_done(st, r, rmax, h, need2):
+    """After ring r: stop on a status, past the grid, or once unvisited points (at least r h
+    away) lie beyond the security distance."""
+    return st != 0 or r > rmax or (r * h * (1.0 - 1e-9)) ** 2 >= need2
+
+
+@ti.func
+def _emit(buf: ti.template(), counter: ti.template(), i, k, S: ti.template(), m: ti.template()):
+    """Append row (i, k, sorted S) to buf; the counter still counts rows that do not fit, so the
+    host can retry with the exact capacity."""
+    slot = ti.atomic_add(counter[0], 1)
+    if slot < buf.shape[0]:
+        Ss, par = _sort_small(S, m)
+        buf[slot, 0] = i
+        buf[slot, 1] = k
+        for a in ti.static(range(m)):
+            buf[slot, 2 + a] = Ss[a]
+
+
 # --------------------------------------------------------------------------- 2D cells
 
 
@@ -484,7 +504,6 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
     lo = ti.Vector([glo[0], glo[1]])
     r3 = ti.Vector([res[0], res[1], res[2]])
     rmax = ti.max(r3[0], r3[1])
-    bufcap = buf.shape[0]
     for w in range(nw):
         q = w
         while q < ids.shape[0]:
@@ -541,10 +560,7 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                                 s += 1
                         b += bstep
                     a += 1
-                if st != 0 or r > rmax:
-                    done = True
-                elif (r * h * (1.0 - 1e-9)) ** 2 >= need2:
-                    done = True
+                done = _ring_done(st, r, rmax, h, need2)
                 r += 1
             status[i] = st
             cnt = 0
@@ -554,12 +570,7 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                     b2 = planes[w, cur, (k + 1) % n]
                     if a2 >= 0 and b2 >= 0 and inside_box_canonical(P, W, i, ti.Vector([a2, b2]), box_lo,
                                                                      box_hi, band, 2):
-                        slot = ti.atomic_add(counter[0], 1)
-                        if slot < bufcap:
-                            buf[slot, 0] = i
-                            buf[slot, 1] = cnt
-                            buf[slot, 2] = ti.min(a2, b2)
-                            buf[slot, 3] = ti.max(a2, b2)
+                        _emit(buf, counter, i, cnt, ti.Vector([a2, b2]), 2)
                         cnt += 1
             count[i] = cnt
             q += nw
@@ -685,7 +696,6 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
     lo = ti.Vector([glo[0], glo[1], glo[2]])
     r3 = ti.Vector([res[0], res[1], res[2]])
     rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
-    bufcap = buf.shape[0]
     for w in range(nw):
         q = w
         while q < ids.shape[0]:
@@ -756,10 +766,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                             e += 1 if (edge or r == 0) else 2 * r
                         b += 1
                     a += 1
-                if st != 0 or r > rmax:
-                    done = True
-                elif (r * h * (1.0 - 1e-9)) ** 2 >= need2:
-                    done = True
+                done = _ring_done(st, r, rmax, h, need2)
                 r += 1
             status[i] = st
             cnt = 0
@@ -770,15 +777,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                     c3 = pl[w, tri[w, t, 2]]
                     if a3 >= 0 and b3 >= 0 and c3 >= 0 and inside_box_canonical(
                             P, W, i, ti.Vector([a3, b3, c3]), box_lo, box_hi, band, 3):
-                        slot = ti.atomic_add(counter[0], 1)
-                        if slot < bufcap:
-                            s3 = ti.Vector([a3, b3, c3])
-                            s3s, par = _sort_small(s3, 3)
-                            buf[slot, 0] = i
-                            buf[slot, 1] = cnt
-                            buf[slot, 2] = s3s[0]
-                            buf[slot, 3] = s3s[1]
-                            buf[slot, 4] = s3s[2]
+                        _emit(buf, counter, i, cnt, ti.Vector([a3, b3, c3]), 3)
                         cnt += 1
             count[i] = cnt
             q += nw
@@ -802,17 +801,13 @@ def _contains(lst: ti.template(), off: ti.template(), cell, v: ti.template(), m:
 
 
 @ti.kernel
-def check_and_own(lst: nd_i32_2, off: nd_i32, bad: nd_i32, owned: nd_i32, dim: ti.template()):
-    """For each cell entry (i; S): every vertex of S must list (i, S minus itself) too. Counts the
-    entries each cell owns (i below all of S), which become the simplices."""
+def check_cells(lst: nd_i32_2, off: nd_i32, bad: nd_i32, dim: ti.template()):
+    """For each cell entry (i; S): every vertex of S must list (i, S minus itself) too."""
     for i in range(off.shape[0] - 1):
-        nown = 0
         for row in range(off[i], off[i + 1]):
             S = ti.Vector.zero(ti.i32, dim)
             for a in ti.static(range(dim)):
                 S[a] = lst[row, a]
-            if i < S[0]:
-                nown += 1
             for a in ti.static(range(dim)):
                 # the tuple seen from S[a]: (S without S[a]) plus i, sorted
                 v = ti.Vector.zero(ti.i32, dim)
@@ -826,7 +821,6 @@ def check_and_own(lst: nd_i32_2, off: nd_i32, bad: nd_i32, owned: nd_i32, dim: t
                 if not _contains(lst, off, S[a], vs, dim):
                     bad[i] = 1
                     bad[S[a]] = 1
-        owned[i] = nown
 
 
 @ti.kernel

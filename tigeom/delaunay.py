@@ -515,7 +515,6 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
             rows = rows[idx >= keep_from[rows[:, 0]]]
         exact = _Exact(pts, w)
         need_exact = set(np.flatnonzero((st_all & (K.ST_BROKEN | K.ST_OVERFLOW)) != 0).tolist())
-        hidden_cell = (st_all & K.ST_HIDDEN) != 0
         cells = _CellLists(n, d, rows, cnt_all)
 
         def recompute(cells_to_do):
@@ -525,7 +524,6 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
                 cand = live[np.argsort(dist, kind="stable")]
                 cand = cand[cand != i]
                 simp = _exact_cell(i, exact, cand, box_lo, box_hi, band, wmax)
-                hidden_cell[i] = simp is None
                 cells.replace(i, simp or [])
             stats["exact_cells"] += len(cells_to_do)
 
@@ -595,7 +593,6 @@ class _CellLists:
         if not self.override:
             return
         counts = np.diff(self.off)
-        parts = []
         for i, s in self.override.items():
             counts[i] = len(s)
         off = np.zeros(self.n + 1, np.int64)
@@ -612,16 +609,14 @@ class _CellLists:
         for i, s in self.override.items():
             if s:
                 lst[off[i]:off[i + 1]] = np.array(s, np.int32)
-        del parts
         self.off, self.lst = off, lst
         self.override = {}
 
     def check(self, K) -> np.ndarray:
         self._materialise()
         bad = np.zeros(self.n, np.int32)
-        owned = np.zeros(self.n, np.int32)
         if len(self.lst):
-            K.check_and_own(_device.upload(self.lst), _device.upload(self.off.astype(np.int32)), bad, owned, self.d)
+            K.check_cells(_device.upload(self.lst), _device.upload(self.off.astype(np.int32)), bad, self.d)
         return np.flatnonzero(bad)
 
     def assemble(self, K):

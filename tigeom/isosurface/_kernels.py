@@ -38,7 +38,8 @@ def _ne(a: ti.i32, b: ti.i32) -> ti.i32:
 
 @ti.func
 def _node3(sweep: ti.template(), s, u, v):
-    """Grid node (i, j, k) of sweep coordinate s and row (u, v): u, v are the other axes in order."""
+    """Grid node (i, j, k) of sweep coordinate s and row (u, v): u, v are the other axes in order.
+    Also maps any per-axis triple from sweep order to x, y, z order."""
     r = ti.Vector([s, u, v])
     if ti.static(sweep == 1):
         r = ti.Vector([u, s, v])
@@ -107,12 +108,7 @@ def _edges3(sweep: ti.template(), b, n, hs, hu, hv):
     es = hs * ((b ^ n) & 1)
     eu = hu * ((b ^ (b >> 1)) & 1)
     ev = hv * ((b ^ (b >> 2)) & 1)
-    r = ti.Vector([es, eu, ev])
-    if ti.static(sweep == 1):
-        r = ti.Vector([eu, es, ev])
-    elif ti.static(sweep == 2):
-        r = ti.Vector([eu, ev, es])
-    return r
+    return _node3(sweep, es, eu, ev)  # the same permutation from sweep order to x, y, z
 
 
 @ti.kernel
