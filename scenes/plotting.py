@@ -65,3 +65,29 @@ def render_mesh(vertices, faces, path, points=None, title="") -> None:
         ax.set_axis_off()
     fig.suptitle(title)
     save_png(fig, path)
+
+
+def flow_shapes(x, y, speed, snapshots, initial, final, path, title="") -> None:
+    """Speed field (nx, ny) around the final body, with the body outlines over the iterations."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    im = ax.imshow(speed.T, origin="lower", extent=(0, x[-1] + x[0], 0, y[-1] + y[0]), cmap="viridis",
+                   aspect="equal")
+    fig.colorbar(im, ax=ax, label="|u|", shrink=0.8)
+    cmap = plt.get_cmap("autumn")
+
+    def outline(shape, **kw):
+        v, s = np.asarray(shape["vertices"]), np.asarray(shape["segments"])
+        seg = v[s]
+        for a, b in seg:
+            ax.plot([a[0], b[0]], [a[1], b[1]], **kw)
+
+    for k, snap in enumerate(snapshots):
+        outline(snap, color=cmap(k / max(len(snapshots) - 1, 1)), lw=0.6, alpha=0.7)
+    outline(initial, color="white", lw=1.0, ls="--")
+    outline({"vertices": final.vertices, "segments": final.segments}, color="red", lw=1.5)
+    ax.set_xlim(0, min(1.0, x[-1]))
+    ax.set_title(title)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    save_png(fig, path)

@@ -1,6 +1,13 @@
 """sim: differentiable physics linked to tigeom's geometry.
 
-Depends on tigeom, never the other way round. The flow solver (``sim.Flow2D``) and the
-finite-element model on tets are the subject of open issues and are not implemented yet; this
-package holds nothing else so far.
+Depends on tigeom, never the other way round.
+
+- :class:`Flow2D`: steady 2D channel flow around polygonal bodies (lattice Boltzmann), the
+  force on the body and its exact gradient with respect to the vertices (discrete adjoint).
+- :mod:`sim.shapes`: polygons (circles, ellipses) and their signed distance.
 """
+
+from . import shapes
+from .flow2d import ConvergenceWarning, Flow2D, FlowResult
+
+__all__ = ["Flow2D", "FlowResult", "ConvergenceWarning", "shapes"]

@@ -1,0 +1,483 @@
+"""Steady 2D channel flow around a polygonal body, its force, and the force's exact gradient.
+
+Method (see docs/flow.md): D2Q9 lattice Boltzmann, BGK collision blended with the
+Noble-Torczynski partially saturated solid operator. The solid fraction of a cell is a C1 ramp
+of the signed distance from its centre to the polygon, so the force is a smooth function of
+the vertices (no 0/1 mask). The force is the momentum the solid operator removes. Its
+gradient comes from the discrete adjoint of the converged one-step map, solved by reverse
+fixed-point iteration (O(1) memory), then chained through the solid fraction to the vertices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tigeom import runtime
+from tigeom._validate import as_array, as_index_array, as_scalar
+
+logger = logging.getLogger(__name__)
+
+_PROFILES = ("uniform", "parabolic")
+_WALLS = ("no-slip", "slip")
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """A flow or adjoint solve stopped at its step limit before meeting its tolerance."""
+
+
+def _kernels():
+    from . import _lbm_kernels
+
+    return _lbm_kernels
+
+
+def _available_memory() -> int | None:
+    """Bytes the current arch can hold (physical memory on the CPU, free memory on CUDA)."""
+    try:
+        if not runtime.on_gpu():
+            return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        import ctypes
+
+        lib = ctypes.CDLL("libcuda.so.1")
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        if lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)) == 0:
+            return int(free.value)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def _check_polygon(vertices, segments):
+    v = as_array(vertices, "vertices", ndim=2)
+    if v.shape[1] != 2 or v.shape[0] < 3:
+        raise ValueError(f"vertices: expected shape (V, 2) with V >= 3, got {v.shape}")
+    s = as_index_array(segments, "segments", v.shape[0], width=2)
+    if s.shape[0] < 3:
+        raise ValueError(f"segments: a closed polygon needs at least 3 segments, got {s.shape[0]}")
+    if np.any(s[:, 0] == s[:, 1]):
+        e = int(np.flatnonzero(s[:, 0] == s[:, 1])[0])
+        raise ValueError(f"segments: segment {e} joins vertex {s[e, 0]} to itself")
+    deg = np.bincount(s.ravel(), minlength=v.shape[0])
+    bad = np.flatnonzero((deg != 0) & (deg != 2))
+    if bad.size:
+        raise ValueError(f"segments: the polygon is not closed: vertex {bad[0]} is used by {deg[bad[0]]} "
+                         "segment(s); every vertex of closed polygons is used by exactly 2")
+    return v, s
+
+
+def polygon_area(vertices, segments) -> float:
+    """Area enclosed by closed polygon(s) (holes subtract when oriented opposite), absolute."""
+    v = np.asarray(vertices, float)
+    s = np.asarray(segments)
+    a, b = v[s[:, 0]], v[s[:, 1]]
+    return abs(0.5 * float(np.sum(a[:, 0] * b[:, 1] - b[:, 0] * a[:, 1])))
+
+
+@dataclass
+class FlowResult:
+    """Outcome of :meth:`Flow2D.solve`. ``force`` is (drag, lift) per unit depth, density 1."""
+
+    force: np.ndarray
+    converged: bool
+    steps: int
+    residuals: np.ndarray  # (n, 4): step, mean relative velocity change per step since the last check, Fx, Fy
+    seconds: float
+    flow: "Flow2D" = field(repr=False)
+    vertices: np.ndarray = field(repr=False)
+    segments: np.ndarray = field(repr=False)
+    state: np.ndarray = field(repr=False)  # (9, nx, ny) converged populations minus w_k, lattice units
+    solid_fraction: np.ndarray = field(repr=False)  # (nx, ny)
+    box: np.ndarray = field(repr=False)
+    adjoint: dict = field(default_factory=dict)  # steps, converged, seconds of the last vjp
+    _vjp_cache: dict = field(default_factory=dict, repr=False)
+    _token: int = field(default=0, repr=False)
+
+    @property
+    def drag(self) -> float:
+        return float(self.force[0])
+
+    @property
+    def lift(self) -> float:
+        return float(self.force[1])
+
+    def fields(self):
+        """(velocity (nx, ny, 2), pressure (nx, ny)) at the cell centres, physical units;
+        pressure relative to the outflow (density 1)."""
+        fl = self.flow
+        f = self.state.astype(np.float64)
+        rho = 1.0 + f.sum(axis=0)  # the state is shifted by the rest populations
+        cx, cy = np.array(fl._CX, float), np.array(fl._CY, float)
+        u = np.stack([np.tensordot(cx, f, 1), np.tensordot(cy, f, 1)], axis=-1) / rho[..., None]
+        vs = fl.velocity_scale
+        return u * vs, (rho - 1.0) / 3.0 * vs * vs
+
+    def pressure_at(self, points) -> np.ndarray:
+        """Pressure (bilinear in the cell centres) at physical points (P, 2)."""
+        p = as_array(points, "points", ndim=2)
+        _, pres = self.fields()
+        x = p[:, 0] / self.flow.dx - 0.5
+        y = p[:, 1] / self.flow.dx - 0.5
+        i0 = np.clip(np.floor(x).astype(int), 0, pres.shape[0] - 2)
+        j0 = np.clip(np.floor(y).astype(int), 0, pres.shape[1] - 2)
+        tx, ty = x - i0, y - j0
+        return ((1 - tx) * (1 - ty) * pres[i0, j0] + tx * (1 - ty) * pres[i0 + 1, j0]
+                + (1 - tx) * ty * pres[i0, j0 + 1] + tx * ty * pres[i0 + 1, j0 + 1])
+
+    def vjp(self, grad_force, *, tol: float | None = None, max_steps: int | None = None) -> np.ndarray:
+        """d(grad_force . force)/d(vertices), (V, 2), by the discrete adjoint of the steady state."""
+        g = as_array(grad_force, "grad_force")
+        if g.shape != (2,):
+            raise ValueError(f"grad_force: expected shape (2,), got {g.shape}")
+        key = (float(g[0]), float(g[1]))
+        if key not in self._vjp_cache:
+            self._vjp_cache[key] = self.flow._adjoint(self, g, tol=tol, max_steps=max_steps)
+        return self._vjp_cache[key].copy()
+
+
+class Flow2D:
+    """Steady incompressible flow in the channel [0, Lx] x [0, Ly] around polygonal bodies.
+
+    Parameters
+    ----------
+    size : (Lx, Ly), rounded to whole cells (``grid_size`` gives the size used).
+    resolution : cells per unit length.
+    viscosity : kinematic viscosity nu.
+    inflow_velocity : U, the peak of a "parabolic" profile or the value of a "uniform" one.
+    inflow_profile : "parabolic" or "uniform".
+    walls : "no-slip" (halfway bounce-back) or "slip" (specular reflection) at y = 0 and y = Ly.
+    lattice_velocity : U in lattice units (Mach number * sqrt(3)); lowered automatically when the
+        flow is so viscous that the relaxation time would exceed 1.
+    smoothing : half-width, in cells, of the solid-fraction ramp across the body's boundary.
+    tol : relative tolerance on the extrapolated change of the force (and on the per-step
+        velocity change) that declares the flow steady.
+    max_steps : step limit; a solve that reaches it warns with :class:`ConvergenceWarning`.
+    check_every : steps between convergence checks.
+    """
+
+    _CX = (0, 1, 0, -1, 0, 1, -1, -1, 1)  # D2Q9 velocities, as in _lbm_kernels
+    _CY = (0, 0, 1, 0, -1, 1, 1, -1, -1)
+
+    def __init__(self, size=(2.2, 0.41), resolution=100, viscosity=1e-3, inflow_velocity=0.3,
+                 inflow_profile="parabolic", walls="no-slip", *, lattice_velocity=0.06, smoothing=0.75,
+                 tol=1e-6, max_steps=200_000, check_every=200):
+        size = as_array(size, "size")
+        if size.shape != (2,) or not (size > 0).all():
+            raise ValueError(f"size: expected two positive lengths (Lx, Ly), got {size.tolist()}")
+        self.resolution = as_scalar(resolution, "resolution")
+        if self.resolution <= 0:
+            raise ValueError(f"resolution: must be > 0 cells per unit length, got {resolution}")
+        self.viscosity = as_scalar(viscosity, "viscosity")
+        if self.viscosity <= 0:
+            raise ValueError(f"viscosity: must be > 0, got {viscosity}")
+        self.inflow_velocity = as_scalar(inflow_velocity, "inflow_velocity")
+        if self.inflow_velocity <= 0:
+            raise ValueError(f"inflow_velocity: must be > 0, got {inflow_velocity}")
+        if inflow_profile not in _PROFILES:
+            raise ValueError(f"inflow_profile: expected one of {_PROFILES}, got {inflow_profile!r}")
+        if walls not in _WALLS:
+            raise ValueError(f"walls: expected one of {_WALLS}, got {walls!r}")
+        ulat = as_scalar(lattice_velocity, "lattice_velocity")
+        if not 0 < ulat <= 0.2:
+            raise ValueError(f"lattice_velocity: must be in (0, 0.2] (low Mach number), got {ulat}")
+        self.smoothing = as_scalar(smoothing, "smoothing")
+        if not 0.25 <= self.smoothing <= 4:
+            raise ValueError(f"smoothing: expected a half-width in [0.25, 4] cells, got {smoothing}")
+        self.tol = as_scalar(tol, "tol")
+        if self.tol <= 0:
+            raise ValueError(f"tol: must be > 0, got {tol}")
+        self.max_steps = int(max_steps)
+        self.check_every = int(check_every)
+        if self.max_steps < 1 or self.check_every < 1:
+            raise ValueError("max_steps and check_every must be >= 1")
+        self.inflow_profile = inflow_profile
+        self.walls = walls
+        self.size = (float(size[0]), float(size[1]))
+        self.dx = 1.0 / self.resolution
+        self.nx = int(round(size[0] * self.resolution))
+        self.ny = int(round(size[1] * self.resolution))
+        if self.nx < 8 or self.ny < 4:
+            raise ValueError(f"resolution: {resolution} cells per unit length gives a {self.nx} x {self.ny} "
+                             "grid; need at least 8 x 4 cells")
+        self.grid_size = (self.nx * self.dx, self.ny * self.dx)
+        nu_lat = self.viscosity * ulat / (self.inflow_velocity * self.dx)
+        if nu_lat > 1.0 / 6.0:  # tau > 1: slow the lattice down instead of over-relaxing
+            ulat *= (1.0 / 6.0) / nu_lat
+            nu_lat = 1.0 / 6.0
+        self.lattice_velocity = ulat
+        self.tau = 0.5 + 3.0 * nu_lat
+        if self.tau < 0.505:
+            raise ValueError(
+                f"resolution: {resolution} cells per unit length is too coarse for viscosity {viscosity} "
+                f"at inflow {inflow_velocity} (grid Reynolds number {self.inflow_velocity * self.dx / self.viscosity:.1f},"
+                f" relaxation time {self.tau:.4f} < 0.505): raise the resolution or lower lattice_velocity")
+        self.dt = ulat * self.dx / self.inflow_velocity
+        self.velocity_scale = self.dx / self.dt  # physical velocity per lattice velocity
+        self.force_scale = self.dx * self.velocity_scale ** 2  # physical force per lattice force
+        self._bufs = None
+        self._gen = None
+        self._owner = None  # id of the FlowResult whose state is in the buffers
+        self._lam_key = None
+        self._tokens = 0
+
+    # ------------------------------------------------------------------ description
+
+    def kwargs(self) -> dict:
+        """The keyword arguments that rebuild this flow (what scenes record)."""
+        return dict(size=list(self.size), resolution=self.resolution, viscosity=self.viscosity,
+                    inflow_velocity=self.inflow_velocity, inflow_profile=self.inflow_profile, walls=self.walls,
+                    lattice_velocity=self.lattice_velocity, smoothing=self.smoothing, tol=self.tol,
+                    max_steps=self.max_steps, check_every=self.check_every)
+
+    @property
+    def mean_inflow(self) -> float:
+        """Mean inflow velocity over the channel height."""
+        return self.inflow_velocity * (2.0 / 3.0 if self.inflow_profile == "parabolic" else 1.0)
+
+    def reynolds(self, length: float) -> float:
+        return self.mean_inflow * length / self.viscosity
+
+    def _inflow(self) -> np.ndarray:
+        y = (np.arange(self.ny) + 0.5) / self.ny
+        if self.inflow_profile == "parabolic":
+            prof = 4.0 * y * (1.0 - y)
+        else:
+            prof = np.ones_like(y)
+        return self.lattice_velocity * prof
+
+    # ------------------------------------------------------------------ buffers
+
+    def bytes_needed(self) -> int:
+        """Device memory of a solve and its adjoint: four 9-population arrays and the solid fraction."""
+        return int(self.nx * self.ny * (4 * 9 + 4) * runtime.real_dtype().itemsize)
+
+    def _buffers(self):
+        import taichi as ti
+
+        gen = runtime.generation()
+        if self._bufs is not None and self._gen == gen:
+            return self._bufs
+        need = self.bytes_needed()
+        avail = _available_memory()
+        if avail is not None and need > 0.8 * avail:
+            raise ValueError(f"resolution: a {self.nx} x {self.ny} grid needs {need / 2**30:.2f} GiB, more than "
+                             f"80% of the {avail / 2**30:.2f} GiB available on {runtime.config().backend}")
+        dt = ti.f64 if runtime.real_dtype() == np.float64 else ti.f32
+        sh = (9, self.nx, self.ny)
+        b = dict(f=ti.ndarray(dt, sh), fn=ti.ndarray(dt, sh), lam=None, lamn=None, msnap=ti.ndarray(dt, (2, self.nx, self.ny)),
+                 gam=ti.ndarray(dt, (self.nx, self.ny)), uin=ti.ndarray(dt, (self.ny,)),
+                 prm=ti.ndarray(dt, (4,)), out=ti.ndarray(dt, (2,)), box=ti.ndarray(ti.i32, (4,)),
+                 bc=ti.ndarray(dt, (self.ny, 6)))
+        b["uin"].from_numpy(self._inflow().astype(runtime.real_dtype()))
+        self._bufs, self._gen, self._owner, self._lam_key = b, gen, None, None
+        return b
+
+    def _set_prm(self, b, gx=0.0, gy=0.0):
+        b["prm"].from_numpy(np.array([self.tau, gx, gy, self.smoothing], runtime.real_dtype()))
+
+    # ------------------------------------------------------------------ geometry
+
+    def _prepare_body(self, vertices, segments):
+        v, s = _check_polygon(vertices, segments)
+        vl = v / self.dx
+        used = np.unique(s)
+        lo, hi = vl[used].min(axis=0), vl[used].max(axis=0)
+        margin = 2.0 + self.smoothing
+        for ax, n, name in ((0, self.nx, "x"), (1, self.ny, "y")):
+            if lo[ax] < margin or hi[ax] > n - margin:
+                raise ValueError(
+                    f"vertices: the body must lie strictly inside the channel, at least {margin * self.dx:.4g} "
+                    f"({margin:g} cells) from its boundary; its {name}-extent is "
+                    f"[{lo[ax] * self.dx:.4g}, {hi[ax] * self.dx:.4g}] in [0, {n * self.dx:.4g}]")
+        ext = hi - lo
+        area = polygon_area(vl, s)
+        if ext.min() < 3.0 or area < 6.0:
+            raise ValueError(f"resolution: {self.resolution:g} cells per unit length is too coarse for the body: "
+                             f"its smallest extent is {ext.min():.2f} cells and its area {area:.2f} cells^2 "
+                             "(need at least 3 cells and 6 cells^2)")
+        pad = self.smoothing + 1.0
+        box = np.array([max(int(np.floor(lo[0] - pad)), 1), min(int(np.ceil(hi[0] + pad)) + 1, self.nx - 1),
+                        max(int(np.floor(lo[1] - pad)), 0), min(int(np.ceil(hi[1] + pad)) + 1, self.ny)],
+                       np.int32)
+        return v, s, vl, box
+
+    def solid_fraction(self, vertices, segments) -> np.ndarray:
+        """Solid fraction (nx, ny) of the cells for a body."""
+        runtime.ensure_init()
+        _, s, vl, box = self._prepare_body(vertices, segments)
+        b = self._buffers()
+        self._upload_body(b, vl, s, box)
+        return b["gam"].to_numpy().astype(np.float64)
+
+    def _upload_body(self, b, vl, s, box):
+        import taichi as ti
+
+        K = _kernels()
+        rd = runtime.real_dtype()
+        b["box"].from_numpy(box)
+        b["gam"].fill(0)
+        self._set_prm(b)
+        dt = ti.f64 if rd == np.float64 else ti.f32
+        b["v"] = ti.ndarray(dt, vl.shape)
+        b["v"].from_numpy(vl.astype(rd))
+        b["seg"] = ti.ndarray(ti.i32, s.shape)
+        b["seg"].from_numpy(s.astype(np.int32))
+        K.solid_fraction(b["v"], b["seg"], b["gam"], b["box"], b["prm"])
+
+    # ------------------------------------------------------------------ forward
+
+    def solve(self, vertices, segments, *, warm_start: bool = False, max_steps: int | None = None,
+              tol: float | None = None, callback=None) -> FlowResult:
+        """Steady flow around the body bounded by ``segments`` (closed polygons, any orientation).
+
+        ``warm_start`` starts from this object's previous solution (much faster when the body
+        changed a little, as in shape optimisation); otherwise from the inflow profile.
+        ``callback(step, residual, force)`` is called at every convergence check.
+        """
+        runtime.ensure_init()
+        K = _kernels()
+        v, s, vl, box = self._prepare_body(vertices, segments)
+        max_steps = self.max_steps if max_steps is None else int(max_steps)
+        tol = self.tol if tol is None else as_scalar(tol, "tol")
+        b = self._buffers()
+        fresh = not warm_start or self._owner is None
+        self._upload_body(b, vl, s, box)
+        slip = int(self.walls == "slip")
+        if fresh:
+            K.init_state(b["f"], b["uin"], b["gam"], b["box"])
+        K.velocity_change(b["f"], b["msnap"], b["out"])
+        t0 = time.perf_counter()
+        hist = []
+        deltas = []
+        prev_force = None
+        converged = False
+        n = 0
+        out = b["out"]
+        while n < max_steps:
+            chunk = min(self.check_every, max_steps - n)
+            for _ in range(chunk - 1):
+                K.step(b["f"], b["fn"], b["gam"], b["box"], b["prm"], slip)
+                K.apply_bc(b["fn"], b["uin"])
+                b["f"], b["fn"] = b["fn"], b["f"]
+            K.step(b["f"], b["fn"], b["gam"], b["box"], b["prm"], slip)
+            K.apply_bc(b["fn"], b["uin"])
+            b["f"], b["fn"] = b["fn"], b["f"]
+            K.velocity_change(b["f"], b["msnap"], out)
+            dv = out.to_numpy()
+            n += chunk
+            K.force(b["f"], b["gam"], b["box"], b["prm"], out)
+            F = out.to_numpy().astype(np.float64) * self.force_scale
+            res = float(np.sqrt(dv[0] / max(dv[1], 1e-300))) / chunk
+            if not np.isfinite(res) or not np.all(np.isfinite(F)):
+                raise FloatingPointError(f"Flow2D.solve: the lattice Boltzmann iteration diverged after {n} steps "
+                                         f"(relaxation time {self.tau:.4f}); raise the resolution")
+            hist.append((n, res, F[0], F[1]))
+            if callback is not None:
+                callback(n, res, F)
+            if prev_force is not None:
+                scale = max(np.abs(F).max(), 1e-300)
+                deltas.append(float(np.abs(F - prev_force).max() / scale))
+                if len(deltas) >= 2 and _extrapolated_done(deltas, tol) and res < tol:
+                    converged = True
+                    break
+            prev_force = F
+        runtime.sync()
+        seconds = time.perf_counter() - t0
+        if not converged:
+            warnings.warn(f"Flow2D.solve: not converged after {n} steps (last relative force change "
+                          f"{deltas[-1] if deltas else float('nan'):.2e}, velocity change {hist[-1][1]:.2e}, "
+                          f"tolerance {tol:g})", ConvergenceWarning, stacklevel=2)
+        result = FlowResult(force=np.asarray(hist[-1][2:4], float), converged=converged, steps=n,
+                            residuals=np.asarray(hist, float), seconds=seconds, flow=self, vertices=v,
+                            segments=s, state=b["f"].to_numpy(), solid_fraction=b["gam"].to_numpy().astype(float),
+                            box=box)
+        self._tokens += 1
+        result._token = self._owner = self._tokens
+        return result
+
+    # ------------------------------------------------------------------ adjoint
+
+    def _adjoint(self, res: FlowResult, g: np.ndarray, tol=None, max_steps=None) -> np.ndarray:
+        import taichi as ti
+
+        K = _kernels()
+        b = self._buffers()
+        rd = runtime.real_dtype()
+        tol = self.tol if tol is None else as_scalar(tol, "tol")
+        max_steps = self.max_steps if max_steps is None else int(max_steps)
+        if self._owner != res._token:
+            b["f"].from_numpy(res.state.astype(rd))
+            self._upload_body(b, res.vertices / self.dx, res.segments, res.box)
+            self._owner = res._token
+        gl = np.asarray(g, float) * self.force_scale
+        self._set_prm(b, gl[0], gl[1])
+        dt = ti.f64 if rd == np.float64 else ti.f32
+        if b["lam"] is None:
+            b["lam"] = ti.ndarray(dt, (9, self.nx, self.ny))
+            b["lamn"] = ti.ndarray(dt, (9, self.nx, self.ny))
+        key = tuple(gl / max(np.abs(gl).max(), 1e-300))
+        if self._lam_key is None or not np.allclose(key, self._lam_key):
+            b["lam"].fill(0)
+        box = res.box
+        ggam = ti.ndarray(dt, (self.nx, self.ny))
+        ggam.fill(0)
+        slip = int(self.walls == "slip")
+        t0 = time.perf_counter()
+        n = 0
+        prev = None
+        deltas = []
+        converged = False
+        hist = []
+        sl = (slice(box[0], box[1]), slice(box[2], box[3]))
+        while n < max_steps:
+            chunk = min(self.check_every, max_steps - n)
+            for _ in range(chunk):
+                K.adj_bc_terms(b["lam"], b["f"], b["uin"], b["bc"])
+                K.adj_step(b["lam"], b["lamn"], b["f"], b["gam"], b["box"], b["prm"], b["bc"], slip)
+                b["lam"], b["lamn"] = b["lamn"], b["lam"]
+            n += chunk
+            K.adj_bc_terms(b["lam"], b["f"], b["uin"], b["bc"])
+            K.adj_gamma(b["lam"], b["f"], b["gam"], b["box"], b["prm"], b["bc"], slip, ggam)
+            cur = ggam.to_numpy()[sl].astype(np.float64)
+            if not np.all(np.isfinite(cur)):
+                raise FloatingPointError(f"FlowResult.vjp: the adjoint iteration diverged after {n} steps")
+            if prev is not None:
+                scale = max(np.linalg.norm(cur), 1e-300)
+                deltas.append(float(np.linalg.norm(cur - prev) / scale))
+                hist.append((n, deltas[-1]))
+                if len(deltas) >= 2 and _extrapolated_done(deltas, tol):
+                    converged = True
+                    break
+            prev = cur
+        self._lam_key = key
+        gv = ti.ndarray(dt, res.vertices.shape)
+        gv.fill(0)
+        K.solid_fraction_vjp(b["v"], b["seg"], ggam, b["box"], b["prm"], gv)
+        out = gv.to_numpy().astype(np.float64) / self.dx
+        runtime.sync()
+        res.adjoint = dict(steps=n, converged=converged, seconds=time.perf_counter() - t0,
+                           residuals=np.asarray(hist, float))
+        if not converged:
+            warnings.warn(f"FlowResult.vjp: adjoint not converged after {n} steps (last relative change "
+                          f"{deltas[-1] if deltas else float('nan'):.2e}, tolerance {tol:g})",
+                          ConvergenceWarning, stacklevel=3)
+        return out
+
+
+def _extrapolated_done(deltas: list, tol: float) -> bool:
+    """Whether a geometrically converging sequence is within ``tol`` of its limit: the last
+    relative change, extrapolated over the remaining (geometric) tail, is below tol."""
+    d1, d0 = deltas[-1], deltas[-2]
+    if d1 >= tol:
+        return False
+    if d1 == 0.0:
+        return True
+    q = d1 / d0 if d0 > 0 else 1.0
+    if q >= 0.95:  # not (yet) contracting: only a change far below tol counts
+        return d1 < 0.05 * tol
+    return d1 * q / (1.0 - q) < tol
