@@ -10,7 +10,6 @@ numpy (CPU) and PyTorch (GPU, when installed).
     python benchmarks/bench_flow.py --arch cuda --grid 1024x512 --grid 4096x2048
 """
 
-from __future__ import annotations
 
 import argparse
 import platform

@@ -40,15 +40,15 @@ class Drag2D(Scene):
     name = "drag2d"
     summary = "minimise the drag of a fixed-area body in channel flow (LBM adjoint through marching squares)"
     defaults = {
-        "iters": 60, "seed": 0, "checkpoint_every": 10, "save_every": 10,
+        "iters": 80, "seed": 0, "checkpoint_every": 10, "save_every": 10,
         # flow (sim.Flow2D keywords)
         "size": [2.2, 0.41], "resolution": 100, "viscosity": 1e-3, "inflow_velocity": 0.3,
-        "inflow_profile": "parabolic", "walls": "no-slip", "flow_tol": 1e-4, "adjoint_tol": 1e-3,
+        "inflow_profile": "parabolic", "walls": "no-slip", "flow_tol": 2e-5, "adjoint_tol": 3e-4,
         # body and design grid
         "body": "circle", "center": [0.3, 0.2], "diameter": 0.1,
         "design_box": [0.1, 0.03, 0.6, 0.38], "design_spacing": 0.005,
         # optimiser: step = boundary move in flow cells
-        "step_cells": 0.8, "min_step_cells": 0.04, "smooth_passes": 30, "patience": 6, "stop_rel": 3e-4,
+        "step_cells": 0.8, "min_step_cells": 0.02, "smooth_passes": 20, "patience": 8, "stop_rel": 2e-4,
         "compare_aspects": [3.0, 4.0, 5.0],
         "precision": "f32",
     }

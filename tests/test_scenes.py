@@ -29,9 +29,10 @@ def interrupted_at(name, iteration):
 
 
 def test_scene_registry_lists_sdf_fit(capsys):
-    assert "sdf_fit" in scene.available()
+    assert {"sdf_fit", "drag2d"} <= set(scene.available())
     assert cli.main(["scenes"]) == 0
-    assert "sdf_fit" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "sdf_fit" in listed and "drag2d" in listed
 
 
 def test_sdf_fit_runs_and_improves(tmp_path):
@@ -87,3 +88,27 @@ def test_cli_errors(tmp_path, capsys):
     bad.write_text("this is = not toml [")
     assert cli.main(["run", "sdf_fit", "--out", str(tmp_path / "y"), "--config", str(bad)]) == 2
     assert cli.main(["run", "sdf_fit", "--out", str(tmp_path / "z"), "--iters", "-1"]) == 2
+
+
+def test_drag2d_lowers_drag_keeps_area_and_records_flow(tmp_path):
+    import warnings
+
+    from sim import ConvergenceWarning, Flow2D
+
+    cfg = tmp_path / "d.toml"
+    cfg.write_text("resolution = 60\nflow_tol = 1e-4\nadjoint_tol = 1e-3\ncompare_aspects = [4.0]\n"
+                   "design_spacing = 0.008\nsave_every = 2\n")
+    out = tmp_path / "drag"
+    s = scene.run("drag2d", out=str(out), arch="cpu", iters=4, config_file=str(cfg), progress=False)
+    f = s["figures"]
+    assert f["cd_final"] < 0.95 * f["cd_initial"]
+    assert f["area_rel_err"] < 0.01 and f["centroid_shift"] < 1e-3
+    for name in ("shape_initial.npz", "shape_final.npz", "shapes.png", "drag.png", "summary.json"):
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "summary.json").read_text())
+    flow = Flow2D(**on_disk["flow"])
+    z = np.load(out / "shape_final.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        drag = flow.solve(z["vertices"], z["segments"]).drag
+    assert abs(drag / f["drag_final"] - 1) < 1e-3
