@@ -122,6 +122,17 @@ def _in_box(box: ti.template(), i, j) -> ti.i32:
 
 
 @ti.func
+def _solid_weights(gam: ti.template(), box: ti.template(), i, j, tau):
+    """B(gamma) and the drain fraction r(gamma) of cell (i, j); both 0 outside the body's box."""
+    B = 0.0
+    r = 0.0
+    if _in_box(box, i, j):
+        B, _ = _psm_b(gam[i, j], tau)
+        r, _ = _reset(gam[i, j])
+    return B, r
+
+
+@ti.func
 def _load(f: ti.template(), i, j):
     v = ti.Vector([0.0] * 9)
     for k in ti.static(range(9)):
@@ -130,17 +141,21 @@ def _load(f: ti.template(), i, j):
 
 
 @ti.func
-def _collide(fl, B, tau):
-    """Post-collision (shifted) populations of one cell (BGK blended with the solid operator by B)."""
+def _macro(fl):
+    """Density deviation, momentum and velocity of shifted populations fl."""
     drho = fl.sum()
-    rho = 1.0 + drho
     mx = 0.0
     my = 0.0
     for k in ti.static(range(9)):
         mx += CX[k] * fl[k]
         my += CY[k] * fl[k]
-    ux = mx / rho
-    uy = my / rho
+    return drho, mx, my, mx / (1.0 + drho), my / (1.0 + drho)
+
+
+@ti.func
+def _collide(fl, B, tau):
+    """Post-collision (shifted) populations of one cell (BGK blended with the solid operator by B)."""
+    drho, _, _, ux, uy = _macro(fl)
     feq = ti.Vector([0.0] * 9)
     for k in ti.static(range(9)):
         feq[k] = _heq(k, drho, ux, uy)
@@ -168,11 +183,7 @@ def step(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32):
     nx, ny = f.shape[1], f.shape[2]
     tau = prm[P_TAU]
     for i, j in ti.ndrange(nx, ny):
-        B = 0.0
-        r = 0.0
-        if _in_box(box, i, j):
-            B, _ = _psm_b(gam[i, j], tau)
-            r, _ = _reset(gam[i, j])
+        B, r = _solid_weights(gam, box, i, j, tau)
         post = _collide(_load(f, i, j), B, tau)
         if r > 0.0:
             post = _drain(post, r)
@@ -314,14 +325,7 @@ def _gather(lam: ti.template(), bc: ti.template(), i, j, nx, ny, slip):
 @ti.func
 def _collide_t(fl, lh, B, tau):
     """C_f^T lh: the transposed Jacobian of ``_collide`` at fl applied to lh."""
-    rho = 1.0 + fl.sum()
-    mx = 0.0
-    my = 0.0
-    for k in ti.static(range(9)):
-        mx += CX[k] * fl[k]
-        my += CY[k] * fl[k]
-    ux = mx / rho
-    uy = my / rho
+    _, _, _, ux, uy = _macro(fl)
     uu = ux * ux + uy * uy
     a = 1.0 - (1.0 - B) / tau - B
     S = 0.0
@@ -353,11 +357,7 @@ def adj_step(lam: nd3, lamn: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc:
     gx = prm[P_GX]
     gy = prm[P_GY]
     for i, j in ti.ndrange(nx, ny):
-        B = 0.0
-        r = 0.0
-        if _in_box(box, i, j):
-            B, _ = _psm_b(gam[i, j], tau)
-            r, _ = _reset(gam[i, j])
+        B, r = _solid_weights(gam, box, i, j, tau)
         lh = _gather(lam, bc, i, j, nx, ny, slip)
         out = _collide_t(_load(f, i, j), _drain_t(lh, r), B, tau)
         for k in ti.static(range(9)):
@@ -377,15 +377,7 @@ def adj_gamma(lam: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip
         fl = _load(f, i, j)
         lh = _gather(lam, bc, i, j, nx, ny, slip)
         lhd = _drain_t(lh, r)
-        drho = fl.sum()
-        rho = 1.0 + drho
-        mx = 0.0
-        my = 0.0
-        for k in ti.static(range(9)):
-            mx += CX[k] * fl[k]
-            my += CY[k] * fl[k]
-        ux = mx / rho
-        uy = my / rho
+        drho, mx, my, ux, uy = _macro(fl)
         acc = gx * mx + gy * my
         for k in ti.static(range(9)):
             fe = _heq(k, drho, ux, uy)
