@@ -112,7 +112,8 @@ class FlowResult:
         fl = self.flow
         f = self.state.astype(np.float64)
         rho = 1.0 + f.sum(axis=0)  # the state is shifted by the rest populations
-        cx, cy = np.array(fl._CX, float), np.array(fl._CY, float)
+        K = _kernels()
+        cx, cy = np.array(K.CX, float), np.array(K.CY, float)
         u = np.stack([np.tensordot(cx, f, 1), np.tensordot(cy, f, 1)], axis=-1) / rho[..., None]
         vs = fl.velocity_scale
         return u * vs, (rho - 1.0) / 3.0 * vs * vs
@@ -159,9 +160,6 @@ class Flow2D:
     max_steps : step limit; a solve that reaches it warns with :class:`ConvergenceWarning`.
     check_every : steps between convergence checks.
     """
-
-    _CX = (0, 1, 0, -1, 0, 1, -1, -1, 1)  # D2Q9 velocities, as in _lbm_kernels
-    _CY = (0, 0, 1, 0, -1, 1, 1, -1, -1)
 
     def __init__(self, size=(2.2, 0.41), resolution=100, viscosity=1e-3, inflow_velocity=0.3,
                  inflow_profile="parabolic", walls="no-slip", *, lattice_velocity=0.06, smoothing=0.75,

@@ -111,6 +111,17 @@ def _edges3(sweep: ti.template(), b, n, hs, hu, hv):
     return _node3(sweep, es, eu, ev)  # the same permutation from sweep order to x, y, z
 
 
+@ti.func
+def _run3(sweep: ti.template(), vals: ti.template(), c, u, v, S, ns, nu, nv, level):
+    """Start of the run c of S nodes along the sweep axis at (u, v): its node range [s0, s1), the
+    clamped neighbour lines u1, v1, whether they exist (hu, hv), and the first window's bits."""
+    s0 = c * S
+    u1 = ti.min(u + 1, nu - 1)
+    v1 = ti.min(v + 1, nv - 1)
+    return (s0, ti.min(s0 + S, ns), u1, v1, ti.cast(u + 1 < nu, ti.i32), ti.cast(v + 1 < nv, ti.i32),
+            _win3(sweep, vals, s0, u, v, u1, v1, level))
+
+
 @ti.kernel
 def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32, tri_count: nd_i32,
            cnt: nd_i32, flags: nd_i32):
@@ -120,13 +131,7 @@ def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S
     nch = (ns + S - 1) // S
     big = ti.static(3.0e38)
     for c, u, v in ti.ndrange(nch, nu, nv):
-        s0 = c * S
-        s1 = ti.min(s0 + S, ns)
-        u1 = ti.min(u + 1, nu - 1)
-        v1 = ti.min(v + 1, nv - 1)
-        hu = ti.cast(u + 1 < nu, ti.i32)
-        hv = ti.cast(v + 1 < nv, ti.i32)
-        b = _win3(sweep, vals, s0, u, v, u1, v1, level)
+        s0, s1, u1, v1, hu, hv, b = _run3(sweep, vals, c, u, v, S, ns, nu, nv, level)
         cnt_v = 0
         cnt_t = 0
         bad = 0
@@ -187,13 +192,7 @@ def emit_vertices3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.templ
         r = (c * nu + u) * nv + v
         vid = vbase[r]
         if vbase[r + 1] > vid:  # skip runs without vertices
-            s0 = c * S
-            s1 = ti.min(s0 + S, ns)
-            u1 = ti.min(u + 1, nu - 1)
-            v1 = ti.min(v + 1, nv - 1)
-            hu = ti.cast(u + 1 < nu, ti.i32)
-            hv = ti.cast(v + 1 < nv, ti.i32)
-            b = _win3(sweep, vals, s0, u, v, u1, v1, level)
+            s0, s1, u1, v1, hu, hv, b = _run3(sweep, vals, c, u, v, S, ns, nu, nv, level)
             for s in range(s0, s1):
                 n = _win3(sweep, vals, ti.min(s + 1, ns - 1), u, v, u1, v1, level)
                 e = _edges3(sweep, b, n, ti.cast(s + 1 < ns, ti.i32), hu, hv)
@@ -291,6 +290,14 @@ def _shape2(sweep: ti.template(), vals: ti.template()):
     return r
 
 
+@ti.func
+def _run2(sweep: ti.template(), vals: ti.template(), c, u, S, ns, nu, level):
+    """2D counterpart of ``_run3``."""
+    s0 = c * S
+    u1 = ti.min(u + 1, nu - 1)
+    return s0, ti.min(s0 + S, ns), u1, ti.cast(u + 1 < nu, ti.i32), _win2(sweep, vals, s0, u, u1, level)
+
+
 @ti.kernel
 def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32, seg_count: nd_i32,
            cnt: nd_i32, flags: nd_i32):
@@ -299,11 +306,7 @@ def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S
     nch = (ns + S - 1) // S
     big = ti.static(3.0e38)
     for c, u in ti.ndrange(nch, nu):
-        s0 = c * S
-        s1 = ti.min(s0 + S, ns)
-        u1 = ti.min(u + 1, nu - 1)
-        hu = ti.cast(u + 1 < nu, ti.i32)
-        b = _win2(sweep, vals, s0, u, u1, level)
+        s0, s1, u1, hu, b = _run2(sweep, vals, c, u, S, ns, nu, level)
         cnt_v = 0
         cnt_t = 0
         bad = 0
@@ -334,11 +337,7 @@ def emit_vertices2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.templ
         r = c * nu + u
         vid = vbase[r]
         if vbase[r + 1] > vid:
-            s0 = c * S
-            s1 = ti.min(s0 + S, ns)
-            u1 = ti.min(u + 1, nu - 1)
-            hu = ti.cast(u + 1 < nu, ti.i32)
-            b = _win2(sweep, vals, s0, u, u1, level)
+            s0, s1, u1, hu, b = _run2(sweep, vals, c, u, S, ns, nu, level)
             for s in range(s0, s1):
                 n = _win2(sweep, vals, ti.min(s + 1, ns - 1), u, u1, level)
                 e = _edges2(sweep, b, n, ti.cast(s + 1 < ns, ti.i32), hu)
