@@ -87,7 +87,7 @@ class Drag2D(Scene):
         self.step_len = float(c["step_cells"]) * self.flow.dx
         self.accepted = None  # (phi, drag, direction on that curve as (vertices, segments, d))
         self.warm = False
-        self.last = None
+        self.cd_hist = []  # Cd of the accepted shapes, for the stalling test
         np.savez(self.out / "shape_initial.npz", vertices=curve.vertices, segments=curve.segments)
         self.summary_extra = {"flow": self.flow.kwargs()}
 
@@ -135,11 +135,18 @@ class Drag2D(Scene):
 
     def step(self, it):
         curve = self._extract()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            res = self.flow.solve(curve.vertices, curve.segments, warm_start=self.warm)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                res = self.flow.solve(curve.vertices, curve.segments, warm_start=self.warm)
+        except ValueError:
+            # the trial shape is infeasible for the flow grid (thinner than 3 cells, or too close
+            # to the channel's boundary): reject it like a step that raised the drag
+            if self.accepted is None:
+                raise
+            res = None
         self.warm = True
-        drag = res.drag
+        drag = res.drag if res is not None else np.inf
         accepted = self.accepted is None or drag <= self.accepted[1]
         if accepted:
             with warnings.catch_warnings():
@@ -151,23 +158,23 @@ class Drag2D(Scene):
             self.accepted = (self.phi.copy(), drag, (curve.vertices, curve.segments, d, n))
         else:
             self.step_len *= 0.5
-        phi_acc, drag_acc, (V, S, d, n) = self.accepted
+        _, drag_acc, (V, S, d, n) = self.accepted
         self.phi = self._move(V, S, d, n, self.step_len)
-        self.last = res
-        cd = self._cd(drag)
-        self.cd_hist = getattr(self, "cd_hist", []) + ([self._cd(drag_acc)] if accepted else [])
+        cd = self._cd(drag if res is not None else drag_acc)  # an infeasible trial reports the accepted Cd
+        if accepted:
+            self.cd_hist.append(self._cd(drag_acc))
         pat = int(self.config["patience"])
         stalled = len(self.cd_hist) > pat and (self.cd_hist[-pat - 1] - self.cd_hist[-1]) < float(
             self.config["stop_rel"]) * self.cd_hist[-1]
         converged = self.step_len < float(self.config["min_step_cells"]) * self.flow.dx or stalled
-        return {"cd": cd, "cd_best": self._cd(drag_acc), "accepted": float(accepted),
-                "step_cells": self.step_len / self.flow.dx, "flow_steps": res.steps,
+        return {"cd": cd, "cd_best": self._cd(drag_acc), "accepted": float(accepted), "infeasible": float(res is None),
+                "step_cells": self.step_len / self.flow.dx, "flow_steps": res.steps if res is not None else 0,
                 "adjoint_steps": res.adjoint.get("steps", 0) if accepted else 0,
                 "area_rel_err": abs(shapes.area_centroid(curve.vertices, curve.segments)[0] / self.area0 - 1.0),
                 "converged": converged}
 
     def state(self):
-        st = {"phi": self.phi, "step_len": np.array(self.step_len), "cd_hist": np.array(getattr(self, "cd_hist", []))}
+        st = {"phi": self.phi, "step_len": np.array(self.step_len), "cd_hist": np.array(self.cd_hist)}
         if self.accepted is not None:
             phi, drag, (V, S, d, n) = self.accepted
             st.update(acc_phi=phi, acc_drag=np.array(drag), acc_V=V, acc_S=S, acc_d=d, acc_n=n)
@@ -204,10 +211,13 @@ class Drag2D(Scene):
             warnings.simplefilter("ignore", ConvergenceWarning)
             f_init = self.flow.solve(init["vertices"], init["segments"])
             f_final = self.flow.solve(curve.vertices, curve.segments)
-            ell = {}
+            ell, skipped = {}, {}
             for asp in self.config["compare_aspects"]:
                 v, s = shapes.equal_area_ellipse(self.centroid0, self.area0, float(asp), 256)
-                ell[f"{float(asp):g}"] = self._cd(self.flow.solve(v, s).drag)
+                try:
+                    ell[f"{float(asp):g}"] = self._cd(self.flow.solve(v, s).drag)
+                except ValueError as exc:  # too thin for this flow grid: say so, do not compare
+                    skipped[f"{float(asp):g}"] = str(exc)
         cd0, cd1 = self._cd(f_init.drag), self._cd(f_final.drag)
         x = f_final.flow.dx * (np.arange(self.flow.nx) + 0.5)
         y = f_final.flow.dx * (np.arange(self.flow.ny) + 0.5)
@@ -215,7 +225,8 @@ class Drag2D(Scene):
         snaps = sorted(self.out.glob("shape_0*.npz"))
         plotting.flow_shapes(x, y, np.linalg.norm(u, axis=-1), [np.load(p) for p in snaps], init, curve,
                              self.out / "shapes.png",
-                             title=f"drag2d: Cd {cd0:.3f} -> {cd1:.3f} (best ellipse {min(ell.values()):.3f})")
+                             title=f"drag2d: Cd {cd0:.3f} -> {cd1:.3f}"
+                             + (f" (best ellipse {min(ell.values()):.3f})" if ell else ""))
         plotting.loss_curve(history, ["cd", "cd_best"], self.out / "drag.png", log=False,
                             title="drag2d: drag coefficient per iteration")
         xs = curve.vertices[:, 0]
@@ -223,6 +234,7 @@ class Drag2D(Scene):
         return {"cd_initial": cd0, "cd_final": cd1, "drag_initial": f_init.drag, "drag_final": f_final.drag,
                 "drag_reduction": 1.0 - cd1 / cd0, "cd_ellipses": ell,
                 "beats_every_compared_ellipse": bool(cd1 < min(ell.values())) if ell else None,
+                "ellipses_not_resolved": skipped,
                 "final_converged": bool(f_final.converged), "final_aspect_ratio": float(
                     np.ptp(xs) / np.ptp(curve.vertices[:, 1])),
                 "area_rel_err": abs(area / self.area0 - 1.0), "centroid_shift": float(np.linalg.norm(cen - self.centroid0)),

@@ -96,12 +96,14 @@ def test_drag2d_lowers_drag_keeps_area_and_records_flow(tmp_path):
     from sim import ConvergenceWarning, Flow2D
 
     cfg = tmp_path / "d.toml"
-    cfg.write_text("resolution = 60\nflow_tol = 1e-4\nadjoint_tol = 1e-3\ncompare_aspects = [4.0]\n"
+    cfg.write_text("resolution = 60\nflow_tol = 1e-4\nadjoint_tol = 1e-3\ncompare_aspects = [3.0, 4.0]\n"
                    "design_spacing = 0.008\nsave_every = 2\n")
     out = tmp_path / "drag"
     s = scene.run("drag2d", out=str(out), arch="cpu", iters=4, config_file=str(cfg), progress=False)
     f = s["figures"]
     assert f["cd_final"] < 0.95 * f["cd_initial"]
+    # aspect 4 is under 3 cells thick at this resolution: reported as not resolved, not compared
+    assert set(f["cd_ellipses"]) == {"3"} and "too coarse" in f["ellipses_not_resolved"]["4"]
     assert f["area_rel_err"] < 0.01 and f["centroid_shift"] < 1e-3
     for name in ("shape_initial.npz", "shape_final.npz", "shapes.png", "drag.png", "summary.json"):
         assert (out / name).is_file(), name
