@@ -91,3 +91,23 @@ def flow_shapes(x, y, speed, snapshots, initial, final, path, title="") -> None:
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     save_png(fig, path)
+
+
+def dihedral_histograms(panels, path, title="") -> None:
+    """One panel per mesh: histograms of every dihedral angle before and after (log counts)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    bins = np.linspace(0, 180, 73)
+    for ax, (name, before, after) in zip(axes[0], panels):
+        ax.hist(np.ravel(before), bins=bins, alpha=0.55, label=f"before (min {np.min(before):.1f} deg)")
+        ax.hist(np.ravel(after), bins=bins, alpha=0.55, label=f"after (min {np.min(after):.1f} deg)")
+        for x in (30, 150):
+            ax.axvline(x, color="k", lw=0.6, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("dihedral angle [deg]")
+        ax.set_ylabel("count")
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    save_png(fig, path)

@@ -1,0 +1,563 @@
+"""Taichi kernels of the tetrahedral mesh quality module (f64 whatever the runtime precision).
+
+Orientation: a tet (a, b, c, d) is positive when det[b - a, c - a, d - a] > 0. The six edges of a
+tet are numbered (0,1) (0,2) (0,3) (1,2) (1,3) (2,3); the dihedral angle at edge (i, j) lies
+between the two faces that contain it, i.e. the faces opposite the other two vertices k, l:
+cos = -n_k . n_l (outward unit normals), sin = 3 V |e_ij| / (2 A_k A_l).
+
+The improvement quality of a tet is the smallest sine of its six dihedral angles (negative
+when inverted, 0 when flat), the measure Klingner & Shewchuk use to drive both small and large
+angles away: a tet with every angle in [30, 150] degrees has quality >= 0.5; the regular tet has
+sqrt(8) / 3 = 0.9428.
+"""
+
+import taichi as ti
+
+nd_f64 = ti.types.ndarray(dtype=ti.f64, ndim=1)
+nd_f64_2 = ti.types.ndarray(dtype=ti.f64, ndim=2)
+nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
+nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
+nd_i64 = ti.types.ndarray(dtype=ti.i64, ndim=1)
+
+v3 = ti.types.vector(3, ti.f64)
+EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+OTHER = ((2, 3), (1, 3), (1, 2), (0, 3), (0, 2), (0, 1))  # the two vertices off each edge
+DEG = 57.29577951308232  # degrees per radian
+Q_REGULAR = 0.9428090415820634  # sin(acos(1/3))
+
+
+@ti.func
+def _pt(V: ti.template(), i):
+    return v3(V[i, 0], V[i, 1], V[i, 2])
+
+
+@ti.func
+def _face_normal(p: ti.template(), k):
+    """Outward area vector of the face opposite vertex k (length = twice the area) of a positive tet."""
+    n = v3(0.0, 0.0, 0.0)
+    if k == 0:
+        n = (p[2] - p[1]).cross(p[3] - p[1])
+    elif k == 1:
+        n = (p[3] - p[0]).cross(p[2] - p[0])
+    elif k == 2:
+        n = (p[1] - p[0]).cross(p[3] - p[0])
+    else:
+        n = (p[2] - p[0]).cross(p[1] - p[0])
+    return n
+
+
+@ti.func
+def _angles(pts: ti.template()):
+    """Sines and angles (degrees) of the six dihedral angles, EDGES order; sines < 0 when inverted."""
+    vol6 = (pts[1] - pts[0]).dot((pts[2] - pts[0]).cross(pts[3] - pts[0]))
+    nrm = [_face_normal(pts, k) for k in ti.static(range(4))]
+    sines = ti.Vector([0.0] * 6, ti.f64)
+    angs = ti.Vector([0.0] * 6, ti.f64)
+    for e in ti.static(range(6)):
+        i, j, k, l = ti.static(EDGES[e][0], EDGES[e][1], OTHER[e][0], OTHER[e][1])
+        den = nrm[k].norm() * nrm[l].norm()
+        if den > 0.0:
+            # sin = 3 V |e| / (2 A_k A_l) with A = |n| / 2 and V = vol6 / 6
+            sines[e] = vol6 * (pts[j] - pts[i]).norm() / den
+            angs[e] = ti.atan2(sines[e], -nrm[k].dot(nrm[l]) / den) * ti.f64(DEG)
+    return sines, angs
+
+
+@ti.func
+def tet_min_sine(a, b, c, d):
+    """Smallest dihedral sine of (a, b, c, d); negative for an inverted tet, 0 for a flat one."""
+    pts = [a, b, c, d]
+    sines, _angs = _angles(pts)
+    return sines.min()
+
+
+@ti.func
+def tet_measures(a, b, c, d):
+    """(volume, radius ratio, mean ratio, AMIPS, sines, angles) of one tet."""
+    pts = [a, b, c, d]
+    sines, angs = _angles(pts)
+    u, v, w = b - a, c - a, d - a
+    vol6 = u.dot(v.cross(w))
+    vol = vol6 / 6.0
+    # radius ratio 3 r_in / R; circumcentre a + (|u|^2 v x w + |v|^2 w x u + |w|^2 u x v) / (2 det)
+    rr = ti.f64(0.0)
+    if vol6 != 0.0:
+        cen = (u.norm_sqr() * v.cross(w) + v.norm_sqr() * w.cross(u) + w.norm_sqr() * u.cross(v)) / (2.0 * vol6)
+        asum = ti.f64(0.0)
+        for k in ti.static(range(4)):
+            asum += 0.5 * _face_normal(pts, k).norm()
+        rr = 9.0 * vol / (asum * cen.norm())
+    # mean ratio 12 (3|V|)^(2/3) / sum l^2 (signed); AMIPS tr(J^T J) / det(J)^(2/3) = 3 / mean ratio
+    l2sum = ti.f64(0.0)
+    for e in ti.static(range(6)):
+        i, j = ti.static(EDGES[e][0], EDGES[e][1])
+        l2sum += (pts[j] - pts[i]).norm_sqr()
+    mr = ti.f64(0.0)
+    if l2sum > 0.0:
+        mr = 12.0 * ti.pow(3.0 * ti.abs(vol), ti.f64(2.0 / 3.0)) / l2sum
+        if vol < 0.0:
+            mr = -mr
+    amips = ti.f64(ti.math.inf)
+    if mr > 0.0:
+        amips = 3.0 / mr
+    return vol, rr, mr, amips, sines, angs
+
+
+@ti.kernel
+def measures(V: nd_f64_2, T: nd_i32_2, out: nd_f64_2, dih: nd_f64_2):
+    for t in range(T.shape[0]):
+        a, b, c, d = _pt(V, T[t, 0]), _pt(V, T[t, 1]), _pt(V, T[t, 2]), _pt(V, T[t, 3])
+        vol, rr, mr, amips, sines, angs = tet_measures(a, b, c, d)
+        out[t, 0] = vol
+        out[t, 1] = rr
+        out[t, 2] = mr
+        out[t, 3] = amips
+        out[t, 4] = sines.min()
+        for e in ti.static(range(6)):
+            dih[t, e] = angs[e]
+
+
+# --------------------------------------------------------------------------- improvement
+
+MAXRING = 8  # tets around an edge that an edge removal (n <= 7) or a split (n <= 8) may touch
+KEY_SHIFT = 41  # priority in the high bits of a claim key, candidate id in the low 41 bits
+
+
+@ti.func
+def tet_q(V: ti.template(), T: ti.template(), t):
+    return tet_min_sine(_pt(V, T[t, 0]), _pt(V, T[t, 1]), _pt(V, T[t, 2]), _pt(V, T[t, 3]))
+
+
+@ti.func
+def _vol6(a, b, c, d):
+    return (b - a).dot((c - a).cross(d - a))
+
+
+@ti.kernel
+def qualities(V: nd_f64_2, T: nd_i32_2, q: nd_f64):
+    for t in range(T.shape[0]):
+        q[t] = tet_q(V, T, t)
+
+
+@ti.func
+def _key(oldmin, cid):
+    """Claim key: the worse the tets a move replaces, the higher its priority."""
+    u = ti.cast(ti.max(ti.min(1.0 - oldmin, 2.0), 0.0) * 1048576.0, ti.i64)
+    return (u << KEY_SHIFT) | ti.cast(cid, ti.i64)
+
+
+@ti.kernel
+def claim(ctets: nd_i32_2, cn: nd_i32, key: nd_i64, owner: nd_i64):
+    for c in range(cn.shape[0]):
+        if key[c] >= 0:
+            for j in range(cn[c]):
+                ti.atomic_max(owner[ctets[c, j]], key[c])
+
+
+@ti.kernel
+def winners(ctets: nd_i32_2, cn: nd_i32, key: nd_i64, owner: nd_i64, win: nd_i32):
+    for c in range(cn.shape[0]):
+        w = 0
+        if key[c] >= 0:
+            w = 1
+            for j in range(cn[c]):
+                if owner[ctets[c, j]] != key[c]:
+                    w = 0
+        win[c] = w
+
+
+@ti.func
+def _even_order(T: ti.template(), t, a, b):
+    """(c, d): the other two vertices of tet t, ordered so that (a, b, c, d) has t's orientation."""
+    ia, ib = 0, 0
+    for k in ti.static(range(4)):
+        if T[t, k] == a:
+            ia = k
+        if T[t, k] == b:
+            ib = k
+    rest = ti.Vector([0, 0], ti.i32)
+    n = 0
+    for k in ti.static(range(4)):
+        if k != ia and k != ib:
+            rest[n] = k
+            n += 1
+    perm = ti.Vector([ia, ib, rest[0], rest[1]], ti.i32)
+    inv = 0
+    for x in ti.static(range(4)):
+        for y in ti.static(range(x + 1, 4)):
+            if perm[x] > perm[y]:
+                inv += 1
+    c, d = T[t, rest[0]], T[t, rest[1]]
+    if inv % 2 == 1:
+        c, d = d, c
+    return c, d
+
+
+@ti.func
+def _ring(T: ti.template(), nb: ti.template(), t0, a, b, ring: ti.template(), rtet: ti.template()):
+    """Walk around edge (a, b) from tet t0. Returns n (tets = ring vertices) or -1 when the ring
+    is open (a boundary edge) or longer than MAXRING. ring[k], ring[k+1] with a, b form rtet[k]."""
+    c, d = _even_order(T, t0, a, b)
+    ring[0] = c
+    rtet[0] = t0
+    n = 1
+    cur = t0
+    prev = c
+    nxt = d
+    res = -1
+    while True:
+        # neighbour of cur across face (a, b, nxt), i.e. opposite prev
+        k_opp = 0
+        for k in ti.static(range(4)):
+            if T[cur, k] == prev:
+                k_opp = k
+        t2 = nb[cur, k_opp]
+        if t2 < 0:
+            break
+        if t2 == t0:
+            res = n
+            break
+        if n >= MAXRING:
+            break
+        ring[n] = nxt
+        rtet[n] = t2
+        n += 1
+        nn = -1
+        for k in ti.static(range(4)):
+            v = T[t2, k]
+            if v != a and v != b and v != nxt:
+                nn = v
+        prev = nxt
+        nxt = nn
+        cur = t2
+    return res
+
+
+@ti.kernel
+def edge_removal_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E: nd_i32_2, etet: nd_i32,
+                            tab: nd_i32_2, tab_off: nd_i32, ctets: nd_i32_2, cn: nd_i32, cinfo: nd_i32_2,
+                            key: nd_i64, eps: ti.f64):
+    """Per interior edge with 3..7 tets around it: the best triangulation of its ring (tab: all
+    triangulations of an n-gon as rows of triangle vertex positions; tab_off[n]..tab_off[n+1])."""
+    for e in range(E.shape[0]):
+        key[e] = -1
+        cn[e] = 0
+        a, b = E[e, 0], E[e, 1]
+        ring = ti.Vector([0] * MAXRING, ti.i32)
+        rtet = ti.Vector([0] * MAXRING, ti.i32)
+        n = _ring(T, nb, etet[e], a, b, ring, rtet)
+        if 3 <= n <= 7:
+            oldmin = ti.f64(1e300)
+            oldvol = ti.f64(0.0)
+            for k in range(n):
+                oldmin = ti.min(oldmin, q[rtet[k]])
+                t = rtet[k]
+                oldvol += _vol6(_pt(V, T[t, 0]), _pt(V, T[t, 1]), _pt(V, T[t, 2]), _pt(V, T[t, 3]))
+            pa, pb = _pt(V, a), _pt(V, b)
+            best = oldmin + eps
+            best_id = -1
+            for r in range(tab_off[n], tab_off[n + 1]):
+                newmin = ti.f64(1e300)
+                newvol = ti.f64(0.0)
+                for j in range(n - 2):
+                    pi = _pt(V, ring[tab[r, 3 * j]])
+                    pj = _pt(V, ring[tab[r, 3 * j + 1]])
+                    pk = _pt(V, ring[tab[r, 3 * j + 2]])
+                    newmin = ti.min(newmin, ti.min(tet_min_sine(pa, pi, pj, pk), tet_min_sine(pb, pi, pk, pj)))
+                    newvol += _vol6(pa, pi, pj, pk) + _vol6(pb, pi, pk, pj)
+                if newmin > best and ti.abs(newvol - oldvol) <= 1e-9 * ti.abs(oldvol):
+                    best = newmin
+                    best_id = r
+            if best_id >= 0:
+                cn[e] = n
+                for k in range(n):
+                    ctets[e, k] = rtet[k]
+                cinfo[e, 0] = best_id
+                key[e] = _key(oldmin, e)
+
+
+@ti.kernel
+def edge_removal_apply(T: nd_i32_2, nb: nd_i32_2, E: nd_i32_2, etet: nd_i32, tab: nd_i32_2, win: nd_i32,
+                       cinfo: nd_i32_2, count: nd_i32):
+    for e in range(E.shape[0]):
+        if win[e] == 1:
+            a, b = E[e, 0], E[e, 1]
+            ring = ti.Vector([0] * MAXRING, ti.i32)
+            rtet = ti.Vector([0] * MAXRING, ti.i32)
+            n = _ring(T, nb, etet[e], a, b, ring, rtet)
+            r = cinfo[e, 0]
+            # 2 (n - 2) new tets: the first n reuse the old slots, the rest are appended
+            extra = 2 * (n - 2) - n
+            base = 0
+            if extra > 0:
+                base = ti.atomic_add(count[0], extra)
+            slot = 0
+            for j in range(n - 2):
+                ri, rj, rk = ring[tab[r, 3 * j]], ring[tab[r, 3 * j + 1]], ring[tab[r, 3 * j + 2]]
+                for s in ti.static(range(2)):
+                    t = 0
+                    if slot < n:
+                        t = rtet[slot]
+                    else:
+                        t = base + slot - n
+                    if s == 0:
+                        T[t, 0], T[t, 1], T[t, 2], T[t, 3] = a, ri, rj, rk
+                    else:
+                        T[t, 0], T[t, 1], T[t, 2], T[t, 3] = b, ri, rk, rj
+                    slot += 1
+            for k in range(slot, n):  # n = 3: one slot left over
+                T[rtet[k], 0] = -1
+
+
+@ti.kernel
+def flip23_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ctets: nd_i32_2, cn: nd_i32,
+                      key: nd_i64, eps: ti.f64):
+    """Per interior face (t, k), t < its neighbour: replace the two tets by three around the new
+    edge joining the two apexes when that raises the worse of the two."""
+    for c in range(key.shape[0]):
+        t, k = c // 4, c % 4
+        key[c] = -1
+        cn[c] = 0
+        t2 = nb[t, k]
+        if t2 > t:
+            f0, f1, f2, d, e = _flip23_verts(T, t, k, t2)
+            pa, pb, pc, pd, pe = _pt(V, f0), _pt(V, f1), _pt(V, f2), _pt(V, d), _pt(V, e)
+            oldmin = ti.min(q[t], q[t2])
+            newmin = ti.min(tet_min_sine(pa, pb, pe, pd), ti.min(tet_min_sine(pb, pc, pe, pd),
+                                                                  tet_min_sine(pc, pa, pe, pd)))
+            if newmin > oldmin + eps:
+                cn[c] = 2
+                ctets[c, 0] = t
+                ctets[c, 1] = t2
+                key[c] = _key(oldmin, c)
+
+
+@ti.func
+def _flip23_verts(T: ti.template(), t, k, t2):
+    """Face of tet t opposite local vertex k as (f0, f1, f2) with (f0, f1, f2, apex) positive; the
+    apex d = T[t, k] and e, the vertex of t2 off the face."""
+    f = ti.Vector([0, 0, 0], ti.i32)
+    n = 0
+    for j in ti.static(range(4)):
+        if j != k:
+            f[n] = T[t, j]
+            n += 1
+    if (3 - k) % 2 == 1:  # moving position k to the end is an odd permutation
+        f[0], f[1] = f[1], f[0]
+    e = -1
+    for j in ti.static(range(4)):
+        v = T[t2, j]
+        if v != f[0] and v != f[1] and v != f[2]:
+            e = v
+    return f[0], f[1], f[2], T[t, k], e
+
+
+@ti.kernel
+def flip23_apply(T: nd_i32_2, nb: nd_i32_2, win: nd_i32, count: nd_i32):
+    for c in range(win.shape[0]):
+        if win[c] == 1:
+            t, k = c // 4, c % 4
+            t2 = nb[t, k]
+            f0, f1, f2, d, e = _flip23_verts(T, t, k, t2)
+            t3 = ti.atomic_add(count[0], 1)
+            T[t, 0], T[t, 1], T[t, 2], T[t, 3] = f0, f1, e, d
+            T[t2, 0], T[t2, 1], T[t2, 2], T[t2, 3] = f1, f2, e, d
+            T[t3, 0], T[t3, 1], T[t3, 2], T[t3, 3] = f2, f0, e, d
+
+
+@ti.func
+def _split_min(V: ti.template(), a, b, ring: ti.template(), n, x):
+    pa, pb = _pt(V, a), _pt(V, b)
+    m = ti.f64(1e300)
+    for k in range(n):
+        pi, pj = _pt(V, ring[k]), _pt(V, ring[(k + 1) % n])
+        m = ti.min(m, ti.min(tet_min_sine(pa, x, pi, pj), tet_min_sine(x, pb, pi, pj)))
+    return m
+
+
+@ti.kernel
+def split_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E: nd_i32_2, etet: nd_i32,
+                     ctets: nd_i32_2, cn: nd_i32, cpos: nd_f64_2, key: nd_i64, below: ti.f64, eps: ti.f64):
+    """Per interior edge of a tet worse than ``below``: insert a vertex near its midpoint (placed
+    by compass search on the worst of the 2n new tets) when that beats the n old ones."""
+    for e in range(E.shape[0]):
+        key[e] = -1
+        cn[e] = 0
+        a, b = E[e, 0], E[e, 1]
+        ring = ti.Vector([0] * MAXRING, ti.i32)
+        rtet = ti.Vector([0] * MAXRING, ti.i32)
+        n = _ring(T, nb, etet[e], a, b, ring, rtet)
+        if n >= 3:
+            oldmin = ti.f64(1e300)
+            for k in range(n):
+                oldmin = ti.min(oldmin, q[rtet[k]])
+            if oldmin < below:
+                x = 0.5 * (_pt(V, a) + _pt(V, b))
+                step = 0.25 * (_pt(V, b) - _pt(V, a)).norm()
+                cur = _split_min(V, a, b, ring, n, x)
+                for _it in range(48):
+                    improved = False
+                    for dir6 in range(6):
+                        y = x
+                        y[dir6 // 2] += step * (1.0 - 2.0 * (dir6 % 2))
+                        val = _split_min(V, a, b, ring, n, y)
+                        if val > cur:
+                            cur = val
+                            x = y
+                            improved = True
+                    if not improved:
+                        step *= 0.5
+                if cur > oldmin + eps:
+                    cn[e] = n
+                    for k in range(n):
+                        ctets[e, k] = rtet[k]
+                    for j in ti.static(range(3)):
+                        cpos[e, j] = x[j]
+                    key[e] = _key(oldmin, e)
+
+
+@ti.kernel
+def split_apply(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, E: nd_i32_2, etet: nd_i32, win: nd_i32,
+                cpos: nd_f64_2, count: nd_i32, vcount: nd_i32):
+    for e in range(E.shape[0]):
+        if win[e] == 1:
+            a, b = E[e, 0], E[e, 1]
+            ring = ti.Vector([0] * MAXRING, ti.i32)
+            rtet = ti.Vector([0] * MAXRING, ti.i32)
+            n = _ring(T, nb, etet[e], a, b, ring, rtet)
+            m = ti.atomic_add(vcount[0], 1)
+            for j in ti.static(range(3)):
+                V[m, j] = cpos[e, j]
+            base = ti.atomic_add(count[0], n)
+            for k in range(n):
+                ri, rj = ring[k], ring[(k + 1) % n]
+                t = rtet[k]
+                T[t, 0], T[t, 1], T[t, 2], T[t, 3] = a, m, ri, rj
+                t2 = base + k
+                T[t2, 0], T[t2, 1], T[t2, 2], T[t2, 3] = m, b, ri, rj
+
+
+# --------------------------------------------------------------------------- smoothing
+
+
+@ti.func
+def _tet_q_at(V: ti.template(), T: ti.template(), t, v, x):
+    pts = [_pt(V, T[t, 0]), _pt(V, T[t, 1]), _pt(V, T[t, 2]), _pt(V, T[t, 3])]
+    for k in ti.static(range(4)):
+        if T[t, k] == v:
+            pts[k] = x
+    return tet_min_sine(pts[0], pts[1], pts[2], pts[3])
+
+
+@ti.func
+def _star_q(V: ti.template(), T: ti.template(), vt_ptr: ti.template(), vt: ti.template(), v, x):
+    """Min quality over the star of v with v moved to x."""
+    m = ti.f64(1e300)
+    for s in range(vt_ptr[v], vt_ptr[v + 1]):
+        m = ti.min(m, _tet_q_at(V, T, vt[s], v, x))
+    return m
+
+
+@ti.kernel
+def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable: nd_i32, hlen: nd_f64,
+                   newpos: nd_f64_2, gain: nd_f64, qv: nd_f64, iters: ti.i32):
+    """Per movable vertex: raise the worst quality of its star. Search direction: the smallest
+    convex combination of the gradients of the nearly-worst tets (Gilbert's min-norm iteration;
+    ascent for all of them), step by backtracking from a fraction of the local edge length, kept
+    only if the worst tet of the star improves, so no tet can invert."""
+    for i in range(movable.shape[0]):
+        v = movable[i]
+        x0 = _pt(V, v)
+        q0 = _star_q(V, T, vt_ptr, vt, v, x0)
+        qv[i] = q0
+        x = x0
+        cur = q0
+        h = hlen[i]
+        # try the centroid of the star first (smart Laplacian)
+        cen = v3(0.0, 0.0, 0.0)
+        cnt = 0
+        for s in range(vt_ptr[v], vt_ptr[v + 1]):
+            t = vt[s]
+            for k in ti.static(range(4)):
+                if T[t, k] != v:
+                    cen += _pt(V, T[t, k])
+                    cnt += 1
+        if cnt > 0:
+            cen /= cnt
+            ql = _star_q(V, T, vt_ptr, vt, v, cen)
+            if ql > cur:
+                cur = ql
+                x = cen
+        for _it in range(iters):
+            # gradients (central differences) of the tets within 1e-3 of the worst, up to 6
+            grads = ti.Matrix.zero(ti.f64, 6, 3)
+            na = 0
+            fd = 1e-7 * h
+            for s in range(vt_ptr[v], vt_ptr[v + 1]):
+                t = vt[s]
+                qt = _tet_q_at(V, T, t, v, x)
+                if qt < cur + 1e-3 and na < 6:
+                    for j in ti.static(range(3)):
+                        xp, xm = x, x
+                        xp[j] += fd
+                        xm[j] -= fd
+                        grads[na, j] = (_tet_q_at(V, T, t, v, xp) - _tet_q_at(V, T, t, v, xm)) / (2.0 * fd)
+                    na += 1
+            d = v3(grads[0, 0], grads[0, 1], grads[0, 2])
+            for _g in range(24):
+                jbest = -1
+                dd = d.norm_sqr()
+                low = dd - 1e-12 * dd
+                for j in range(na):
+                    gj = v3(grads[j, 0], grads[j, 1], grads[j, 2])
+                    if gj.dot(d) < low:
+                        low = gj.dot(d)
+                        jbest = j
+                if jbest < 0:
+                    break
+                gj = v3(grads[jbest, 0], grads[jbest, 1], grads[jbest, 2])
+                diff = d - gj
+                tt = ti.min(ti.max(d.dot(diff) / ti.max(diff.norm_sqr(), 1e-300), 0.0), 1.0)
+                d = d - tt * diff
+            dn = d.norm()
+            if dn < 1e-12:
+                break
+            d /= dn
+            step = 0.25 * h
+            moved = False
+            for _ls in range(12):
+                y = x + step * d
+                qy = _star_q(V, T, vt_ptr, vt, v, y)
+                if qy > cur:
+                    cur = qy
+                    x = y
+                    moved = True
+                    break
+                step *= 0.5
+            if not moved:
+                break
+        for j in ti.static(range(3)):
+            newpos[i, j] = x[j]
+        gain[i] = cur - q0
+
+
+@ti.kernel
+def smooth_block(E: nd_i32_2, vidx: nd_i32, gain: nd_f64, qv: nd_f64, blocked: nd_i32):
+    """An edge whose two ends both want to move blocks the one with the better star (then the
+    higher index): the moves that remain touch no common tet."""
+    for e in range(E.shape[0]):
+        i, j = vidx[E[e, 0]], vidx[E[e, 1]]
+        if i >= 0 and j >= 0 and gain[i] > 0.0 and gain[j] > 0.0:
+            if qv[i] < qv[j] or (qv[i] == qv[j] and i < j):
+                blocked[j] = 1
+            else:
+                blocked[i] = 1
+
+
+@ti.kernel
+def smooth_apply(V: nd_f64_2, movable: nd_i32, newpos: nd_f64_2, gain: nd_f64, blocked: nd_i32, moved: nd_i32):
+    for i in range(movable.shape[0]):
+        if gain[i] > 0.0 and blocked[i] == 0:
+            for j in ti.static(range(3)):
+                V[movable[i], j] = newpos[i, j]
+            ti.atomic_add(moved[0], 1)

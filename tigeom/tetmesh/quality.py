@@ -1,0 +1,124 @@
+"""Per-tet quality measures: ``tet_quality(vertices, tets)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
+from .. import _device, runtime
+from .._validate import as_index_array, as_points
+
+logger = logging.getLogger(__name__)
+
+KEYS = ("volume", "min_dihedral", "max_dihedral", "radius_ratio", "mean_ratio", "amips", "min_sine")
+
+
+def validate_mesh(vertices, tets, *, reorient: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``(vertices (N, 3) float64, tets (M, 4) int64)``; negative tets reoriented with a warning.
+
+    Zero-volume tets are allowed (they are what improvement removes). A tet that uses a vertex
+    twice is an error, since it has no orientation at all.
+    """
+    v = as_points(vertices, "vertices", dims=(3,))
+    t = as_index_array(tets, "tets", len(v), width=4)
+    if len(t):
+        s = np.sort(t, axis=1)
+        rep = np.flatnonzero(np.any(s[:, 1:] == s[:, :-1], axis=1))
+        if len(rep):
+            raise ValueError(f"tets: {len(rep)} tet(s) repeat a vertex (first: tet {rep[0]} = {t[rep[0]].tolist()})")
+    if reorient and len(t):
+        vol = signed_volumes(v, t)
+        neg = vol < 0
+        if neg.any():
+            logger.warning("tets: %d of %d tets are negatively oriented; reoriented (vertices 2 and 3 swapped)",
+                           int(neg.sum()), len(t))
+            t = t.copy()
+            t[neg, 2], t[neg, 3] = t[neg, 3], t[neg, 2].copy()
+    return v, t
+
+
+def signed_volumes(v: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """det[b - a, c - a, d - a] / 6 per tet (numpy, f64)."""
+    a = v[t[:, 0]]
+    return np.einsum("ij,ij->i", v[t[:, 1]] - a, np.cross(v[t[:, 2]] - a, v[t[:, 3]] - a)) / 6.0
+
+
+class TetQuality(Mapping):
+    """Per-tet quality arrays (a read-only mapping) with summary statistics and histograms.
+
+    Keys: ``volume`` (signed), ``min_dihedral`` and ``max_dihedral`` (degrees), ``radius_ratio``
+    (3 r_in / R_circ, 1 for the regular tet, signed), ``mean_ratio`` (12 (3|V|)^(2/3) / sum of
+    squared edge lengths, 1 regular, signed), ``amips`` (tr(J^T J) / det(J)^(2/3) against the
+    regular tet, 3 at best, inf when not positive), ``min_sine`` (smallest dihedral sine, the
+    measure :func:`improve_tets` maximises) and ``dihedrals`` (M, 6), every angle.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self._a = arrays
+
+    def __getitem__(self, key):
+        return self._a[key]
+
+    def __iter__(self):
+        return iter(self._a)
+
+    def __len__(self):
+        return len(self._a)
+
+    @property
+    def n_tets(self) -> int:
+        return len(self._a["volume"])
+
+    def summary(self) -> dict:
+        """Worst and mean figures plus counts of bad angles (plain floats, JSON-ready)."""
+        if self.n_tets == 0:
+            return {"tets": 0}
+        d = self._a["dihedrals"]
+        vol = self._a["volume"]
+        return {
+            "tets": self.n_tets,
+            "min_dihedral": float(d.min()),
+            "max_dihedral": float(d.max()),
+            "mean_min_dihedral": float(self._a["min_dihedral"].mean()),
+            "min_radius_ratio": float(self._a["radius_ratio"].min()),
+            "min_mean_ratio": float(self._a["mean_ratio"].min()),
+            "max_amips": float(self._a["amips"].max()),
+            "min_volume": float(vol.min()),
+            "total_volume": float(vol.sum()),
+            "inverted": int((vol < 0).sum()),
+            "flat": int((vol == 0).sum()),
+            "tets_below_10deg": int((self._a["min_dihedral"] < 10).sum()),
+            "tets_below_30deg": int((self._a["min_dihedral"] < 30).sum()),
+            "tets_above_150deg": int((self._a["max_dihedral"] > 150).sum()),
+        }
+
+    def histogram(self, bins=36, key: str = "dihedrals", range=(0.0, 180.0)):
+        """``np.histogram`` of every dihedral angle (default) or of one per-tet key."""
+        return np.histogram(np.asarray(self._a[key]).ravel(), bins=bins, range=range)
+
+
+def tet_quality(vertices, tets) -> TetQuality:
+    """Quality measures of every tet, computed in a Taichi kernel in f64 (see :class:`TetQuality`).
+
+    Tets are measured as given: a negatively oriented tet gets a negative volume and negative
+    ratios. ValueError: wrong shapes, NaN/inf, an index out of range, a tet repeating a vertex.
+    """
+    v, t = validate_mesh(vertices, tets, reorient=False)
+    m = len(t)
+    if m == 0:
+        out, dih = np.zeros((0, 5)), np.zeros((0, 6))
+    else:
+        runtime.ensure_init()
+        from . import _kernels as K
+
+        out_d = _device.empty((m, 5), np.float64)
+        dih_d = _device.empty((m, 6), np.float64)
+        K.measures(_device.upload(v), _device.upload(t.astype(np.int32)), out_d, dih_d)
+        out, dih = _device.fetch(out_d).copy(), _device.fetch(dih_d).copy()
+    return TetQuality({
+        "volume": out[:, 0], "min_dihedral": dih.min(1) if m else np.zeros(0),
+        "max_dihedral": dih.max(1) if m else np.zeros(0), "radius_ratio": out[:, 1], "mean_ratio": out[:, 2],
+        "amips": out[:, 3], "min_sine": out[:, 4], "dihedrals": dih,
+    })
