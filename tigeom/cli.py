@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     if args.command == "improve-tets":
         try:
             return _improve_tets(args)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             print(f"tigeom: error: {exc}", file=sys.stderr)
             return 2
     if args.command == "run":
