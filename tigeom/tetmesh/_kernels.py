@@ -233,6 +233,16 @@ def _ring(T: ti.template(), nb: ti.template(), t0, a, b, ring: ti.template(), rt
     return res
 
 
+@ti.func
+def _edge_ring(T: ti.template(), nb: ti.template(), E: ti.template(), etet: ti.template(), e):
+    """Edge e's ends, ring size (-1: open or too long), ring vertices and tets (see _ring)."""
+    a, b = E[e, 0], E[e, 1]
+    ring = ti.Vector([0] * MAXRING, ti.i32)
+    rtet = ti.Vector([0] * MAXRING, ti.i32)
+    n = _ring(T, nb, etet[e], a, b, ring, rtet)
+    return a, b, n, ring, rtet
+
+
 @ti.kernel
 def edge_removal_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E: nd_i32_2, etet: nd_i32,
                             tab: nd_i32_2, tab_off: nd_i32, ctets: nd_i32_2, cn: nd_i32, cinfo: nd_i32_2,
@@ -242,10 +252,7 @@ def edge_removal_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E
     for e in range(E.shape[0]):
         key[e] = -1
         cn[e] = 0
-        a, b = E[e, 0], E[e, 1]
-        ring = ti.Vector([0] * MAXRING, ti.i32)
-        rtet = ti.Vector([0] * MAXRING, ti.i32)
-        n = _ring(T, nb, etet[e], a, b, ring, rtet)
+        a, b, n, ring, rtet = _edge_ring(T, nb, E, etet, e)
         if 3 <= n <= 7:
             oldmin = ti.f64(1e300)
             oldvol = ti.f64(0.0)
@@ -281,10 +288,7 @@ def edge_removal_apply(T: nd_i32_2, nb: nd_i32_2, E: nd_i32_2, etet: nd_i32, tab
                        cinfo: nd_i32_2, count: nd_i32):
     for e in range(E.shape[0]):
         if win[e] == 1:
-            a, b = E[e, 0], E[e, 1]
-            ring = ti.Vector([0] * MAXRING, ti.i32)
-            rtet = ti.Vector([0] * MAXRING, ti.i32)
-            n = _ring(T, nb, etet[e], a, b, ring, rtet)
+            a, b, n, ring, rtet = _edge_ring(T, nb, E, etet, e)
             r = cinfo[e, 0]
             # 2 (n - 2) new tets: the first n reuse the old slots, the rest are appended
             extra = 2 * (n - 2) - n
@@ -383,10 +387,7 @@ def split_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E: nd_i3
     for e in range(E.shape[0]):
         key[e] = -1
         cn[e] = 0
-        a, b = E[e, 0], E[e, 1]
-        ring = ti.Vector([0] * MAXRING, ti.i32)
-        rtet = ti.Vector([0] * MAXRING, ti.i32)
-        n = _ring(T, nb, etet[e], a, b, ring, rtet)
+        a, b, n, ring, rtet = _edge_ring(T, nb, E, etet, e)
         if n >= 3:
             oldmin = ti.f64(1e300)
             for k in range(n):
@@ -421,10 +422,7 @@ def split_apply(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, E: nd_i32_2, etet: nd_i3
                 cpos: nd_f64_2, count: nd_i32, vcount: nd_i32):
     for e in range(E.shape[0]):
         if win[e] == 1:
-            a, b = E[e, 0], E[e, 1]
-            ring = ti.Vector([0] * MAXRING, ti.i32)
-            rtet = ti.Vector([0] * MAXRING, ti.i32)
-            n = _ring(T, nb, etet[e], a, b, ring, rtet)
+            a, b, n, ring, rtet = _edge_ring(T, nb, E, etet, e)
             m = ti.atomic_add(vcount[0], 1)
             for j in ti.static(range(3)):
                 V[m, j] = cpos[e, j]
