@@ -165,7 +165,12 @@ def _orthocenters(p, w, s) -> np.ndarray:
     return p0 + np.linalg.solve(e, rhs[..., None])[..., 0]
 
 
-def _adjacency(s: np.ndarray) -> np.ndarray:
+def _adjacency(s: np.ndarray, require_manifold: bool = False) -> np.ndarray:
+    """(M, k): the simplex across the facet opposite local vertex c, -1 on the boundary.
+
+    ``require_manifold``: ValueError (naming ``tets``/``simplices``) when a facet is shared by
+    more than two simplices; otherwise such facets pair up arbitrarily.
+    """
     m, k = s.shape
     nb = -np.ones((m, k), np.int64)
     if m == 0:
@@ -176,6 +181,9 @@ def _adjacency(s: np.ndarray) -> np.ndarray:
     order = np.lexsort(f.T[::-1])
     fs = f[order]
     same = np.all(fs[1:] == fs[:-1], axis=1)
+    if require_manifold and (same[1:] & same[:-1]).any():
+        name = "tets" if k == 4 else "simplices"
+        raise ValueError(f"{name}: a face is shared by more than two {name} (the mesh is not a manifold)")
     a, b = order[:-1][same], order[1:][same]
     nb[sid[a], opp[a]] = sid[b]
     nb[sid[b], opp[b]] = sid[a]

@@ -28,11 +28,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from itertools import count
 
 import numpy as np
 
 from .. import _device, runtime
+from ..delaunay import _adjacency
 from .quality import signed_volumes, tet_quality, validate_mesh
 
 logger = logging.getLogger(__name__)
@@ -58,22 +58,7 @@ def face_adjacency(t: np.ndarray) -> np.ndarray:
 
     ValueError when a face is shared by more than two tets (not a manifold mesh).
     """
-    m = len(t)
-    nb = -np.ones((m, 4), np.int64)
-    if m == 0:
-        return nb
-    f = np.sort(np.concatenate([np.delete(t, k, axis=1) for k in range(4)]), axis=1)
-    sid = np.tile(np.arange(m), 4)
-    opp = np.repeat(np.arange(4), m)
-    order = np.lexsort(f.T[::-1])
-    fs = f[order]
-    same = np.all(fs[1:] == fs[:-1], axis=1)
-    if (same[1:] & same[:-1]).any():
-        raise ValueError("tets: a face is shared by more than two tets (the mesh is not a manifold)")
-    a, b = order[:-1][same], order[1:][same]
-    nb[sid[a], opp[a]] = sid[b]
-    nb[sid[b], opp[b]] = sid[a]
-    return nb
+    return _adjacency(np.asarray(t), require_manifold=True)
 
 
 def boundary_faces(t: np.ndarray, nb: np.ndarray | None = None) -> np.ndarray:
@@ -153,21 +138,6 @@ def _face_parity(tet, k) -> int:
 # --------------------------------------------------------------------------- driver
 
 
-class _Mesh:
-    """Vertex and tet buffers with spare capacity, on the device."""
-
-    def __init__(self, v: np.ndarray, t: np.ndarray):
-        self.v = v.copy()
-        self.t = t.astype(np.int32)
-
-    def reserve(self, extra_tets: int, extra_verts: int = 0):
-        tb = np.full((len(self.t) + extra_tets, 4), -1, np.int32)
-        tb[:len(self.t)] = self.t
-        vb = np.zeros((len(self.v) + extra_verts, 3))
-        vb[:len(self.v)] = self.v
-        return vb, tb
-
-
 def _check_fixed(fixed, n: int) -> np.ndarray:
     mask = np.zeros(n, bool)
     if fixed is None:
@@ -237,17 +207,20 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
     history: list[dict] = []
     eps = 1e-9
 
-    def qual(V, T):
-        q = _device.empty((len(T),), np.float64)
-        K.qualities(_device.upload(V), _device.upload(T), q)
-        return _device.fetch(q).copy()
+    def qual_d(Vd, Td, m):
+        q = _device.empty((m,), np.float64)
+        K.qualities(Vd, Td, q)
+        return q
 
-    def resolve(ctets, cn, key, m):
+    def qual(V, T):
+        return _device.fetch(qual_d(_device.upload(V), _device.upload(T), len(T))).copy()
+
+    def resolve(ctets, cn, key, nc, m):
+        """Winners among nc candidates over m tets: each holds every tet it claimed."""
         owner = _device.upload(np.full(m, -1, np.int64))
-        win = _device.empty((len(key_host := _device.fetch(key)),), np.int32)
+        win = _device.empty((nc,), np.int32)
         K.claim(ctets, cn, key, owner)
         K.winners(ctets, cn, key, owner, win)
-        del key_host
         return win
 
     def smooth(V, T):
@@ -284,10 +257,10 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
         """One parallel pass of one move kind; returns the new (V, T) and the number applied."""
         m = len(T)
         nb = face_adjacency(T.astype(np.int64)).astype(np.int32)
-        q = qual(V, T)
         Vd = _device.upload(V)
         nbd = _device.upload(nb)
-        qd = _device.upload(q)
+        Td0 = _device.upload(T)
+        qd = qual_d(Vd, Td0, m)
         if kind == "flip23":
             nc = 4 * m
             ctets = _device.empty((nc, 2), np.int32)
@@ -297,7 +270,7 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
             Tb[:m] = T
             Td = _device.upload(Tb)
             K.flip23_candidates(Vd, Td, nbd, qd, ctets, cn, key, eps)
-            win = resolve(ctets, cn, key, m)
+            win = resolve(ctets, cn, key, nc, m)
             cnt = _device.upload(np.array([m], np.int32))
             K.flip23_apply(Td, nbd, win, cnt)
             Vout = V
@@ -314,15 +287,14 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
                 Tb[:m] = T
                 Td = _device.upload(Tb)
                 K.edge_removal_candidates(Vd, Td, nbd, qd, Ed, etd, tab_d, tab_off_d, ctets, cn, cinfo, key, eps)
-                win = resolve(ctets, cn, key, m)
+                win = resolve(ctets, cn, key, ne, m)
                 cnt = _device.upload(np.array([m], np.int32))
                 K.edge_removal_apply(Td, nbd, Ed, etd, tab_d, win, cinfo, cnt)
                 Vout = V
             else:  # split
                 cpos = _device.empty((ne, 3), np.float64)
-                Td0 = _device.upload(T)
                 K.split_candidates(Vd, Td0, nbd, qd, Ed, etd, ctets, cn, cpos, key, below, eps)
-                win = resolve(ctets, cn, key, m)
+                win = resolve(ctets, cn, key, ne, m)
                 nwin = int(_device.fetch(win).sum())
                 if nwin == 0:
                     return V, T, 0
@@ -350,8 +322,8 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
     best = qual(V, T).min()
     stall = 0
     try:
-        for sweep in count():
-            if sweep >= max_sweeps or (time_limit is not None and time.perf_counter() - t0 > time_limit):
+        for sweep in range(max_sweeps):
+            if time_limit is not None and time.perf_counter() - t0 > time_limit:
                 break
             n_s = 0
             for _ in range(3):
