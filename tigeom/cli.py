@@ -38,8 +38,8 @@ def _improve_tets(args) -> int:
     from . import init, io
     from .tetmesh import improve_tets
 
+    v, t = io.read_volume(args.input)  # a bad path fails before Taichi starts
     init(args.arch)
-    v, t = io.read_volume(args.input)
     out = improve_tets(v, t, max_sweeps=args.max_sweeps, insert=not args.no_insert, progress=not args.quiet)
     io.write_volume(args.output, out.vertices, out.tets)
     rows = [("tets", "tets"), ("min dihedral [deg]", "min_dihedral"), ("max dihedral [deg]", "max_dihedral"),
