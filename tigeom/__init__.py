@@ -4,7 +4,7 @@ Nothing runs at import: Taichi initialises on the first call of an entry point, 
 :func:`tigeom.init`.
 """
 
-from . import io
+from . import dmesh, io
 from .delaunay import Triangulation, weighted_delaunay
 from .isosurface import Curve, Surface, marching_cubes, marching_squares
 from .runtime import init
@@ -14,6 +14,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "init", "io", "marching_cubes", "marching_squares", "Surface", "Curve", "weighted_delaunay", "Triangulation",
-    "tet_quality", "improve_tets",
+    "tet_quality", "improve_tets", "dmesh",
     "__version__",
 ]

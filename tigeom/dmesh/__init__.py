@@ -1,0 +1,16 @@
+"""DMesh: differentiable face probabilities and point-cloud reconstruction (see docs/dmesh.md).
+
+>>> fp = tigeom.dmesh.face_probabilities(points, weights, reals, faces, method="wdt")
+>>> grad_points, grad_weights, grad_reals = fp.vjp(grad_probs)
+>>> res = tigeom.dmesh.reconstruct(samples)       # res.vertices, res.faces
+"""
+
+from . import losses, shapes
+from .losses import Loss, Targets, expected_chamfer, face_quality, real_consistency
+from .model import DMesh, candidate_faces
+from .probabilities import FaceProbabilities, default_sharpness, face_probabilities
+from .reconstruct import Reconstruction, reconstruct
+
+__all__ = ["face_probabilities", "FaceProbabilities", "default_sharpness", "candidate_faces", "DMesh",
+           "reconstruct", "Reconstruction", "expected_chamfer", "real_consistency", "face_quality", "Loss",
+           "Targets", "losses", "shapes"]

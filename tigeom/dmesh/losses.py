@@ -1,0 +1,217 @@
+"""Losses on a probabilistic mesh, each with its exact vector-Jacobian product.
+
+Every loss returns a :class:`Loss`: ``loss.value`` and ``loss.vjp(g=1.0)`` ->
+``(grad_points (N, d), grad_probs (K,), grad_reals (N,))`` (zeros for what it does not depend
+on). Chain ``grad_probs`` through :meth:`FaceProbabilities.vjp` to reach points, weights, reals.
+
+- :func:`expected_chamfer`: DMesh's expected Chamfer distance between the probabilistic mesh and
+  a point cloud, both directions (squared distances).
+- :func:`real_consistency`: pulls the real values of a likely face's vertices toward their mean.
+- :func:`face_quality`: penalises badly shaped likely faces (3D) or long likely edges (2D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _device, runtime
+from .._validate import as_array, as_points
+from ..spatial import _pad3
+from ._grid import PointGrid, spacing
+from .probabilities import _check_faces, _nd
+
+# quadrature points of a face (barycentric rows): 4 per edge, 4 per triangle
+BARY = {2: np.array([[1 - t, t] for t in (0.125, 0.375, 0.625, 0.875)]),
+        3: np.array([[2 / 3, 1 / 6, 1 / 6], [1 / 6, 2 / 3, 1 / 6], [1 / 6, 1 / 6, 2 / 3], [1 / 3, 1 / 3, 1 / 3]])}
+K_NEAREST = 8  # face samples looked at per target point
+
+
+@dataclass(eq=False)
+class Loss:
+    """A scalar loss with its vector-Jacobian product."""
+
+    value: float
+    terms: dict
+    _backward: object = field(repr=False, default=None)
+
+    def vjp(self, g: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(grad_points, grad_probs, grad_reals)`` of ``g * value``."""
+        return self._backward(float(g))
+
+
+class Targets:
+    """A target point cloud prepared once for repeated :func:`expected_chamfer` calls."""
+
+    def __init__(self, targets):
+        self.points = as_points(targets, "targets")
+        if len(self.points) == 0:
+            raise ValueError("targets: need at least one point")
+        self.dim = self.points.shape[1]
+        self.grid = PointGrid(self.points)
+        self.array = _device.upload(self.points.astype(runtime.real_dtype()))
+        self.generation = runtime.generation()
+        self.spacing = spacing(self.points)
+        self.diagonal = float(np.linalg.norm(self.points.max(0) - self.points.min(0))) or 1.0
+        # the length (2D) or area (3D) the targets sample, estimated as T spacing^(d-1)
+        self.measure = len(self.points) * self.spacing ** (self.dim - 1)
+
+
+def _mesh_inputs(points, faces, probs):
+    p = as_points(points, "points")
+    n, d = p.shape
+    f = _check_faces(faces, n, d)
+    pr = as_array(probs, "probs", ndim=1)
+    if len(pr) != len(f):
+        raise ValueError(f"probs: expected {len(f)} values (one per face), got {len(pr)}")
+    if len(pr) and (pr.min() < 0 or pr.max() > 1):
+        raise ValueError(f"probs: must lie in [0, 1], got range [{pr.min():.6g}, {pr.max():.6g}]")
+    return p, f, pr
+
+
+def _backward_fn(kernels, grads_of, n, d, K):
+    """Replays ``kernels`` [(kernel, args, acc, acc_grad)] in reverse mode."""
+
+    def backward(g):
+        for nd in grads_of.values():
+            if nd is not None:
+                nd.grad.fill(0)
+        for kernel, args, acc, acc_grad in kernels:
+            acc.grad.from_numpy((g * np.asarray(acc_grad)).astype(runtime.real_dtype()))
+            kernel.grad(*args)
+
+        def get(key, shape):
+            nd = grads_of.get(key)
+            if nd is None or not np.prod(shape):
+                return np.zeros(shape)
+            return nd.grad.to_numpy().reshape(-1)[:int(np.prod(shape))].astype(np.float64).reshape(shape)
+
+        return get("points", (n, d)), get("probs", (K,)), get("reals", (n,))
+
+    return backward
+
+
+def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, miss: float | None = None,
+                     reach: float | None = None, tolerance: float | None = None) -> Loss:
+    """Expected Chamfer distance between a probabilistic mesh and a point cloud (DMesh §4).
+
+    mesh -> targets: Σ_F p_F |F| mean_x (min(|x - nearest target|, reach) - tolerance)_+^2 / A
+    over quadrature points x of every face, |F| the face's length or area and A = T s^(d-1) the
+    targets' length or area estimated from their count T and mean spacing s (a constant, so a
+    face is never dropped just because it is farther than average). ``reach`` defaults to 5% of
+    the targets' bounding-box diagonal; the truncation bounds the search for far faces.
+    ``tolerance`` (default: the targets' mean spacing) discounts the distance that sampling
+    alone explains: a point on the true surface is about that far from the nearest sample. targets -> mesh: for each target point, the expected squared
+    distance to the nearest *existing* face among the faces of its 8 nearest face samples
+    (faces of probability >= ``min_prob``), sorted by distance: Σ_j p_j Π_{i<j} (1 - p_i) d_j^2,
+    plus Π_j (1 - p_j) (d_last^2 + miss^2) for the event that none exists. ``miss`` defaults to
+    the targets' mean nearest-neighbour distance.
+
+    ``loss.terms`` has both directions. ``targets`` may be an array (T, d) or a :class:`Targets`.
+    """
+    p, f, pr = _mesh_inputs(points, faces, probs)
+    n, d = p.shape
+    tg = targets if isinstance(targets, Targets) and targets.generation == runtime.generation() else \
+        Targets(targets.points if isinstance(targets, Targets) else targets)
+    if tg.dim != d:
+        raise ValueError(f"targets: expected {d}D points like points, got {tg.dim}D")
+    K = len(f)
+    rdt = runtime.real_dtype()
+    P = _nd(p.astype(rdt), True)
+    PR = _nd(np.concatenate([pr, [0.0]]).astype(rdt), True)
+    grads_of = {"points": P, "probs": PR}
+    if K == 0:
+        raise ValueError("faces: the mesh has no faces, the Chamfer distance to it is undefined")
+    from . import _kernels as Kn
+
+    bary = BARY[d]
+    M = len(bary)
+    f32 = f.astype(np.int32)
+    F = _device.upload(f32)
+    B = _device.upload(bary.astype(rdt))
+    X = _device.empty((K * M, 3), rdt)
+    Kn.face_samples(_device.upload(p.astype(rdt)), F, B, d, X)
+    xs = _device.fetch(X, K * M).astype(np.float64)[:, :d]
+    reach = float(reach if reach is not None else tg.diagonal * 0.05)
+    near, _ = tg.grid.knn(1, xs, reach=reach)
+    acc1 = _nd(np.zeros(2, rdt), True)
+    tol = float(tolerance if tolerance is not None else tg.spacing)
+    args1 = (P, F, PR, B, tg.array, _device.upload(near[:, 0].astype(np.int32)), reach, tol, d, acc1)
+    Kn.mesh_to_target(*args1)
+    num, den = acc1.to_numpy().astype(np.float64)
+    # targets -> mesh: candidate faces of each target from its nearest samples of likely faces
+    keep = np.nonzero(pr >= min_prob)[0]
+    T = len(tg.points)
+    miss2 = float(miss if miss is not None else tg.spacing) ** 2
+    cand = -np.ones((T, K_NEAREST), np.int32)
+    if len(keep):
+        ks = (keep[:, None] * M + np.arange(M)[None, :]).reshape(-1)
+        grid = PointGrid(xs[ks])
+        owner = _device.upload(np.repeat(keep, M).astype(np.int32))
+        kd2 = _device.empty((T, K_NEAREST), rdt)
+        kid = _device.empty((T, K_NEAREST), np.int32)
+        out = _device.empty((T, K_NEAREST), np.int32)
+        Kn.knn_faces(grid.pts, _device.upload(_pad3(tg.points).astype(rdt)), owner, grid.lo, grid.h, grid.res,
+                     grid.start, grid.order, _device.upload(_pad3(p).astype(rdt)), F, d, kd2, kid, out)
+        cand = _device.fetch(out, T).astype(np.int32)
+    acc2 = _nd(np.zeros(2, rdt), True)
+    args2 = (P, F, PR, tg.array, _device.upload(cand), miss2, d, K_NEAREST, acc2)
+    Kn.target_to_mesh(*args2)
+    tm = float(acc2.to_numpy()[0]) / T
+    mt = num / tg.measure
+    kernels = [(Kn.target_to_mesh, args2, acc2, [1.0 / T, 0.0]),
+               (Kn.mesh_to_target, args1, acc1, [1.0 / tg.measure, 0.0])]
+    return Loss(value=mt + tm, terms={"mesh_to_target": mt, "target_to_mesh": tm},
+                _backward=_backward_fn(kernels, grads_of, n, d, K))
+
+
+def real_consistency(reals, faces, probs) -> Loss:
+    """Mean over faces of p_F Σ_{v in F} (ψ_v - mean_F ψ)^2 (DMesh's real-value regulariser)."""
+    r = as_array(reals, "reals", ndim=1)
+    if len(r) and (r.min() < 0 or r.max() > 1):
+        raise ValueError(f"reals: must lie in [0, 1], got range [{r.min():.6g}, {r.max():.6g}]")
+    f = np.asarray(faces)
+    d = f.shape[1] if f.ndim == 2 else 0
+    if d not in (2, 3):
+        raise ValueError(f"faces: expected shape (K, 2) or (K, 3), got {f.shape}")
+    f = _check_faces(f, len(r), d)
+    pr = as_array(probs, "probs", ndim=1)
+    if len(pr) != len(f):
+        raise ValueError(f"probs: expected {len(f)} values (one per face), got {len(pr)}")
+    return _face_sum("consistency", r, None, f, pr, d)
+
+
+def face_quality(points, faces, probs, scale: float | None = None) -> Loss:
+    """Mean over faces of p_F b_F: b = 1 - 4 sqrt(3) A / Σ l^2 for triangles (0 equilateral, 1
+    flat); b = (l / scale)^2 for edges, ``scale`` defaulting to the mean edge length."""
+    p, f, pr = _mesh_inputs(points, faces, probs)
+    d = p.shape[1]
+    if scale is None:
+        scale = float(np.linalg.norm(p[f[:, 1]] - p[f[:, 0]], axis=1).mean()) if len(f) else 1.0
+    if not scale > 0:
+        raise ValueError(f"scale: must be > 0, got {scale}")
+    return _face_sum("quality", None, p, f, pr, d, scale)
+
+
+def _face_sum(kind, r, p, f, pr, d, scale=1.0) -> Loss:
+    from . import _kernels as Kn
+
+    rdt = runtime.real_dtype()
+    K = len(f)
+    n = len(r) if r is not None else len(p)
+    if K == 0:
+        zero = (np.zeros((n, d)), np.zeros(0), np.zeros(n))
+        return Loss(0.0, {kind: 0.0}, lambda g: zero)
+    PR = _nd(pr.astype(rdt), True)
+    acc = _nd(np.zeros(1, rdt), True)
+    F = _device.upload(f.astype(np.int32))
+    if kind == "consistency":
+        R = _nd(r.astype(rdt), True)
+        args, grads_of, kernel = (R, F, PR, d, acc), {"reals": R, "probs": PR}, Kn.real_consistency
+    else:
+        P = _nd(p.astype(rdt), True)
+        args, grads_of, kernel = (P, F, PR, float(scale), d, acc), {"points": P, "probs": PR}, Kn.face_quality
+    kernel(*args)
+    value = float(acc.to_numpy()[0]) / K
+    return Loss(value, {kind: value}, _backward_fn([(kernel, args, acc, [1.0 / K])], grads_of, n, d, K))

@@ -1,0 +1,198 @@
+"""The :class:`DMesh` object: points with weights and real values, candidate faces, probabilities,
+optimisation with a user loss, extraction and export."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Callable
+
+import numpy as np
+
+from .._validate import as_array, as_points
+from ..optim import Adam
+from ._grid import PointGrid
+from .probabilities import (SATURATION, FaceProbabilities, default_sharpness, face_probabilities,
+                            validate_inputs)
+
+DEFAULT_K = {2: 8, 3: 10}
+PRUNE_MARGIN = 10.0  # candidates with sharpness * margin below -PRUNE_MARGIN (p < 5e-5) are dropped
+
+
+def candidate_faces(points, k: int | None = None, triangulation=None) -> np.ndarray:
+    """Candidate faces of a point set, rows sorted ascending and unique.
+
+    2D: the edges from every point to its k nearest neighbours (k = 8). 3D: the triangles
+    (i, j, l) with j and l among the k nearest neighbours of i (k = 10). With a
+    ``triangulation``, its faces are added (DMesh's candidates: the weighted Delaunay faces plus
+    nearby non-faces, so faces can appear as well as disappear).
+    """
+    p = as_points(points, "points")
+    n, d = p.shape
+    k = DEFAULT_K[d] if k is None else int(k)
+    if k < 1:
+        raise ValueError(f"k: must be >= 1, got {k}")
+    k = min(k, n - 1)
+    parts = []
+    if k >= d - 1 and n > d:
+        idx, _ = PointGrid(p).knn(k)
+        i = np.repeat(np.arange(n), k)
+        if d == 2:
+            parts.append(np.column_stack([i, idx.reshape(-1)]))
+        else:
+            pairs = np.array(list(combinations(range(k), 2)))
+            j, l = idx[:, pairs[:, 0]], idx[:, pairs[:, 1]]
+            parts.append(np.column_stack([np.repeat(np.arange(n), len(pairs)), j.reshape(-1), l.reshape(-1)]))
+    if triangulation is not None:
+        parts.append(triangulation.faces)
+    if not parts:
+        return np.zeros((0, d), np.int64)
+    f = np.sort(np.concatenate(parts), axis=1)
+    f = f[(f >= 0).all(1)]
+    return np.unique(f, axis=0).astype(np.int64)
+
+
+class DMesh:
+    """A differentiable mesh: points with positions, weights and real values ψ in [0, 1].
+
+    >>> m = DMesh(points, reals)                 # method "minball" (DMesh++) or "wdt" (DMesh)
+    >>> fp = m.probabilities()                   # FaceProbabilities of m.faces (the candidates)
+    >>> m.optimize(loss_fn, iterations=100)      # loss_fn(m, fp) -> tigeom.dmesh.losses.Loss
+    >>> v, f = m.extract()                       # the discrete mesh (faces with Λ > 0.5)
+    >>> m.save("mesh.ply")                       # 3D: OBJ/PLY/STL/OFF; 2D: .npz edges
+
+    ``faces`` are the candidate faces, refreshed by :meth:`refresh` (k nearest neighbours, and
+    for "wdt" the triangulation's faces); candidates whose geometric probability is below 5e-5
+    are pruned at each refresh.
+    """
+
+    def __init__(self, points, reals=None, weights=None, *, method: str = "minball", sharpness=None,
+                 k: int | None = None):
+        p = as_points(points, "points")
+        n = len(p)
+        r = np.ones(n) if reals is None else as_array(reals, "reals", ndim=1)
+        validate_inputs(p, weights, r, np.zeros((0, p.shape[1]), np.int64), method, sharpness)
+        self.points = p.copy()
+        self.reals = r.copy()
+        self.weights = np.zeros(n) if weights is None else as_array(weights, "weights", ndim=1).copy()
+        self.method = method
+        self.sharpness = float(sharpness) if sharpness is not None else default_sharpness(p)
+        self.k = k
+        self.faces = np.zeros((0, self.dim), np.int64)
+        self._tri = None
+        self.refresh()
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    def _triangulation(self):
+        if self.method != "wdt":
+            return None
+        from ..delaunay import weighted_delaunay
+
+        self._tri = weighted_delaunay(self.points, self.weights)
+        return self._tri
+
+    def refresh(self) -> None:
+        """Recompute the candidate faces at the current positions (and prune the hopeless ones)."""
+        tri = self._triangulation()
+        cand = candidate_faces(self.points, self.k, tri)
+        fp = face_probabilities(self.points, self.weights, self.reals, cand, self.method, self.sharpness,
+                                triangulation=tri)
+        self.faces = cand[self.sharpness * fp.margin > -PRUNE_MARGIN]
+
+    def probabilities(self) -> FaceProbabilities:
+        """Face probabilities of the candidate faces at the current state."""
+        tri = self._triangulation() if self.method == "wdt" else None
+        return face_probabilities(self.points, self.weights, self.reals, self.faces, self.method, self.sharpness,
+                                  triangulation=tri)
+
+    def optimize(self, loss_fn: Callable, iterations: int = 100, *, lr: float | None = None,
+                 lr_reals: float = 0.05, max_step: float | None = None, refresh_every: int = 20,
+                 fixed=None, callback: Callable | None = None, progress: bool = False) -> list[dict]:
+        """Adam on positions, weights ("wdt") and real values against ``loss_fn(mesh, fp)``.
+
+        ``loss_fn`` returns a :class:`~tigeom.dmesh.losses.Loss` whose vjp gives
+        (grad_points, grad_probs, grad_reals); grad_probs is chained through the face
+        probabilities. Steps are capped at ``max_step`` (default: a tenth of the point spacing);
+        ``fixed`` (N,) bool marks points that do not move. Returns the loss history.
+        """
+        h = SATURATION * 2.5 / self.sharpness  # = the point spacing for the default sharpness
+        lr = 0.02 * h if lr is None else float(lr)
+        max_step = 0.1 * h if max_step is None else float(max_step)
+        opt_p = Adam(self.points.shape, lr=lr, max_step=max_step)
+        opt_r = Adam(self.reals.shape, lr=lr_reals, max_step=0.1)
+        opt_w = Adam(self.weights.shape, lr=lr * h, max_step=max_step * h) if self.method == "wdt" else None
+        move = np.ones(len(self.points), bool) if fixed is None else ~np.asarray(fixed, bool)
+        history = []
+        bar = _bar(progress, iterations)
+        for it in range(iterations):
+            if it and refresh_every and it % refresh_every == 0:
+                self.refresh()
+            fp = self.probabilities()
+            loss = loss_fn(self, fp)
+            gp, gprob, gr = loss.vjp(1.0)
+            dp, dw, dr = fp.vjp(gprob)
+            gp, gr = gp + dp, gr + dr
+            self.points += opt_p.step(gp) * move[:, None]
+            self.reals = np.clip(self.reals + opt_r.step(gr), 0.0, 1.0)
+            if opt_w is not None:
+                self.weights += opt_w.step(dw)
+            rec = {"iteration": it, "loss": loss.value, **{k: float(v) for k, v in loss.terms.items()}}
+            history.append(rec)
+            if callback is not None:
+                callback(it, self, rec)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return history
+
+    def extract(self, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """The discrete mesh: candidate faces with Λ > threshold and a positive margin (so with
+        "minball" every kept face has an empty minimum ball and faces never cross). Returns
+        ``(vertices, faces)`` with unused points dropped."""
+        fp = self.probabilities()
+        keep = (fp.probs > threshold) & (fp.margin > 0)
+        f = self.faces[keep]
+        used, inv = np.unique(f.reshape(-1), return_inverse=True)
+        return self.points[used].copy(), inv.reshape(f.shape).astype(np.int64)
+
+    def to_trimesh(self, threshold: float = 0.5):
+        """3D: the extracted triangle mesh as a ``trimesh.Trimesh`` (not processed or merged)."""
+        if self.dim != 3:
+            raise ValueError("to_trimesh: a 2D DMesh has edges, not triangles; use save() or extract()")
+        import trimesh
+
+        v, f = self.extract(threshold)
+        return trimesh.Trimesh(v, f, process=False)
+
+    def save(self, path, threshold: float = 0.5) -> None:
+        """Write the extracted mesh atomically: 3D triangles as OBJ/PLY/STL/OFF, 2D edges as .npz
+        (``vertices``, ``segments``, like :func:`tigeom.io.write_curve`)."""
+        from .. import io
+
+        v, f = self.extract(threshold)
+        if self.dim == 3:
+            io.write_surface(path, v, f)
+        else:
+            io.write_curve(path, v, f)
+
+
+def _bar(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(transient=False)
+    bar.start()
+    task = bar.add_task("DMesh", total=total)
+
+    class _Bar:
+        def update(self, k):
+            bar.advance(task, k)
+
+        def close(self):
+            bar.stop()
+
+    return _Bar()

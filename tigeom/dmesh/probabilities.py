@@ -1,0 +1,230 @@
+"""Face existence probabilities of a DMesh, with their exact vector-Jacobian products.
+
+Two methods (``../docs/dmesh.md`` has the formulas):
+
+- ``"wdt"`` (DMesh): Λ = σ(α Δ(F)) · Λ_real(F), Δ the signed distance between F's dual element
+  of the power diagram and its vertices' reduced power cells (positive iff F is a face of the
+  weighted Delaunay triangulation).
+- ``"minball"`` (DMesh++): Λ = σ(α d(F)) · Λ_real(F), d(F) = min over points p not in F of
+  |p - c_F| - r_F for F's minimum ball (c_F, r_F). Positive d means the ball is empty, and then F
+  is a Delaunay face, so faces that pass never cross.
+
+Λ_real is a smooth minimum of the vertices' real values (power mean with exponent -32): between
+0.966 min ψ and min ψ, 0 when a vertex is 0, increasing in every ψ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _device, runtime
+from .._validate import as_array, as_index_array, as_points, as_scalar
+from ._grid import PointGrid, spacing
+
+METHODS = ("wdt", "minball")
+SHARPNESS_SCALE = 20.0  # default α = SHARPNESS_SCALE / (mean nearest-neighbour distance)
+SATURATION = 8.0  # a margin of SATURATION / α counts as certain (σ(8) = 0.99966)
+
+
+def default_sharpness(points) -> float:
+    """α = 20 / h, h the mean nearest-neighbour distance: a margin of h/10 gives σ = 0.88, h/4
+    gives 0.993."""
+    return SHARPNESS_SCALE / spacing(points)
+
+
+def _check_faces(faces, n: int, d: int) -> np.ndarray:
+    f = as_index_array(faces, "faces", n, width=d)
+    if len(f):
+        srt = np.sort(f, axis=1)
+        if (srt[:, 1:] == srt[:, :-1]).any():
+            bad = int(np.nonzero((srt[:, 1:] == srt[:, :-1]).any(1))[0][0])
+            raise ValueError(f"faces: row {bad} repeats a vertex ({f[bad].tolist()})")
+    return f
+
+
+def validate_inputs(points, weights, reals, faces, method="minball", sharpness=None):
+    """Checked float64/int64 copies of the face-probability inputs (ValueError naming the argument)."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    p = as_points(points, "points")
+    n, d = p.shape
+    if n < d + 1:
+        raise ValueError(f"points: need at least {d + 1} points in {d}D, got {n}")
+    if weights is None:
+        w = np.zeros(n)
+    else:
+        w = as_array(weights, "weights", ndim=1)
+        if len(w) != n:
+            raise ValueError(f"weights: expected {n} values (one per point), got {len(w)}")
+    r = as_array(reals, "reals", ndim=1)
+    if len(r) != n:
+        raise ValueError(f"reals: expected {n} values (one per point), got {len(r)}")
+    if len(r) and (r.min() < 0 or r.max() > 1):
+        raise ValueError(f"reals: must lie in [0, 1], got range [{r.min():.6g}, {r.max():.6g}]")
+    f = _check_faces(faces, n, d)
+    if sharpness is not None:
+        sharpness = as_scalar(sharpness, "sharpness")
+        if sharpness <= 0:
+            raise ValueError(f"sharpness: must be > 0, got {sharpness}")
+    return p, w, r, f, sharpness
+
+
+def _nd(arr: np.ndarray, grad: bool):
+    """A Taichi ndarray (autodiff needs ndarrays, also on the CPU)."""
+    import taichi as ti
+
+    nd = ti.ndarray(_device.ti_dtype(arr.dtype), shape=arr.shape, needs_grad=grad)
+    nd.from_numpy(np.ascontiguousarray(arr))
+    return nd
+
+
+def _grad(nd, n: int, shape) -> np.ndarray:
+    return nd.grad.to_numpy()[:n].astype(np.float64).reshape(shape)
+
+
+@dataclass(eq=False)
+class FaceProbabilities:
+    """Result of :func:`face_probabilities`.
+
+    probs : (K,) existence probability of each face.
+    margin : (K,) the signed margin the sigmoid sees (Δ(F) for "wdt", d(F) for "minball").
+    geometric : (K,) σ(α · margin), the probability before the real values.
+    sharpness : the α used.
+    in_triangulation : (K,) bool, "wdt" only: F is a face of the weighted Delaunay triangulation.
+    witness : (K,) "minball" only: the point (not in F) nearest F's ball centre, which sets d(F);
+        -1 when no point is within r_F + 8/α (Λ_min saturated).
+    """
+
+    probs: np.ndarray
+    margin: np.ndarray
+    sharpness: float
+    method: str
+    in_triangulation: np.ndarray | None = None
+    witness: np.ndarray | None = None
+    _replay: tuple = field(default=(), repr=False)
+
+    @property
+    def geometric(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-np.clip(self.sharpness * self.margin, -500, 500)))
+
+    def vjp(self, grad_probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact vector-Jacobian product (the arg-min choices held fixed):
+        ``(grad_points (N, d), grad_weights (N,), grad_reals (N,))`` of Σ grad_probs · probs."""
+        g = as_array(grad_probs, "grad_probs", ndim=1)
+        if len(g) != len(self.probs):
+            raise ValueError(f"grad_probs: expected {len(self.probs)} values, got {len(g)}")
+        kernel, args, grads, n, d = self._replay
+        if not len(g):
+            return np.zeros((n, d)), np.zeros(n), np.zeros(n)
+        probs_nd, margin_nd = args[-2], args[-1]
+        for nd in grads:
+            nd.grad.fill(0)
+        margin_nd.grad.fill(0)
+        probs_nd.grad.from_numpy(g.astype(runtime.real_dtype()))
+        kernel.grad(*args)
+        gp = _grad(grads[0], n, (n, d))
+        if len(grads) == 3:
+            return gp, _grad(grads[1], n, (n,)), _grad(grads[2], n, (n,))
+        return gp, np.zeros(n), _grad(grads[1], n, (n,))
+
+
+def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharpness=None, *,
+                       triangulation=None) -> FaceProbabilities:
+    """Existence probability of each candidate face (edges in 2D, triangles in 3D).
+
+    Parameters
+    ----------
+    points : (N, d), d = 2 or 3.
+    weights : (N,) power weights, or None (zeros). Ignored by "minball".
+    reals : (N,) real values ψ in [0, 1].
+    faces : (K, d) candidate faces (vertex indices).
+    method : "wdt" (DMesh) or "minball" (DMesh++).
+    sharpness : the sigmoid's α; None picks 20 / (mean nearest-neighbour distance).
+    triangulation : "wdt" only: a :class:`tigeom.Triangulation` of these points and weights, to
+        reuse one already computed (it is computed when None).
+    """
+    p, w, r, f, sharpness = validate_inputs(points, weights, reals, faces, method, sharpness)
+    runtime.ensure_init()
+    n, d = p.shape
+    alpha = default_sharpness(p) if sharpness is None else sharpness
+    cap = SATURATION / alpha
+    rdt = runtime.real_dtype()
+    f32 = f.astype(np.int32)
+    K = len(f)
+    P = _nd(p.astype(rdt), True)
+    R = _nd(r.astype(rdt), True)
+    probs = _nd(np.zeros(max(K, 1), rdt), True)
+    margin = _nd(np.zeros(max(K, 1), rdt), True)
+    from . import _kernels as Kn
+
+    if method == "minball":
+        near = np.zeros(max(K, 1), np.int32)
+        if K:
+            grid = PointGrid(p)
+            near_d = _device.empty((K,), np.int32)
+            Kn.minball_select(grid.pts, _device.upload(f32), grid.lo, grid.h, grid.res, grid.start, grid.order,
+                              cap, d, near_d)
+            near = _device.fetch(near_d, K).astype(np.int32)
+        args = (P, R, _device.upload(f32) if K else np.zeros((1, d), np.int32), _device.upload(near),
+                alpha, cap, d, probs, margin)
+        if K:
+            Kn.minball_eval(*args)
+        replay = (Kn.minball_eval, args, (P, R), n, d)
+        in_tri, witness = None, near[:K].astype(np.int64)
+    else:
+        if triangulation is None:
+            from ..delaunay import weighted_delaunay
+
+            triangulation = weighted_delaunay(p, w)
+        tri = triangulation
+        if tri.points.shape != p.shape:
+            raise ValueError(f"triangulation: built on {tri.points.shape} points, these are {p.shape}")
+        W = _nd(w.astype(rdt), True)
+        s0, s1, in_tri = _face_simplices(tri.simplices, f)
+        cells = tri.power_cells()
+        S = tri.simplices.astype(np.int32) if len(tri.simplices) else np.zeros((1, d + 1), np.int32)
+        sel = np.zeros((max(K, 1), d), np.int32)
+        dev = [_device.upload(x) for x in (f32 if K else np.zeros((1, d), np.int32), S, s0, s1)]
+        if K:
+            sel_d = _device.empty((K, d), np.int32)
+            Kn.wdt_select(_device.upload(p.astype(rdt)), _device.upload(w.astype(rdt)), dev[0], dev[1], dev[2],
+                          dev[3], *[_device.upload(x.astype(np.int32)) for x in
+                                    (cells.neighbor_ptr, cells.neighbors, cells.vertex_ptr, cells.vertex_ids)],
+                          d, sel_d)
+            sel = _device.fetch(sel_d, K).astype(np.int32)
+        args = (P, W, R, *dev, _device.upload(sel), alpha, cap, d, probs, margin)
+        if K:
+            Kn.wdt_eval(*args)
+        replay = (Kn.wdt_eval, args, (P, W, R), n, d)
+        witness = None
+    return FaceProbabilities(probs=probs.to_numpy()[:K].astype(np.float64),
+                             margin=margin.to_numpy()[:K].astype(np.float64), sharpness=float(alpha),
+                             method=method, in_triangulation=in_tri, witness=witness, _replay=replay)
+
+
+def _face_simplices(simplices: np.ndarray, faces: np.ndarray):
+    """For each face: its one or two simplices (s0, s1; -1 when absent) and whether it is a face
+    of the triangulation at all."""
+    K, d = faces.shape
+    s0 = -np.ones(max(K, 1), np.int32)
+    s1 = -np.ones(max(K, 1), np.int32)
+    if K == 0 or len(simplices) == 0:
+        return s0, s1, np.zeros(K, bool)
+    m = len(simplices)
+    sf = np.concatenate([np.sort(np.delete(simplices, c, axis=1), axis=1) for c in range(d + 1)])
+    sid = np.tile(np.arange(m), d + 1)
+    keys = np.concatenate([sf, np.sort(faces, axis=1)])
+    _, inv = np.unique(keys, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    ks, kf = inv[:len(sf)], inv[len(sf):]
+    order = np.argsort(ks, kind="stable")
+    ks, sid = ks[order], sid[order]
+    lo = np.searchsorted(ks, kf, "left")
+    hi = np.searchsorted(ks, kf, "right")
+    has = hi > lo
+    s0[:K][has] = sid[lo[has]]
+    two = hi - lo >= 2
+    s1[:K][two] = sid[lo[two] + 1]
+    return s0, s1, has
