@@ -53,7 +53,8 @@ def _norm(v):
 @ti.func
 def _softmin(R: ti.template(), F: ti.template(), f, D: ti.template()):
     """Power mean with exponent -Q of the face's real values: monotone in every value, between
-    D^(-1/Q) min and min, 0 when any value is 0, gradient to every vertex."""
+    min and min(max, D^(1/Q) min), equal to ψ when all are ψ, 0 when any value is 0, gradient
+    to every vertex."""
     m = R[F[f, 0]]
     for k in ti.static(range(1, D)):
         m = ti.min(m, R[F[f, k]])
@@ -62,7 +63,7 @@ def _softmin(R: ti.template(), F: ti.template(), f, D: ti.template()):
         s = 0.0
         for k in ti.static(range(D)):
             s += (m / R[F[f, k]]) ** SOFTMIN_Q
-        out = m * s ** (-1.0 / SOFTMIN_Q)
+        out = m * (s / D) ** (-1.0 / SOFTMIN_Q)
     return out
 
 

@@ -9,8 +9,9 @@ Two methods (``../docs/dmesh.md`` has the formulas):
   |p - c_F| - r_F for F's minimum ball (c_F, r_F). Positive d means the ball is empty, and then F
   is a Delaunay face, so faces that pass never cross.
 
-Λ_real is a smooth minimum of the vertices' real values (power mean with exponent -32): between
-0.966 min ψ and min ψ, 0 when a vertex is 0, increasing in every ψ.
+Λ_real is a smooth minimum of the vertices' real values, their power mean with exponent -32:
+ψ when all are ψ, between min ψ and 1.035 min ψ (and never above max ψ), 0 when a vertex is 0,
+increasing in every ψ, with a gradient to every vertex.
 """
 
 from __future__ import annotations

@@ -1,0 +1,260 @@
+"""DMesh: face probabilities (classification, monotonicity, exact vjp), losses, the DMesh object
+and point-cloud reconstruction on small inputs."""
+
+from itertools import combinations
+
+import numpy as np
+import pytest
+
+import tigeom
+from tigeom import dmesh
+from tigeom.dmesh import losses, shapes
+
+EPS = 1e-7  # small enough that no arg-min choice switches inside the step (near ties exist)
+
+
+def _random(d, n=40, seed=0, weights=True):
+    rng = np.random.default_rng(seed)
+    p = rng.random((n, d))
+    w = rng.random(n) * 2e-3 if weights else None
+    return rng, p, w
+
+
+def _fd_check(fn, arrays, grads, rng, picks=5, rtol=1e-5, atol=1e-7):
+    """Central differences of the scalar fn(*arrays) against the analytic gradients (atol: the
+    round-off of a difference quotient of sums of O(1) terms with a step of 1e-7)."""
+    for k, (arr, g) in enumerate(zip(arrays, grads)):
+        if arr is None:
+            continue
+        for i in rng.choice(arr.size, min(picks, arr.size), replace=False):
+            ix = np.unravel_index(i, arr.shape)
+            up = [a.copy() if a is not None else None for a in arrays]
+            dn = [a.copy() if a is not None else None for a in arrays]
+            up[k][ix] += EPS
+            dn[k][ix] -= EPS
+            fd = (fn(*up) - fn(*dn)) / (2 * EPS)
+            assert g[ix] == pytest.approx(fd, rel=rtol, abs=atol), (k, ix)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_wdt_probabilities_classify_triangulation_faces(d):
+    rng, p, w = _random(d, 50, seed=d)
+    tri = tigeom.weighted_delaunay(p, w)
+    others = np.array(list(combinations(range(15), d)))
+    faces = np.unique(np.sort(np.concatenate([tri.faces, others]), axis=1), axis=0)
+    fp = dmesh.face_probabilities(p, w, np.ones(len(p)), faces, method="wdt", triangulation=tri)
+    assert fp.in_triangulation.sum() == len(tri.faces)
+    assert (~fp.in_triangulation).sum() > 10
+    assert (fp.geometric[fp.in_triangulation] > 0.5).all()
+    assert (fp.geometric[~fp.in_triangulation] < 0.5).all()
+    np.testing.assert_allclose(fp.probs, fp.geometric, rtol=1e-12)  # all reals 1: Λ_real = 1
+    if d == 3:
+        return
+    # computing the triangulation inside gives the same answer
+    fp2 = dmesh.face_probabilities(p, w, np.ones(len(p)), faces, method="wdt")
+    np.testing.assert_allclose(fp2.probs, fp.probs)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_minball_margin_matches_brute_force_and_implies_delaunay(d):
+    from scipy.spatial import Delaunay
+
+    rng, p, _ = _random(d, 45, seed=10 + d, weights=False)
+    faces = dmesh.candidate_faces(p)
+    fp = dmesh.face_probabilities(p, None, np.ones(len(p)), faces, method="minball")
+    cap = dmesh.probabilities.SATURATION / fp.sharpness
+    for f, m in zip(faces, fp.margin):
+        a = p[f]
+        if d == 2:
+            c = a.mean(0)
+        else:
+            u, v = a[1] - a[0], a[2] - a[0]
+            n = np.cross(u, v)
+            c = a[0] + ((u @ u) * np.cross(v, n) + (v @ v) * np.cross(n, u)) / (2 * n @ n)
+        r = np.linalg.norm(c - a[0])
+        others = np.delete(np.arange(len(p)), f)
+        brute = np.linalg.norm(p[others] - c, axis=1).min() - r
+        assert m == pytest.approx(min(brute, cap), abs=1e-9)
+    dt = Delaunay(p)
+    dfaces = {tuple(sorted(x)) for s in dt.simplices for x in combinations(s, d)}
+    passing = faces[fp.margin > 0]
+    assert len(passing) > len(p) // 2
+    assert all(tuple(f) in dfaces for f in passing)
+
+
+@pytest.mark.parametrize("method", ["wdt", "minball"])
+def test_lowering_a_real_never_raises_a_probability(method):
+    rng, p, w = _random(2, 30, seed=3)
+    faces = dmesh.candidate_faces(p)
+    r = rng.uniform(0.0, 1.0, len(p))
+    r[:3] = 0.0
+    base = dmesh.face_probabilities(p, w, r, faces, method=method).probs
+    for v in rng.choice(len(p), 8, replace=False):
+        r2 = r.copy()
+        r2[v] *= rng.uniform(0, 1)
+        assert (dmesh.face_probabilities(p, w, r2, faces, method=method).probs <= base + 1e-15).all()
+    assert (dmesh.face_probabilities(p, w, np.zeros(len(p)), faces, method=method).probs == 0).all()
+
+
+@pytest.mark.parametrize("method", ["wdt", "minball"])
+@pytest.mark.parametrize("d", [2, 3])
+def test_probability_vjp_matches_central_differences(method, d):
+    rng, p, w = _random(d, 40, seed=20 + d)
+    r = rng.uniform(0.2, 1.0, len(p))
+    tri = tigeom.weighted_delaunay(p, w) if method == "wdt" else None
+    faces = dmesh.candidate_faces(p, triangulation=tri)
+    g = rng.standard_normal(len(faces))
+    alpha = 20.0
+
+    def f(pp, ww, rr):
+        return float(dmesh.face_probabilities(pp, ww, rr, faces, method=method, sharpness=alpha,
+                                              triangulation=tri).probs @ g)
+
+    fp = dmesh.face_probabilities(p, w, r, faces, method=method, sharpness=alpha, triangulation=tri)
+    gp, gw, gr = fp.vjp(g)
+    assert gp.shape == p.shape and gw.shape == w.shape and gr.shape == r.shape
+    assert np.abs(gp).max() > 0 and np.abs(gr).max() > 0
+    if method == "minball":
+        assert (gw == 0).all()
+    _fd_check(f, [p, w if method == "wdt" else None, r], [gp, gw, gr], rng, picks=6)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_loss_vjps_match_central_differences(d):
+    rng = np.random.default_rng(40 + d)
+    p = rng.random((25, d))
+    faces = dmesh.candidate_faces(p, k=4)
+    pr = rng.uniform(0.05, 0.95, len(faces))
+    r = rng.uniform(0.1, 1.0, len(p))
+    tg = losses.Targets(rng.random((60, d)))
+    cases = [
+        (lambda pp, qq, rr: losses.expected_chamfer(pp, faces, qq, tg)),
+        (lambda pp, qq, rr: losses.real_consistency(rr, faces, qq)),
+        (lambda pp, qq, rr: losses.face_quality(pp, faces, qq, scale=0.3)),
+    ]
+    for fn in cases:
+        L = fn(p, pr, r)
+        gp, gq, gr = L.vjp(1.0)
+        assert np.isfinite(L.value) and L.value > 0
+        _fd_check(lambda *a, fn=fn: fn(*a).value, [p, pr, r], [gp, gq, gr], rng, picks=5)
+
+
+def test_expected_chamfer_is_zero_on_the_data_and_rewards_existing_faces():
+    # a square's edges with samples on them: the loss grows when a true edge loses probability
+    v = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    f = np.array([[0, 1], [1, 2], [2, 3], [0, 3]])
+    t = np.linspace(0, 1, 50)[:, None]
+    samples = np.concatenate([v[a] * (1 - t) + v[b] * t for a, b in f])
+    full = losses.expected_chamfer(v, f, np.ones(4), samples)
+    part = losses.expected_chamfer(v, f, np.array([1.0, 1.0, 1.0, 0.2]), samples)
+    assert full.terms["target_to_mesh"] < 1e-12 and full.terms["mesh_to_target"] < 1e-12
+    assert part.value > full.value + 1e-3
+    # the gradient asks for more probability on the weak edge
+    assert part.vjp()[1][3] < 0
+
+
+def test_bad_inputs_raise_value_errors():
+    p = np.random.default_rng(0).random((10, 2))
+    f = np.array([[0, 1], [2, 3]])
+    ones = np.ones(10)
+    fp = dmesh.face_probabilities
+    with pytest.raises(ValueError, match="method"):
+        fp(p, None, ones, f, method="cgal")
+    with pytest.raises(ValueError, match="points"):
+        fp(np.full((10, 2), np.nan), None, ones, f)
+    with pytest.raises(ValueError, match="points"):
+        fp(p[:2], None, ones[:2], f[:0])
+    with pytest.raises(ValueError, match="weights"):
+        fp(p, np.ones(3), ones, f)
+    with pytest.raises(ValueError, match="reals"):
+        fp(p, None, ones * 2, f)
+    with pytest.raises(ValueError, match="reals"):
+        fp(p, None, ones[:5], f)
+    with pytest.raises(ValueError, match="faces"):
+        fp(p, None, ones, np.array([[0, 10]]))
+    with pytest.raises(ValueError, match="faces"):
+        fp(p, None, ones, np.array([[1, 1]]))
+    with pytest.raises(ValueError, match="faces"):
+        fp(p, None, ones, np.array([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="sharpness"):
+        fp(p, None, ones, f, sharpness=-1.0)
+    with pytest.raises(ValueError, match="grad_probs"):
+        fp(p, None, ones, f, method="minball").vjp(np.ones(3))
+    with pytest.raises(ValueError, match="probs"):
+        losses.expected_chamfer(p, f, np.ones(3), p)
+    with pytest.raises(ValueError, match="targets"):
+        losses.expected_chamfer(p, f, np.ones(2), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="samples"):
+        dmesh.reconstruct(p[:5])
+    with pytest.raises(ValueError, match="resolution"):
+        dmesh.reconstruct(p, resolution=2.0)
+    with pytest.raises(ValueError, match="samples"):
+        dmesh.reconstruct(np.zeros((20, 4)))
+
+
+def test_dmesh_object_optimises_a_user_loss_and_exports(tmp_path):
+    rng = np.random.default_rng(5)
+    p = rng.random((60, 2))
+    m = dmesh.DMesh(p, rng.uniform(0.3, 1.0, 60))
+    assert len(m.faces) > 60
+
+    def push_reals_down(mesh, fp):  # the expected number of faces
+        n = len(fp.probs)
+        return losses.Loss(float(fp.probs.sum()), {"count": float(fp.probs.sum())},
+                           lambda g: (np.zeros_like(mesh.points), np.full(n, g), np.zeros(len(mesh.points))))
+
+    before = m.probabilities().probs.sum()
+    hist = m.optimize(push_reals_down, iterations=15)
+    assert len(hist) == 15 and hist[-1]["loss"] < before * 0.8
+    m.save(tmp_path / "edges.npz")
+    v, e = tigeom.io.read_curve(tmp_path / "edges.npz")
+    v2, e2 = m.extract()
+    np.testing.assert_allclose(v, v2)
+    assert len(e) == len(e2)
+    m3 = dmesh.DMesh(rng.random((40, 3)))
+    m3.save(tmp_path / "tri.ply")
+    assert len(m3.to_trimesh().faces) == len(m3.extract()[1]) > 0
+    with pytest.raises(ValueError, match="to_trimesh"):
+        m.to_trimesh()
+
+
+def _segments_cross(v, e):
+    a, b = v[e[:, 0]], v[e[:, 1]]
+
+    def orient(p, q, r):
+        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
+
+    A, B = a[:, None], b[:, None]
+    C, D = a[None], b[None]
+    share = (e[:, None, :, None] == e[None, :, None, :]).any((2, 3))
+    cross = (orient(A, B, C) * orient(A, B, D) < 0) & (orient(C, D, A) * orient(C, D, B) < 0)
+    return (cross & ~share).any()
+
+
+def test_reconstruct_glyph_with_holes_and_two_components():
+    polys = shapes.glyph_outlines("i8")  # 'i': two components; '8': two holes
+    samples = shapes.sample_polylines(polys, 1500, 0)
+    ref = shapes.sample_polylines(polys, 20000, 1)
+    res = dmesh.reconstruct(samples, iterations=20, resolution=1 / 64)
+    score = shapes.chamfer_f1(res.vertices, res.faces, ref, n=20000)
+    assert score["chamfer"] < 0.002, score
+    assert score["f1"] > 0.9, score
+    assert not _segments_cross(res.vertices, res.faces)
+
+
+def test_reconstruct_torus_meets_the_accuracy_target():
+    from scipy.spatial import Delaunay
+
+    samples = shapes.torus_samples(8000, rng=0)
+    ref = shapes.torus_samples(40000, rng=1)
+    res = dmesh.reconstruct(samples, iterations=15)
+    score = shapes.chamfer_f1(res.vertices, res.faces, ref, n=30000)
+    assert score["chamfer"] < 0.004, score
+    # every extracted triangle is a Delaunay face of the points, so none intersect
+    pts = res.mesh.points
+    dt = Delaunay(pts)
+    dfaces = {tuple(sorted(x)) for s in dt.simplices for x in combinations(s, 3)}
+    assert len(res.faces) > 1000
+    fp = res.mesh.probabilities()
+    kept = res.mesh.faces[(fp.probs > 0.5) & (fp.margin > 0)]
+    assert all(tuple(x) in dfaces for x in np.sort(kept, axis=1))
