@@ -40,8 +40,9 @@ def loss_curve(history, keys, path, title="", log=True) -> None:
     save_png(fig, path)
 
 
-def render_mesh(vertices, faces, path, points=None, title="") -> None:
-    """Shaded render of a triangle mesh (and optional points) from two viewpoints."""
+def render_mesh(vertices, faces, path, points=None, title="", two_sided=False) -> None:
+    """Shaded render of a triangle mesh (and optional points) from two viewpoints
+    (``two_sided``: light both sides, for faces without a consistent orientation)."""
     plt = _plt()
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
@@ -50,7 +51,8 @@ def render_mesh(vertices, faces, path, points=None, title="") -> None:
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
     light = np.array([0.4, 0.3, 0.85])
-    shade = 0.35 + 0.65 * np.clip(n @ (light / np.linalg.norm(light)), 0, 1)
+    lam = n @ (light / np.linalg.norm(light))
+    shade = 0.35 + 0.65 * (np.abs(lam) if two_sided else np.clip(lam, 0, 1))
     colors = np.column_stack([0.35 * shade, 0.55 * shade, 0.85 * shade, np.ones_like(shade)])
     lo, hi = vertices.min(0), vertices.max(0)
     c, r = (lo + hi) / 2, (hi - lo).max() / 2
@@ -110,4 +112,35 @@ def dihedral_histograms(panels, path, title="") -> None:
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    save_png(fig, path)
+
+
+def dmesh_2d(samples, points, cand, probs, vertices, edges, path, title="") -> None:
+    """Three panels: the sample points; the probabilistic mesh (candidate edges shaded by their
+    probability, points with the data); the extracted edges."""
+    plt = _plt()
+    from matplotlib.collections import LineCollection
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    axes[0].scatter(samples[:, 0], samples[:, 1], s=0.5, c="k")
+    axes[0].set_title(f"{len(samples)} sample points")
+    keep = probs > 0.01
+    segs = points[cand[keep]]
+    rgba = np.zeros((keep.sum(), 4))
+    rgba[:, 2] = 0.8
+    rgba[:, 3] = probs[keep]
+    axes[1].add_collection(LineCollection(segs, colors=rgba, linewidths=0.8))
+    axes[1].scatter(points[:, 0], points[:, 1], s=0.3, c="0.6")
+    axes[1].set_title("probabilistic mesh (edge opacity = probability)")
+    axes[2].add_collection(LineCollection(vertices[edges], colors="k", linewidths=0.9))
+    axes[2].set_title(f"extracted: {len(edges)} edges")
+    lo, hi = samples.min(0), samples.max(0)
+    pad = 0.05 * (hi - lo).max()
+    for ax in axes:
+        ax.set_xlim(lo[0] - pad, hi[0] + pad)
+        ax.set_ylim(lo[1] - pad, hi[1] + pad)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
     save_png(fig, path)

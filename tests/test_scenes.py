@@ -159,3 +159,31 @@ def test_improve_tets_cli(tmp_path, capsys):
 
     assert tet_quality(v2, t2).summary()["min_dihedral"] > tet_quality(v, t).summary()["min_dihedral"]
     assert cli.main(["improve-tets", str(tmp_path / "missing.vtu"), str(dst)]) == 2
+
+
+def test_pointcloud_scenes_run_and_resume(tmp_path):
+    """Small glyphs and a small torus: accuracy in the summary, files written, and a run
+    interrupted after the first shape resumes to the same figures."""
+    cfg = tmp_path / "small2d.toml"
+    cfg.write_text('targets = ["B", "i"]\nsamples = 1500\ndmesh_iterations = 10\nresolution = 0.016\n'
+                   'eval_points = 20000\n')
+    out = tmp_path / "run2d"
+    args = ["run", "pointcloud2d", "--out", str(out), "--arch", "cpu", "--quiet", "--config", str(cfg)]
+    with interrupted_at("pointcloud2d", 1):
+        cli.main(args)
+    assert (out / "checkpoint.npz").is_file()
+    assert cli.main(args) == 0
+    s = json.loads((out / "summary.json").read_text())["figures"]
+    for name in ("B", "i"):
+        assert s[name]["chamfer"] < 0.002 and s[name]["f1"] > 0.9, s[name]
+        assert (out / f"glyph_{name}.npz").is_file() and (out / f"glyph_{name}.png").stat().st_size > 0
+    fresh = tmp_path / "fresh2d"
+    assert cli.main(["run", "pointcloud2d", "--out", str(fresh), "--arch", "cpu", "--quiet", "--config", str(cfg)]) == 0
+    assert json.loads((fresh / "summary.json").read_text())["figures"]["B"]["chamfer"] == s["B"]["chamfer"]
+    cfg3 = tmp_path / "small3d.toml"
+    cfg3.write_text('targets = ["torus"]\nsamples = 6000\ndmesh_iterations = 5\neval_points = 20000\n')
+    out3 = tmp_path / "run3d"
+    assert cli.main(["run", "pointcloud3d", "--out", str(out3), "--arch", "cpu", "--quiet", "--config", str(cfg3)]) == 0
+    t = json.loads((out3 / "summary.json").read_text())["figures"]["torus"]
+    assert t["chamfer"] < 0.006 and t["faces"] > 1000, t
+    assert (out3 / "torus.ply").is_file() and (out3 / "torus.png").stat().st_size > 0

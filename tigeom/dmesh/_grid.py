@@ -36,7 +36,7 @@ class PointGrid:
             q3 = _device.upload(_pad3(np.asarray(queries, np.float64)).astype(rdt))
             nq, self_q = len(queries), 0
         k = int(k)
-        kd2 = _device.empty((nq, k), rdt)
+        kd2 = _device.zeros((nq, k), rdt)
         kid = _device.empty((nq, k), np.int32)
         cnt = _device.empty((nq,), np.int32)
         if nq and k:
