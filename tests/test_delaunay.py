@@ -203,7 +203,9 @@ def test_power_cells_and_adjacency():
     assert cells.unbounded.sum() == len({v for f in hull for v in f})
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run, so CI does not pass or fail by the draw. The one
+# failing draw seen so far is pinned below as a strict xfail (issue 3's degenerate-lattice defect).
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(d=st.sampled_from([2, 3]), n=st.integers(5, 60), scale=st.sampled_from([1e-3, 1.0, 1e3]),
        wfac=st.sampled_from([0.0, 0.1, 1.0, 10.0]), seed=st.integers(0, 2**31 - 1),
        snap=st.booleans())
@@ -225,6 +227,15 @@ def test_property_valid(d, n, scale, wfac, seed, snap):
     if not snap:
         lower, hidden = lifted_lower_hull(p, w)
         assert canon(tri.simplices) == canon(lower)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3: 3D lattice points with coplanar hull facets get overlapping "
+                                      "tets (volume 0.3047 vs hull 0.2786)")
+def test_known_defect_3d_lattice_hull_wrapping():
+    rng = np.random.default_rng(0)
+    p = np.round(rng.random((11, 3)) * 4) / 4 + 1.0
+    tri = tigeom.weighted_delaunay(p, np.zeros(11))
+    check_valid(tri, tol=1e-8)
 
 
 @pytest.mark.parametrize("points,weights,match", [

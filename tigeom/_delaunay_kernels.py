@@ -20,6 +20,8 @@ that disagree are recomputed with exact rational arithmetic (see ``delaunay._exa
 
 import taichi as ti
 
+from ._spatial_kernels import sorted_insert
+
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
 nd_i32_3 = ti.types.ndarray(dtype=ti.i32, ndim=3)
@@ -396,13 +398,7 @@ def _gather(P: ti.template(), skip: ti.template(), start: ti.template(), order: 
                     if m < kc:
                         dj = _pt(P, j, dim) - pi
                         d2 = dj.dot(dj)
-                        k = m
-                        while k > 0 and (cdist[w, k - 1] > d2 or (cdist[w, k - 1] == d2 and cand[w, k - 1] > j)):
-                            cand[w, k] = cand[w, k - 1]
-                            cdist[w, k] = cdist[w, k - 1]
-                            k -= 1
-                        cand[w, k] = j
-                        cdist[w, k] = d2
+                        sorted_insert(cdist, cand, w, m, d2, j)
                     m += 1
     if m > kc:
         m = -1

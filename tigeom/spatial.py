@@ -47,13 +47,14 @@ class NearestIndex:
         from . import _spatial_kernels as K
 
         rdt = runtime.real_dtype()
-        idx = _device.empty((len(q),), np.int32)
-        d2 = _device.empty((len(q),), rdt)
+        idx = _device.empty((len(q), 1), np.int32)
+        d2 = _device.zeros((len(q), 1), rdt)
+        cnt = _device.empty((len(q),), np.int32)
         if len(q):
-            K.nearest(self._pts, _device.upload(_pad3(q).astype(rdt)), self._lo, self.h, self._res, self._start,
-                      self._order, idx, d2)
-        return (_device.fetch(idx, len(q)).astype(np.int64),
-                np.sqrt(np.maximum(_device.fetch(d2, len(q)).astype(np.float64), 0.0)))
+            K.knn(self._pts, _device.upload(_pad3(q).astype(rdt)), 0, 1e30, self._lo, self.h, self._res,
+                  self._start, self._order, d2, idx, cnt)
+        return (_device.fetch(idx, len(q))[:, 0].astype(np.int64),
+                np.sqrt(np.maximum(_device.fetch(d2, len(q))[:, 0].astype(np.float64), 0.0)))
 
 
 def grid_params(p3: np.ndarray, per_cell: float) -> tuple[np.ndarray, float, np.ndarray]:

@@ -27,7 +27,7 @@ class PointGrid:
         """The k nearest grid points within ``reach`` of every query, ascending: ``(index (Q, k)
         int64, distance (Q, k))``, -1 / inf where fewer exist. ``queries=None`` queries the
         grid's own points, each skipping itself."""
-        from . import _kernels as K
+        from .. import _spatial_kernels as K
 
         rdt = runtime.real_dtype()
         if queries is None:

@@ -13,7 +13,7 @@ kernels read the (N, dim) arrays directly and work on 3-vectors with z = 0 in 2D
 
 import taichi as ti
 
-from .._spatial_kernels import _cell, _flat
+from .._spatial_kernels import knn_into, sorted_insert
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd2_i32 = ti.types.ndarray(dtype=ti.i32, ndim=2)
@@ -189,12 +189,12 @@ def _dual_point(P: ti.template(), W: ti.template(), F: ti.template(), S: ti.temp
 @ti.kernel
 def minball_select(P3: ti.types.ndarray(ndim=2), F: nd2_i32, lo: ti.types.ndarray(ndim=1), h: float,
                    res: nd_i32, start: nd_i32, order: nd_i32, cap: float, dim: ti.template(),
-                   out: nd_i32):
+                   kd2: ti.types.ndarray(ndim=2), kid: nd2_i32, out: nd_i32):
     """Nearest point (not a vertex of the face) to each face's minimum-ball centre, searched out
-    to radius r + cap; -1 when none is that close (the face's Λ_min is then saturated)."""
+    to radius r + cap; -1 when none is that close (the face's Λ_min is then saturated). The
+    dim + 1 nearest points (scratch kd2 / kid, K = dim + 1) hold at most dim of the face's own."""
     r3 = ti.Vector([res[0], res[1], res[2]])
     lov = ti.Vector([lo[0], lo[1], lo[2]])
-    rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
     for f in range(F.shape[0]):
         a = _pt(P3, F[f, 0], 3)
         b = _pt(P3, F[f, 1], 3)
@@ -202,35 +202,16 @@ def minball_select(P3: ti.types.ndarray(ndim=2), F: nd2_i32, lo: ti.types.ndarra
         if ti.static(dim == 3):
             c = _pt(P3, F[f, 2], 3)
         centre, rad = _ball(a, b, c, dim)
-        reach = rad + cap
-        cell = _cell(centre, lov, h, r3)
+        cnt = knn_into(P3, centre, -1, rad + cap, lov, h, r3, start, order, kd2, kid, f)
         best = -1
-        bd = reach * reach
-        r = 0
-        while r <= rmax:
-            for da, db in ti.ndrange((-r, r + 1), (-r, r + 1)):
-                edge = ti.abs(da) == r or ti.abs(db) == r
-                e = -r
-                while e <= r:
-                    cc = cell + ti.Vector([da, db, e])
-                    if 0 <= cc[0] < r3[0] and 0 <= cc[1] < r3[1] and 0 <= cc[2] < r3[2]:
-                        fl = _flat(cc, r3)
-                        for s in range(start[fl], start[fl + 1]):
-                            i = order[s]
-                            own = False
-                            for k in ti.static(range(dim)):
-                                if F[f, k] == i:
-                                    own = True
-                            if not own:
-                                d2 = (_pt(P3, i, 3) - centre).norm_sqr()
-                                if d2 < bd or (d2 == bd and best >= 0 and i < best):
-                                    best = i
-                                    bd = d2
-                    e += 1 if (edge or r == 0) else 2 * r
-            # after ring r, every unvisited point is at least r h from the centre
-            if (best >= 0 and bd <= (r * h) * (r * h)) or r * h >= reach:
-                break
-            r += 1
+        for t in range(cnt):
+            i = kid[f, t]
+            own = False
+            for k in ti.static(range(dim)):
+                if F[f, k] == i:
+                    own = True
+            if not own and best < 0:
+                best = i
         out[f] = best
 
 
@@ -404,58 +385,6 @@ def mesh_to_target(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndar
         acc[1] += wgt
 
 
-@ti.func
-def _knn_into(X3: ti.template(), x, skip, reach, lov, h, r3, start: ti.template(), order: ti.template(),
-              kd2: ti.template(), kid: ti.template(), q):
-    """The k = kd2.shape[1] nearest rows of X3 to x within distance ``reach`` (row ``skip``
-    excluded), ascending, into row q of kd2 / kid by a grid ring search. Returns how many were
-    found (< k when fewer lie within reach)."""
-    rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
-    K = kd2.shape[1]
-    cell = _cell(x, lov, h, r3)
-    cnt = 0
-    r = 0
-    while r <= rmax:
-        for da, db in ti.ndrange((-r, r + 1), (-r, r + 1)):
-            edge = ti.abs(da) == r or ti.abs(db) == r
-            e = -r
-            while e <= r:
-                cc = cell + ti.Vector([da, db, e])
-                if 0 <= cc[0] < r3[0] and 0 <= cc[1] < r3[1] and 0 <= cc[2] < r3[2]:
-                    fl = _flat(cc, r3)
-                    for s in range(start[fl], start[fl + 1]):
-                        i = order[s]
-                        d2 = (_pt(X3, i, 3) - x).norm_sqr()
-                        if i != skip and d2 <= reach * reach and (cnt < K or d2 < kd2[q, K - 1]):
-                            pos = ti.min(cnt, K - 1)
-                            while pos > 0 and kd2[q, pos - 1] > d2:
-                                kd2[q, pos] = kd2[q, pos - 1]
-                                kid[q, pos] = kid[q, pos - 1]
-                                pos -= 1
-                            kd2[q, pos] = d2
-                            kid[q, pos] = i
-                            cnt = ti.min(cnt + 1, K)
-                e += 1 if (edge or r == 0) else 2 * r
-        if (cnt == K and kd2[q, K - 1] <= (r * h) * (r * h)) or r * h >= reach:
-            break
-        r += 1
-    return cnt
-
-
-@ti.kernel
-def knn(X3: ti.types.ndarray(ndim=2), Q3: ti.types.ndarray(ndim=2), self_query: ti.i32, reach: float,
-        lo: ti.types.ndarray(ndim=1), h: float, res: nd_i32, start: nd_i32, order: nd_i32,
-        kd2: ti.types.ndarray(ndim=2), kid: nd2_i32, count: nd_i32):
-    """k nearest rows of X3 for every row of Q3 (with self_query, Q3 is X3 and row q skips itself)."""
-    r3 = ti.Vector([res[0], res[1], res[2]])
-    lov = ti.Vector([lo[0], lo[1], lo[2]])
-    for q in range(Q3.shape[0]):
-        skip = -1
-        if self_query:
-            skip = q
-        count[q] = _knn_into(X3, _pt(Q3, q, 3), skip, reach, lov, h, r3, start, order, kd2, kid, q)
-
-
 @ti.kernel
 def knn_faces(X3: ti.types.ndarray(ndim=2), Q3: ti.types.ndarray(ndim=2), owner: nd_i32,
               lo: ti.types.ndarray(ndim=1), h: float, res: nd_i32, start: nd_i32, order: nd_i32,
@@ -469,7 +398,7 @@ def knn_faces(X3: ti.types.ndarray(ndim=2), Q3: ti.types.ndarray(ndim=2), owner:
     K = kd2.shape[1]
     for q in range(Q3.shape[0]):
         x = _pt(Q3, q, 3)
-        cnt = _knn_into(X3, x, -1, 1e30, lov, h, r3, start, order, kd2, kid, q)
+        cnt = knn_into(X3, x, -1, 1e30, lov, h, r3, start, order, kd2, kid, q)
         # distinct owning faces, sorted by exact distance (kd2 reused as the distance buffer)
         nf = 0
         for t in range(cnt):
@@ -490,15 +419,7 @@ def knn_faces(X3: ti.types.ndarray(ndim=2), Q3: ti.types.ndarray(ndim=2), owner:
                 c = _pt(P3, F[fid, 2], 3)
             kd2[q, t] = _face_dist2(x, a, b, c, dim)
         for t in range(1, nf):
-            v = kd2[q, t]
-            fv = out[q, t]
-            pos = t
-            while pos > 0 and (kd2[q, pos - 1] > v or (kd2[q, pos - 1] == v and out[q, pos - 1] > fv)):
-                kd2[q, pos] = kd2[q, pos - 1]
-                out[q, pos] = out[q, pos - 1]
-                pos -= 1
-            kd2[q, pos] = v
-            out[q, pos] = fv
+            sorted_insert(kd2, out, q, t, kd2[q, t], out[q, t])
         for t in range(nf, K):
             out[q, t] = -1
 

@@ -165,8 +165,10 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
         if K:
             grid = PointGrid(p)
             near_d = _device.empty((K,), np.int32)
+            kd2 = _device.zeros((K, d + 1), rdt)
+            kid = _device.empty((K, d + 1), np.int32)
             Kn.minball_select(grid.pts, _device.upload(f32), grid.lo, grid.h, grid.res, grid.start, grid.order,
-                              cap, d, near_d)
+                              cap, d, kd2, kid, near_d)
             near = _device.fetch(near_d, K).astype(np.int32)
         args = (P, R, _device.upload(f32) if K else np.zeros((1, d), np.int32), _device.upload(near),
                 alpha, cap, d, probs, margin)
