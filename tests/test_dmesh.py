@@ -184,6 +184,10 @@ def test_bad_inputs_raise_value_errors():
         losses.expected_chamfer(p, f, np.ones(3), p)
     with pytest.raises(ValueError, match="targets"):
         losses.expected_chamfer(p, f, np.ones(2), np.zeros((5, 3)))
+    pf = dmesh.PreparedFaces(f, 10, 2)
+    np.testing.assert_allclose(fp(p, None, ones, pf, method="minball").probs, fp(p, None, ones, f, method="minball").probs)
+    with pytest.raises(ValueError, match="faces"):
+        fp(p[:9], None, ones[:9], pf)
     with pytest.raises(ValueError, match="samples"):
         dmesh.reconstruct(p[:5])
     with pytest.raises(ValueError, match="resolution"):

@@ -8,9 +8,9 @@
 from . import losses, shapes
 from .losses import Loss, Targets, expected_chamfer, face_quality, real_consistency
 from .model import DMesh, candidate_faces
-from .probabilities import FaceProbabilities, default_sharpness, face_probabilities
+from .probabilities import FaceProbabilities, PreparedFaces, default_sharpness, face_probabilities
 from .reconstruct import Reconstruction, reconstruct
 
 __all__ = ["face_probabilities", "FaceProbabilities", "default_sharpness", "candidate_faces", "DMesh",
            "reconstruct", "Reconstruction", "expected_chamfer", "real_consistency", "face_quality", "Loss",
-           "Targets", "losses", "shapes"]
+           "Targets", "PreparedFaces", "losses", "shapes"]

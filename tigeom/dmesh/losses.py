@@ -20,7 +20,7 @@ from .. import _device, runtime
 from .._validate import as_array, as_points
 from ..spatial import _pad3
 from ._grid import PointGrid, spacing
-from .probabilities import _check_faces, _nd
+from .probabilities import _nd, prepare_faces
 
 # quadrature points of a face (barycentric rows): 4 per edge, 4 per triangle
 BARY = {2: np.array([[1 - t, t] for t in (0.125, 0.375, 0.625, 0.875)]),
@@ -61,7 +61,7 @@ class Targets:
 def _mesh_inputs(points, faces, probs):
     p = as_points(points, "points")
     n, d = p.shape
-    f = _check_faces(faces, n, d)
+    f = prepare_faces(faces, n, d)
     pr = as_array(probs, "probs", ndim=1)
     if len(pr) != len(f):
         raise ValueError(f"probs: expected {len(f)} values (one per face), got {len(pr)}")
@@ -127,8 +127,7 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
 
     bary = BARY[d]
     M = len(bary)
-    f32 = f.astype(np.int32)
-    F = _device.upload(f32)
+    F = f.dev
     B = _device.upload(bary.astype(rdt))
     X = _device.empty((K * M, 3), rdt)
     Kn.face_samples(_device.upload(p.astype(rdt)), F, B, d, X)
@@ -171,11 +170,11 @@ def real_consistency(reals, faces, probs) -> Loss:
     r = as_array(reals, "reals", ndim=1)
     if len(r) and (r.min() < 0 or r.max() > 1):
         raise ValueError(f"reals: must lie in [0, 1], got range [{r.min():.6g}, {r.max():.6g}]")
-    f = np.asarray(faces)
-    d = f.shape[1] if f.ndim == 2 else 0
+    f = faces
+    d = faces.d if hasattr(faces, "d") else (np.shape(faces)[1] if np.ndim(faces) == 2 else 0)
     if d not in (2, 3):
         raise ValueError(f"faces: expected shape (K, 2) or (K, 3), got {f.shape}")
-    f = _check_faces(f, len(r), d)
+    f = prepare_faces(f, len(r), d)
     pr = as_array(probs, "probs", ndim=1)
     if len(pr) != len(f):
         raise ValueError(f"probs: expected {len(f)} values (one per face), got {len(pr)}")
@@ -188,7 +187,7 @@ def face_quality(points, faces, probs, scale: float | None = None) -> Loss:
     p, f, pr = _mesh_inputs(points, faces, probs)
     d = p.shape[1]
     if scale is None:
-        scale = float(np.linalg.norm(p[f[:, 1]] - p[f[:, 0]], axis=1).mean()) if len(f) else 1.0
+        scale = float(np.linalg.norm(p[f.rows[:, 1]] - p[f.rows[:, 0]], axis=1).mean()) if len(f) else 1.0
     if not scale > 0:
         raise ValueError(f"scale: must be > 0, got {scale}")
     return _face_sum("quality", None, p, f, pr, d, scale)
@@ -205,7 +204,7 @@ def _face_sum(kind, r, p, f, pr, d, scale=1.0) -> Loss:
         return Loss(0.0, {kind: 0.0}, lambda g: zero)
     PR = _nd(pr.astype(rdt), True)
     acc = _nd(np.zeros(1, rdt), True)
-    F = _device.upload(f.astype(np.int32))
+    F = f.dev
     if kind == "consistency":
         R = _nd(r.astype(rdt), True)
         args, grads_of, kernel = (R, F, PR, d, acc), {"reals": R, "probs": PR}, Kn.real_consistency

@@ -11,8 +11,8 @@ import numpy as np
 from .._validate import as_array, as_points
 from ..optim import Adam
 from ._grid import PointGrid
-from .probabilities import (SATURATION, FaceProbabilities, default_sharpness, face_probabilities,
-                            validate_inputs)
+from .probabilities import (SATURATION, FaceProbabilities, PreparedFaces, default_sharpness,
+                            face_probabilities, validate_inputs)
 
 DEFAULT_K = {2: 8, 3: 10}
 PRUNE_MARGIN = 10.0  # candidates with sharpness * margin below -PRUNE_MARGIN (p < 5e-5) are dropped
@@ -77,9 +77,21 @@ class DMesh:
         self.method = method
         self.sharpness = float(sharpness) if sharpness is not None else default_sharpness(p)
         self.k = k
-        self.faces = np.zeros((0, self.dim), np.int64)
+        self._faces = PreparedFaces(np.zeros((0, self.dim), np.int64), n, self.dim)
         self._tri = None
         self.refresh()
+
+    @property
+    def faces(self) -> np.ndarray:
+        """(K, d) the current candidate faces."""
+        return self._faces.rows
+
+    @property
+    def prepared_faces(self) -> PreparedFaces:
+        """The candidates checked and uploaded once per refresh: pass them to the losses in a
+        ``loss_fn`` (``losses.expected_chamfer(m.points, m.prepared_faces, fp.probs, targets)``)
+        to skip the per-call checks."""
+        return self._faces
 
     @property
     def dim(self) -> int:
@@ -99,12 +111,12 @@ class DMesh:
         cand = candidate_faces(self.points, self.k, tri)
         fp = face_probabilities(self.points, self.weights, self.reals, cand, self.method, self.sharpness,
                                 triangulation=tri)
-        self.faces = cand[self.sharpness * fp.margin > -PRUNE_MARGIN]
+        self._faces = PreparedFaces(cand[self.sharpness * fp.margin > -PRUNE_MARGIN], len(self.points), self.dim)
 
     def probabilities(self) -> FaceProbabilities:
         """Face probabilities of the candidate faces at the current state."""
         tri = self._triangulation() if self.method == "wdt" else None
-        return face_probabilities(self.points, self.weights, self.reals, self.faces, self.method, self.sharpness,
+        return face_probabilities(self.points, self.weights, self.reals, self._faces, self.method, self.sharpness,
                                   triangulation=tri)
 
     def optimize(self, loss_fn: Callable, iterations: int = 100, *, lr: float | None = None,

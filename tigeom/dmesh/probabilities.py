@@ -35,7 +35,25 @@ def default_sharpness(points) -> float:
     return SHARPNESS_SCALE / spacing(points)
 
 
-def _check_faces(faces, n: int, d: int) -> np.ndarray:
+class PreparedFaces:
+    """Candidate faces checked once and uploaded once, for repeated calls in an optimisation loop.
+
+    Pass it wherever ``faces`` is expected (:func:`face_probabilities`, the losses) to skip the
+    per-call validation and upload; :class:`DMesh` keeps its candidates in this form.
+    """
+
+    def __init__(self, faces, n: int, d: int):
+        self.rows = _check_rows(faces, n, d)
+        self.n, self.d, self.K = int(n), int(d), len(self.rows)
+        self.i32 = self.rows.astype(np.int32) if self.K else np.zeros((1, d), np.int32)
+        self.dev = _device.upload(self.i32)
+        self.generation = runtime.generation()
+
+    def __len__(self):
+        return self.K
+
+
+def _check_rows(faces, n: int, d: int) -> np.ndarray:
     f = as_index_array(faces, "faces", n, width=d)
     if len(f):
         srt = np.sort(f, axis=1)
@@ -45,8 +63,25 @@ def _check_faces(faces, n: int, d: int) -> np.ndarray:
     return f
 
 
+def prepare_faces(faces, n: int, d: int) -> PreparedFaces:
+    """``faces`` as :class:`PreparedFaces` for n points in d dimensions (checked, or reused when
+    already prepared for the same shape and runtime)."""
+    if isinstance(faces, PreparedFaces):
+        if (faces.n, faces.d) != (n, d):
+            raise ValueError(f"faces: prepared for {faces.n} points in {faces.d}D, used with {n} in {d}D")
+        if faces.generation == runtime.generation():
+            return faces
+        faces = faces.rows
+    return PreparedFaces(faces, n, d)
+
+
+def _check_faces(faces, n: int, d: int) -> np.ndarray:
+    return faces.rows if isinstance(faces, PreparedFaces) else _check_rows(faces, n, d)
+
+
 def validate_inputs(points, weights, reals, faces, method="minball", sharpness=None):
-    """Checked float64/int64 copies of the face-probability inputs (ValueError naming the argument)."""
+    """Checked float64 copies of the face-probability inputs and the faces as
+    :class:`PreparedFaces` (ValueError naming the argument)."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     p = as_points(points, "points")
@@ -64,7 +99,7 @@ def validate_inputs(points, weights, reals, faces, method="minball", sharpness=N
         raise ValueError(f"reals: expected {n} values (one per point), got {len(r)}")
     if len(r) and (r.min() < 0 or r.max() > 1):
         raise ValueError(f"reals: must lie in [0, 1], got range [{r.min():.6g}, {r.max():.6g}]")
-    f = _check_faces(faces, n, d)
+    f = prepare_faces(faces, n, d)
     if sharpness is not None:
         sharpness = as_scalar(sharpness, "sharpness")
         if sharpness <= 0:
@@ -152,7 +187,6 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
     alpha = default_sharpness(p) if sharpness is None else sharpness
     cap = SATURATION / alpha
     rdt = runtime.real_dtype()
-    f32 = f.astype(np.int32)
     K = len(f)
     P = _nd(p.astype(rdt), True)
     R = _nd(r.astype(rdt), True)
@@ -167,10 +201,10 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
             near_d = _device.empty((K,), np.int32)
             kd2 = _device.zeros((K, d + 1), rdt)
             kid = _device.empty((K, d + 1), np.int32)
-            Kn.minball_select(grid.pts, _device.upload(f32), grid.lo, grid.h, grid.res, grid.start, grid.order,
+            Kn.minball_select(grid.pts, f.dev, grid.lo, grid.h, grid.res, grid.start, grid.order,
                               cap, d, kd2, kid, near_d)
             near = _device.fetch(near_d, K).astype(np.int32)
-        args = (P, R, _device.upload(f32) if K else np.zeros((1, d), np.int32), _device.upload(near),
+        args = (P, R, f.dev, _device.upload(near),
                 alpha, cap, d, probs, margin)
         if K:
             Kn.minball_eval(*args)
@@ -185,11 +219,11 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
         if tri.points.shape != p.shape:
             raise ValueError(f"triangulation: built on {tri.points.shape} points, these are {p.shape}")
         W = _nd(w.astype(rdt), True)
-        s0, s1, in_tri = _face_simplices(tri.simplices, f)
+        s0, s1, in_tri = _face_simplices(tri.simplices, f.rows)
         cells = tri.power_cells()
         S = tri.simplices.astype(np.int32) if len(tri.simplices) else np.zeros((1, d + 1), np.int32)
         sel = np.zeros((max(K, 1), d), np.int32)
-        dev = [_device.upload(x) for x in (f32 if K else np.zeros((1, d), np.int32), S, s0, s1)]
+        dev = [f.dev] + [_device.upload(x) for x in (S, s0, s1)]
         if K:
             sel_d = _device.empty((K, d), np.int32)
             Kn.wdt_select(_device.upload(p.astype(rdt)), _device.upload(w.astype(rdt)), dev[0], dev[1], dev[2],
