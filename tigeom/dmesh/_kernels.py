@@ -347,21 +347,22 @@ def _face_dist2(x, a, b, c, dim: ti.template()):
 
 
 @ti.kernel
-def face_samples(P: ti.types.ndarray(ndim=2), F: nd2_i32, bary: ti.types.ndarray(ndim=2), dim: ti.template(),
+def face_samples(P3: ti.types.ndarray(ndim=2), F: nd2_i32, bary: ti.types.ndarray(ndim=2), D: ti.template(),
                  out: ti.types.ndarray(ndim=2)):
-    """Quadrature points x_{f,k} = Σ_v bary[k, v] p_v of every face, rows f * M + k, padded to 3D."""
+    """Quadrature points x_{f,k} = Σ_v bary[k, v] p_v of every face (D vertices), rows f * M + k,
+    from points padded to 3D."""
     M = bary.shape[0]
     for f, k in ti.ndrange(F.shape[0], M):
         x = ti.Vector([0.0, 0.0, 0.0])
-        for v in ti.static(range(dim)):
-            x += bary[k, v] * _pt(P, F[f, v], dim)
+        for v in ti.static(range(D)):
+            x += bary[k, v] * _pt(P3, F[f, v], 3)
         for d in ti.static(range(3)):
             out[f * M + k, d] = x[d]
 
 
 @ti.kernel
 def mesh_to_target(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndarray(ndim=1),
-                   bary: ti.types.ndarray(ndim=2), T: ti.types.ndarray(ndim=2), near: nd_i32, reach: float,
+                   bary: ti.types.ndarray(ndim=2), T: ti.types.ndarray(ndim=2), near: nd2_i32, reach: float,
                    floor: float, dim: ti.template(), acc: ti.types.ndarray(ndim=1)):
     """acc[0] += Σ p_f (|f| / M) (min(|x_fk - t(x_fk)|, reach) - floor)_+^2, acc[1] += Σ p_f |f|:
     quadrature of the probability-weighted squared distance from the mesh to the targets beyond
@@ -376,7 +377,7 @@ def mesh_to_target(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndar
         for v in ti.static(range(dim)):
             x += bary[k, v] * _pt(P, F[f, v], dim)
         wgt = probs[f] * _face_measure(a, b, c, dim) / bary.shape[0]
-        t = near[f * bary.shape[0] + k]
+        t = near[f * bary.shape[0] + k, 0]
         d = reach
         if t >= 0:
             d = ti.min(_norm(x - _pt(T, t, dim)), reach)

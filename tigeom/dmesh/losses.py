@@ -130,32 +130,40 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
     F = f.dev
     B = _device.upload(bary.astype(rdt))
     X = _device.empty((K * M, 3), rdt)
-    Kn.face_samples(_device.upload(p.astype(rdt)), F, B, d, X)
-    xs = _device.fetch(X, K * M).astype(np.float64)[:, :d]
+    p3 = _pad3(p).astype(rdt)
+    p3d = _device.upload(p3)
+    Kn.face_samples(p3d, F, B, d, X)
+    # mesh -> targets: nearest target of every quadrature point, found on the device
+    from .. import _spatial_kernels as Ks
+
     reach = float(reach if reach is not None else tg.diagonal * 0.05)
-    near, _ = tg.grid.knn(1, xs, reach=reach)
+    g = tg.grid
+    near = _device.empty((K * M, 1), np.int32)
+    near.fill(-1)
+    Ks.knn(g.pts, X, 0, reach, g.lo, g.h, g.res, g.start, g.order, _device.zeros((K * M, 1), rdt), near,
+           _device.empty((K * M,), np.int32))
     acc1 = _nd(np.zeros(2, rdt), True)
     tol = float(tolerance if tolerance is not None else tg.spacing)
-    args1 = (P, F, PR, B, tg.array, _device.upload(near[:, 0].astype(np.int32)), reach, tol, d, acc1)
+    args1 = (P, F, PR, B, tg.array, near, reach, tol, d, acc1)
     Kn.mesh_to_target(*args1)
     num, den = acc1.to_numpy().astype(np.float64)
     # targets -> mesh: candidate faces of each target from its nearest samples of likely faces
     keep = np.nonzero(pr >= min_prob)[0]
     T = len(tg.points)
     miss2 = float(miss if miss is not None else tg.spacing) ** 2
-    cand = -np.ones((T, K_NEAREST), np.int32)
+    cand = _device.empty((T, K_NEAREST), np.int32)
+    cand.fill(-1)
     if len(keep):
-        ks = (keep[:, None] * M + np.arange(M)[None, :]).reshape(-1)
-        grid = PointGrid(xs[ks])
+        fk = f.rows[keep]
+        xs = np.einsum("mv,kvd->kmd", bary, p[fk]).reshape(-1, d)
+        grid = PointGrid(xs)
         owner = _device.upload(np.repeat(keep, M).astype(np.int32))
-        kd2 = _device.empty((T, K_NEAREST), rdt)
+        kd2 = _device.zeros((T, K_NEAREST), rdt)
         kid = _device.empty((T, K_NEAREST), np.int32)
-        out = _device.empty((T, K_NEAREST), np.int32)
-        Kn.knn_faces(grid.pts, _device.upload(_pad3(tg.points).astype(rdt)), owner, grid.lo, grid.h, grid.res,
-                     grid.start, grid.order, _device.upload(_pad3(p).astype(rdt)), F, d, kd2, kid, out)
-        cand = _device.fetch(out, T).astype(np.int32)
+        Kn.knn_faces(grid.pts, g.pts, owner, grid.lo, grid.h, grid.res, grid.start, grid.order, p3d, F, d, kd2,
+                     kid, cand)
     acc2 = _nd(np.zeros(2, rdt), True)
-    args2 = (P, F, PR, tg.array, _device.upload(cand), miss2, d, K_NEAREST, acc2)
+    args2 = (P, F, PR, tg.array, cand, miss2, d, K_NEAREST, acc2)
     Kn.target_to_mesh(*args2)
     tm = float(acc2.to_numpy()[0]) / T
     mt = num / tg.measure
