@@ -116,18 +116,24 @@ def test_drag2d_lowers_drag_keeps_area_and_records_flow(tmp_path):
     assert abs(drag / f["drag_final"] - 1) < 1e-3
 
 
+def run_interrupted_then_resumed(name, out, cfg, at):
+    """Run scene ``name`` with config file ``cfg``, interrupt it at iteration ``at``, check the
+    checkpoint, resume it to the end and return summary.json."""
+    args = ["run", name, "--out", str(out), "--arch", "cpu", "--quiet", "--config", str(cfg)]
+    with interrupted_at(name, at):
+        cli.main(args)
+    assert (out / "checkpoint.npz").is_file()
+    assert cli.main(args) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
 def test_tet_quality_scene_and_resume(tmp_path):
     """Small cube and ball: the worst angle rises far above the input's, CG and conditioning improve,
     and an interrupted run resumes to the same mesh as an uninterrupted one."""
     cfg = tmp_path / "small.toml"
     cfg.write_text("cube_grid = 3\ncube_interior = 60\nsphere_subdivisions = 1\nsphere_interior = 40\ncheckpoint_every = 2\n")
     out = tmp_path / "run"
-    args = ["run", "tet_quality", "--out", str(out), "--arch", "cpu", "--quiet", "--config", str(cfg)]
-    with interrupted_at("tet_quality", 3):
-        cli.main(args)
-    assert (out / "checkpoint.npz").is_file()
-    assert cli.main(args) == 0
-    s = json.loads((out / "summary.json").read_text())
+    s = run_interrupted_then_resumed("tet_quality", out, cfg, 3)
     for name in ("cube", "sphere"):
         f = s["figures"][name]
         assert f["before"]["min_dihedral"] < 10 and f["after"]["min_dihedral"] > 20
@@ -168,12 +174,7 @@ def test_pointcloud_scenes_run_and_resume(tmp_path):
     cfg.write_text('targets = ["B", "i"]\nsamples = 1500\ndmesh_iterations = 10\nresolution = 0.016\n'
                    'eval_points = 20000\n')
     out = tmp_path / "run2d"
-    args = ["run", "pointcloud2d", "--out", str(out), "--arch", "cpu", "--quiet", "--config", str(cfg)]
-    with interrupted_at("pointcloud2d", 1):
-        cli.main(args)
-    assert (out / "checkpoint.npz").is_file()
-    assert cli.main(args) == 0
-    s = json.loads((out / "summary.json").read_text())["figures"]
+    s = run_interrupted_then_resumed("pointcloud2d", out, cfg, 1)["figures"]
     for name in ("B", "i"):
         assert s[name]["chamfer"] < 0.002 and s[name]["f1"] > 0.9, s[name]
         assert (out / f"glyph_{name}.npz").is_file() and (out / f"glyph_{name}.png").stat().st_size > 0
