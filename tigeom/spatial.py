@@ -1,4 +1,5 @@
-"""Nearest-neighbour queries on a uniform grid, in Taichi kernels (2D and 3D points).
+"""Nearest-neighbour queries on a uniform grid, in Taichi kernels (2D and 3D points): the nearest
+point (NearestIndex), the k nearest within a reach (PointGrid.knn), the mean spacing.
 
 >>> index = NearestIndex(points)          # (N, d)
 >>> idx, dist = index.query(queries)      # (Q,) int64 indices into points, (Q,) float64 distances
@@ -18,7 +19,48 @@ def _pad3(x: np.ndarray) -> np.ndarray:
     return np.column_stack([x, np.zeros(len(x), x.dtype)])
 
 
-class NearestIndex:
+class PointGrid:
+    """Points (N, 2 or 3) sorted into a uniform grid of about two points per cell."""
+
+    def __init__(self, points: np.ndarray, per_cell: float = 2.0):
+        runtime.ensure_init()
+        rdt = runtime.real_dtype()
+        p3 = _pad3(np.asarray(points, np.float64)).astype(rdt)
+        self.n = len(p3)
+        lo, h, res = grid_params(p3, per_cell)
+        self.h = h
+        self.pts = _device.upload(p3)
+        self.lo = _device.upload(lo.astype(rdt))
+        self.res = _device.upload(res)
+        self.start, self.order = build_grid(self.pts, self.n, self.lo, h, self.res)
+
+    def knn(self, k: int, queries: np.ndarray | None = None, reach: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest grid points within ``reach`` of every query, ascending: ``(index (Q, k)
+        int64, distance (Q, k))``, -1 / inf where fewer exist. ``queries=None`` queries the
+        grid's own points, each skipping itself."""
+        from . import _spatial_kernels as K
+
+        rdt = runtime.real_dtype()
+        if queries is None:
+            q3, nq, self_q = self.pts, self.n, 1
+        else:
+            q3 = _device.upload(_pad3(np.asarray(queries, np.float64)).astype(rdt))
+            nq, self_q = len(queries), 0
+        k = int(k)
+        kd2 = _device.zeros((nq, k), rdt)
+        kid = _device.empty((nq, k), np.int32)
+        cnt = _device.empty((nq,), np.int32)
+        if nq and k:
+            K.knn(self.pts, q3, self_q, float(min(reach, 1e30)), self.lo, self.h, self.res, self.start, self.order, kd2, kid, cnt)
+        idx = _device.fetch(kid, nq).astype(np.int64)
+        dist = np.sqrt(np.maximum(_device.fetch(kd2, nq).astype(np.float64), 0.0))
+        have = np.arange(k)[None, :] < _device.fetch(cnt, nq)[:, None]
+        idx[~have] = -1
+        dist[~have] = np.inf
+        return idx, dist
+
+
+class NearestIndex(PointGrid):
     """Uniform grid over ``points`` (N, 2 or 3) answering exact nearest-neighbour queries.
 
     The cell size gives about two points per cell. Results are exact (ties go to the smaller
@@ -30,31 +72,13 @@ class NearestIndex:
         if len(pts) == 0:
             raise ValueError("points: need at least one point")
         self.dim = pts.shape[1]
-        runtime.ensure_init()
-        rdt = runtime.real_dtype()
-        p3 = _pad3(pts).astype(rdt)
-        lo, h, res = grid_params(p3, 2.0)
-        self.h, self.lo, self.res = h, lo, res
-        self._pts = _device.upload(p3)
-        self._lo = _device.upload(lo.astype(rdt))
-        self._res = _device.upload(self.res)
-        self._start, self._order = build_grid(self._pts, len(pts), self._lo, h, self._res)
-        self.n = len(pts)
+        super().__init__(pts)
 
     def query(self, queries) -> tuple[np.ndarray, np.ndarray]:
         """Nearest point of each query: ``(index (Q,) int64, distance (Q,) float64)``."""
         q = as_points(queries, "queries", dims=(self.dim,))
-        from . import _spatial_kernels as K
-
-        rdt = runtime.real_dtype()
-        idx = _device.empty((len(q), 1), np.int32)
-        d2 = _device.zeros((len(q), 1), rdt)
-        cnt = _device.empty((len(q),), np.int32)
-        if len(q):
-            K.knn(self._pts, _device.upload(_pad3(q).astype(rdt)), 0, 1e30, self._lo, self.h, self._res,
-                  self._start, self._order, d2, idx, cnt)
-        return (_device.fetch(idx, len(q))[:, 0].astype(np.int64),
-                np.sqrt(np.maximum(_device.fetch(d2, len(q))[:, 0].astype(np.float64), 0.0)))
+        idx, dist = self.knn(1, q)
+        return idx[:, 0], dist[:, 0]
 
 
 def grid_params(p3: np.ndarray, per_cell: float) -> tuple[np.ndarray, float, np.ndarray]:
@@ -103,3 +127,14 @@ def build_grid(pts3, n: int, lo, h: float, res):
 def nearest(points, queries) -> tuple[np.ndarray, np.ndarray]:
     """Index of and distance to the nearest of ``points`` for each of ``queries``."""
     return NearestIndex(points).query(queries)
+
+
+def spacing(points: np.ndarray) -> float:
+    """Mean distance from a point to its nearest neighbour (the scale DMesh's defaults follow)."""
+    pts = np.asarray(points, np.float64)
+    if len(pts) < 2:
+        return 1.0
+    _, d = PointGrid(pts).knn(1)
+    d = d[np.isfinite(d[:, 0]), 0]
+    pos = d[d > 0]
+    return float(pos.mean()) if len(pos) else 1.0

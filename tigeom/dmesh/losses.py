@@ -18,8 +18,7 @@ import numpy as np
 
 from .. import _device, runtime
 from .._validate import as_array, as_points
-from ..spatial import _pad3
-from ._grid import PointGrid, spacing
+from ..spatial import NearestIndex, PointGrid, _pad3, spacing
 from .probabilities import _nd, prepare_faces
 
 # quadrature points of a face (barycentric rows): 4 per edge, 4 per triangle
@@ -49,7 +48,7 @@ class Targets:
         if len(self.points) == 0:
             raise ValueError("targets: need at least one point")
         self.dim = self.points.shape[1]
-        self.grid = PointGrid(self.points)
+        self.grid = NearestIndex(self.points)
         self.array = _device.upload(self.points.astype(runtime.real_dtype()))
         self.generation = runtime.generation()
         self.spacing = spacing(self.points)

@@ -9,8 +9,9 @@ from typing import Callable
 import numpy as np
 
 from .._validate import as_array, as_points
+from .._progress import progress_bar
 from ..optim import Adam
-from ._grid import PointGrid
+from ..spatial import PointGrid
 from .probabilities import (SATURATION, FaceProbabilities, PreparedFaces, default_sharpness,
                             face_probabilities, validate_inputs)
 
@@ -137,27 +138,24 @@ class DMesh:
         opt_w = Adam(self.weights.shape, lr=lr * h, max_step=max_step * h) if self.method == "wdt" else None
         move = np.ones(len(self.points), bool) if fixed is None else ~np.asarray(fixed, bool)
         history = []
-        bar = _bar(progress, iterations)
-        for it in range(iterations):
-            if it and refresh_every and it % refresh_every == 0:
-                self.refresh()
-            fp = self.probabilities()
-            loss = loss_fn(self, fp)
-            gp, gprob, gr = loss.vjp(1.0)
-            dp, dw, dr = fp.vjp(gprob)
-            gp, gr = gp + dp, gr + dr
-            self.points += opt_p.step(gp) * move[:, None]
-            self.reals = np.clip(self.reals + opt_r.step(gr), 0.0, 1.0)
-            if opt_w is not None:
-                self.weights += opt_w.step(dw)
-            rec = {"iteration": it, "loss": loss.value, **{k: float(v) for k, v in loss.terms.items()}}
-            history.append(rec)
-            if callback is not None:
-                callback(it, self, rec)
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+        with progress_bar(progress, iterations, "DMesh") as advance:
+            for it in range(iterations):
+                if it and refresh_every and it % refresh_every == 0:
+                    self.refresh()
+                fp = self.probabilities()
+                loss = loss_fn(self, fp)
+                gp, gprob, gr = loss.vjp(1.0)
+                dp, dw, dr = fp.vjp(gprob)
+                gp, gr = gp + dp, gr + dr
+                self.points += opt_p.step(gp) * move[:, None]
+                self.reals = np.clip(self.reals + opt_r.step(gr), 0.0, 1.0)
+                if opt_w is not None:
+                    self.weights += opt_w.step(dw)
+                rec = {"iteration": it, "loss": loss.value, **{k: float(v) for k, v in loss.terms.items()}}
+                history.append(rec)
+                if callback is not None:
+                    callback(it, self, rec)
+                advance()
         return history
 
     def extract(self, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -189,22 +187,3 @@ class DMesh:
             io.write_surface(path, v, f)
         else:
             io.write_curve(path, v, f)
-
-
-def _bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from rich.progress import Progress
-
-    bar = Progress(transient=False)
-    bar.start()
-    task = bar.add_task("DMesh", total=total)
-
-    class _Bar:
-        def update(self, k):
-            bar.advance(task, k)
-
-        def close(self):
-            bar.stop()
-
-    return _Bar()

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _device, runtime
 from .._validate import as_array, as_index_array, as_points, as_scalar
-from ._grid import PointGrid, spacing
+from ..spatial import PointGrid, spacing
 
 METHODS = ("wdt", "minball")
 SHARPNESS_SCALE = 20.0  # default α = SHARPNESS_SCALE / (mean nearest-neighbour distance)

@@ -145,7 +145,7 @@ def reconstruct(samples, seed: int = 0, *, resolution: float | None = None, iter
     rng = np.random.default_rng(seed)
     x = (s - lo) / diag
     target = losses.Targets(x)
-    tindex = NearestIndex(x)
+    tindex = target.grid
     history: list[dict] = []
     imaginary = np.zeros((0, d))
     mesh = None

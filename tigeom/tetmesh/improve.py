@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _device, runtime
+from .._progress import progress_bar
 from ..delaunay import _adjacency
 from .quality import signed_volumes, tet_quality, validate_mesh
 
@@ -312,16 +313,9 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
         Tn = Tn[Tn[:, 0] >= 0].copy()
         return Vout, Tn, int(_device.fetch(win).sum())
 
-    bar = None
-    if progress:
-        from rich.progress import Progress
-
-        bar = Progress(transient=False)
-        bar.start()
-        task = bar.add_task("improve_tets", total=max_sweeps)
     best = qual(V, T).min()
     stall = 0
-    try:
+    with progress_bar(progress, max_sweeps, "improve_tets") as advance:
         for sweep in range(max_sweeps):
             if time_limit is not None and time.perf_counter() - t0 > time_limit:
                 break
@@ -353,8 +347,7 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
             history.append(entry)
             if callback is not None:
                 callback(entry)
-            if bar is not None:
-                bar.update(task, advance=1, description=f"improve_tets min sine {qmin:.3f}")
+            advance(f"improve_tets min sine {qmin:.3f}")
             if qmin > best + 1e-6:
                 best = qmin
                 stall = 0
@@ -362,9 +355,6 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
                 stall += 1
                 if stall >= 2:
                     break
-    finally:
-        if bar is not None:
-            bar.stop()
 
     # drop vertices no tet uses among the inserted ones (input vertices keep their indices)
     used = np.zeros(len(V), bool)
