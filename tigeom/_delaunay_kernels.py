@@ -50,8 +50,10 @@ def _f64(x):
 
 
 @ti.func
-def _sort_small(v: ti.template(), n: ti.template()):
-    """Sort the first n entries of an int vector ascending; return it and the parity (+1/-1)."""
+def _sort_small(v, n: ti.template()):
+    """Sort the first n entries of an int vector ascending; return the sorted copy and the parity
+    (+1/-1). ``v`` is taken by value: the caller's vector keeps its order (conflict_exact relies on
+    that to combine the parities of its two sorts)."""
     par = 1
     for a in ti.static(range(n)):
         for b in ti.static(range(n - 1 - a)):
