@@ -34,6 +34,12 @@ EPS_LIFT = 1e-14  # relative error bound of a lifted determinant (weights and sq
 R1_2D = 0  # rings gathered and clipped nearest-first before the ring-by-ring search
 R1_3D = 1
 EPS_G = 1e-9  # relative band of the fast vertex test inside which the lifted predicate decides
+# Relative slack of the security distances. Wrap as ti.f64(...) inside kernels: a bare literal
+# such as (1.0 + 1e-9) is folded in the default float type, which is f32 (1.0 + 1e-9 == 1.0), and
+# a point at exactly the security distance (a grid's diagonal neighbour) was then skipped
+# although the symbolic perturbation lets it cut the cell.
+GROW = 1.0 + 1e-9
+SHRINK = 1.0 - 1e-9
 
 # status bits per cell
 ST_HIDDEN = 1
@@ -362,7 +368,7 @@ def _security(R2, dw):
     """Squared distance beyond which a point cannot cut a cell of squared radius R2 (dw: the
     largest weight minus the cell's own): |d| >= R + sqrt(R^2 + dw), with a little slack."""
     R = ti.sqrt(R2)
-    need = (R + ti.sqrt(R2 + ti.max(dw, 0.0))) * (1.0 + 1e-9)
+    need = (R + ti.sqrt(R2 + ti.max(dw, 0.0))) * ti.f64(GROW)
     return need * need
 
 
@@ -411,7 +417,7 @@ def _gather(P: ti.template(), skip: ti.template(), start: ti.template(), order: 
 def _ring_done(st, r, rmax, h, need2):
     """After ring r: stop on a status, past the grid, or once unvisited points (at least r h
     away) lie beyond the security distance."""
-    return st != 0 or r > rmax or (r * h * (1.0 - 1e-9)) ** 2 >= need2
+    return st != 0 or r > rmax or (r * h * ti.f64(SHRINK)) ** 2 >= need2
 
 
 @ti.func
@@ -534,7 +540,7 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                             need2 = _need2_2(vy, w, cur, n, wmax - W[i])
                     k += 1
                 r = R1_2D + 1
-            done = m >= 0 and (R1_2D * h * (1.0 - 1e-9)) ** 2 >= need2
+            done = m >= 0 and (R1_2D * h * ti.f64(SHRINK)) ** 2 >= need2
             while not done:
                 a = -r
                 while a <= r and st == 0:
@@ -737,7 +743,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                             need2 = _need2_3(vy, w, nt, wmax - W[i])
                     k += 1
                 r = R1_3D + 1
-            done = m >= 0 and (R1_3D * h * (1.0 - 1e-9)) ** 2 >= need2
+            done = m >= 0 and (R1_3D * h * ti.f64(SHRINK)) ** 2 >= need2
             while not done:
                 a = -r
                 while a <= r and st == 0:
@@ -1013,7 +1019,7 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
                     else:
                         b += 1
                 a += 1
-            D = r * h * (1.0 - 1e-9)
+            D = r * h * ti.f64(SHRINK)
             if r > rmax:
                 done = True
             elif best >= 0 and D > 0 and D * D > K and (D * D - K) / (2.0 * D) > tb + 1e-9 * ti.abs(tb):
