@@ -303,3 +303,19 @@ def test_bad_input(points, weights, match):
 def test_wrong_type():
     with pytest.raises(TypeError):
         tigeom.weighted_delaunay(np.array([["a", "b"]] * 4))
+
+
+def test_device_array_path_on_cpu(monkeypatch):
+    """The GPU code path (Taichi ndarrays instead of numpy, GPU worker counts) run on the CPU, so
+    CI covers it: same output as the numpy path, including inputs whose cells all lie outside the
+    clipping box (empty cell lists, once an invalid zero-size ndarray on CUDA)."""
+    rng = np.random.default_rng(1)
+    cases = [rng.random((40, 2)), rng.random((30, 3)), np.round(rng.random((11, 3)) * 4) / 4]
+    heavy = rng.random((5, 3))
+    cases.append((heavy, rng.random(5) * 10.0))
+    want = [tigeom.weighted_delaunay(*(c if isinstance(c, tuple) else (c,))) for c in cases]
+    monkeypatch.setattr(tigeom.runtime, "on_gpu", lambda: True)
+    for c, ref in zip(cases, want):
+        got = tigeom.weighted_delaunay(*(c if isinstance(c, tuple) else (c,)))
+        check_valid(got, tol=1e-8)
+        assert np.array_equal(got.simplices, ref.simplices) and np.array_equal(got.hidden, ref.hidden)

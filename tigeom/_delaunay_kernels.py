@@ -501,14 +501,16 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32, cap: ti.template()):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b) into buf.
     prm = (grid cell size, largest weight, box band): f64 scalars travel in an array."""
-    h, wmax, band = prm[0], prm[1], prm[2]
-    nw = planes.shape[0]
-    box_lo = ti.Vector([box_lo_a[0], box_lo_a[1]])
-    box_hi = ti.Vector([box_hi_a[0], box_hi_a[1]])
-    lo = ti.Vector([glo[0], glo[1]])
-    r3 = ti.Vector([res[0], res[1], res[2]])
-    rmax = ti.max(r3[0], r3[1])
-    for w in range(nw):
+    # everything lives inside the parallel loop: values computed before it become global
+    # temporaries, whose mixed f64/i32 layout faulted on CUDA (misaligned address)
+    for w in range(planes.shape[0]):
+        nw = planes.shape[0]
+        h, wmax, band = prm[0], prm[1], prm[2]
+        box_lo = ti.Vector([box_lo_a[0], box_lo_a[1]])
+        box_hi = ti.Vector([box_hi_a[0], box_hi_a[1]])
+        lo = ti.Vector([glo[0], glo[1]])
+        r3 = ti.Vector([res[0], res[1], res[2]])
+        rmax = ti.max(r3[0], r3[1])
         q = w
         while q < ids.shape[0]:
             i = ids[q]
@@ -572,10 +574,12 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                 for k in range(n):
                     a2 = planes[w, cur, k]
                     b2 = planes[w, cur, (k + 1) % n]
-                    if a2 >= 0 and b2 >= 0 and inside_box_canonical(P, W, i, ti.Vector([a2, b2]), box_lo,
-                                                                     box_hi, band, 2):
-                        _emit(buf, counter, i, cnt, ti.Vector([a2, b2]), 2)
-                        cnt += 1
+                    # nested ifs: Taichi's `and` does not short-circuit, and box planes are
+                    # negative ids that must never index P (an out-of-bounds read on CUDA)
+                    if a2 >= 0 and b2 >= 0:
+                        if inside_box_canonical(P, W, i, ti.Vector([a2, b2]), box_lo, box_hi, band, 2):
+                            _emit(buf, counter, i, cnt, ti.Vector([a2, b2]), 2)
+                            cnt += 1
             count[i] = cnt
             q += nw
 
@@ -693,14 +697,15 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             tcap: ti.template(), pcap: ti.template()):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b, c) into buf.
     prm = (grid cell size, largest weight, box band)."""
-    h, wmax, band = prm[0], prm[1], prm[2]
-    nw = tri.shape[0]
-    box_lo = ti.Vector([box_lo_a[0], box_lo_a[1], box_lo_a[2]])
-    box_hi = ti.Vector([box_hi_a[0], box_hi_a[1], box_hi_a[2]])
-    lo = ti.Vector([glo[0], glo[1], glo[2]])
-    r3 = ti.Vector([res[0], res[1], res[2]])
-    rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
-    for w in range(nw):
+    # everything inside the parallel loop (see cells2d)
+    for w in range(tri.shape[0]):
+        h, wmax, band = prm[0], prm[1], prm[2]
+        nw = tri.shape[0]
+        box_lo = ti.Vector([box_lo_a[0], box_lo_a[1], box_lo_a[2]])
+        box_hi = ti.Vector([box_hi_a[0], box_hi_a[1], box_hi_a[2]])
+        lo = ti.Vector([glo[0], glo[1], glo[2]])
+        r3 = ti.Vector([res[0], res[1], res[2]])
+        rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
         q = w
         while q < ids.shape[0]:
             i = ids[q]
@@ -779,10 +784,10 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                     a3 = pl[w, tri[w, t, 0]]
                     b3 = pl[w, tri[w, t, 1]]
                     c3 = pl[w, tri[w, t, 2]]
-                    if a3 >= 0 and b3 >= 0 and c3 >= 0 and inside_box_canonical(
-                            P, W, i, ti.Vector([a3, b3, c3]), box_lo, box_hi, band, 3):
-                        _emit(buf, counter, i, cnt, ti.Vector([a3, b3, c3]), 3)
-                        cnt += 1
+                    if a3 >= 0 and b3 >= 0 and c3 >= 0:  # nested: `and` does not short-circuit
+                        if inside_box_canonical(P, W, i, ti.Vector([a3, b3, c3]), box_lo, box_hi, band, 3):
+                            _emit(buf, counter, i, cnt, ti.Vector([a3, b3, c3]), 3)
+                            cnt += 1
             count[i] = cnt
             q += nw
 
@@ -940,13 +945,13 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
     at least D from c_f has t_q >= (D^2 - wmax - pow_f) / (2 D), which ends the ring search; grid
     cells wholly behind the face's plane are skipped. Ties are decided by the lifted predicate.
     prm = (grid cell size, largest weight)."""
-    h, wmax = prm[0], prm[1]
-    r3 = ti.Vector([res[0], res[1], res[2]])
-    rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
-    lo = ti.Vector.zero(ti.f64, dim)
-    for a in ti.static(range(dim)):
-        lo[a] = glo[a]
-    for fi in range(faces.shape[0]):
+    for fi in range(faces.shape[0]):  # no statements before the loop (see cells2d)
+        h, wmax = prm[0], prm[1]
+        r3 = ti.Vector([res[0], res[1], res[2]])
+        rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
+        lo = ti.Vector.zero(ti.f64, dim)
+        for a in ti.static(range(dim)):
+            lo[a] = glo[a]
         F = ti.Vector.zero(ti.i32, dim)
         for a in ti.static(range(dim)):
             F[a] = faces[fi, a]

@@ -30,6 +30,8 @@ def upload(arr: np.ndarray):
         return arr
     import taichi as ti
 
+    if arr.size == 0:  # Taichi has no empty ndarrays: a placeholder no kernel may read
+        return empty(arr.shape, arr.dtype)
     nd = ti.ndarray(ti_dtype(arr.dtype), shape=arr.shape if arr.ndim else (1,))
     nd.from_numpy(arr.reshape(nd.shape))
     return nd

@@ -52,9 +52,12 @@ def sort_cells(start: nd_i32, order: nd_i32):
         for a in range(start[f] + 1, start[f + 1]):
             v = order[a]
             b = a - 1
-            while b >= start[f] and order[b] > v:
-                order[b + 1] = order[b]
-                b -= 1
+            while b >= start[f]:  # not `and order[b] > v`: no short-circuit, order[-1] at f = 0
+                if order[b] > v:
+                    order[b + 1] = order[b]
+                    b -= 1
+                else:
+                    break
             order[b + 1] = v
 
 
@@ -63,10 +66,15 @@ def sorted_insert(dist: ti.template(), ids: ti.template(), q, pos, d, i):
     """Insert (d, i) into row q of a list kept sorted by (distance, index): entries before slot
     ``pos`` (the free slot) that sort after it move one slot right."""
     p = pos
-    while p > 0 and (dist[q, p - 1] > d or (dist[q, p - 1] == d and ids[q, p - 1] > i)):
-        dist[q, p] = dist[q, p - 1]
-        ids[q, p] = ids[q, p - 1]
-        p -= 1
+    # the loop tests p > 0 on its own: Taichi's `and` does not short-circuit, and reading slot
+    # p - 1 = -1 is an out-of-bounds access (harmless-looking on a CPU, a fault on CUDA)
+    while p > 0:
+        if dist[q, p - 1] > d or (dist[q, p - 1] == d and ids[q, p - 1] > i):
+            dist[q, p] = dist[q, p - 1]
+            ids[q, p] = ids[q, p - 1]
+            p -= 1
+        else:
+            break
     dist[q, p] = d
     ids[q, p] = i
 
