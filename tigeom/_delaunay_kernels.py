@@ -934,6 +934,16 @@ def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), o, q, 
     return best, tb
 
 
+@ti.func
+def _axis_comp(v, ax, n: ti.template()):
+    """v[ax] for a runtime axis (static unroll; no dynamic indexing of local vectors)."""
+    out = v[0]
+    for a in ti.static(range(1, n)):
+        if ax == a:
+            out = v[a]
+    return out
+
+
 @ti.kernel
 def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32, out: nd_i32,
               glo: nd_f64, res: nd_i32, start: nd_i32, order: nd_i32, prm: nd_f64, dim: ti.template()):
@@ -941,15 +951,19 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
     other side whose simplex with the face has an empty power sphere (-1: a hull face).
 
     Along the face's dual line c(t) = c_f + t n (n pointing away from opp) the power of q equals
-    the face's at t_q; the simplex on that side belongs to the smallest t_q. A point at distance
-    at least D from c_f has t_q >= (D^2 - wmax - pow_f) / (2 D), which ends the ring search; grid
-    cells wholly behind the face's plane are skipped. Ties are decided by the lifted predicate.
-    prm = (grid cell size, largest weight)."""
+    the face's at t_q; the simplex on that side belongs to the smallest t_q. Ties are decided by
+    the lifted predicate. prm = (grid cell size, largest weight).
+
+    Search: the grid is seen as columns along the axis k where |n_k| is largest; columns are
+    visited in rings of Chebyshev distance r around c_f's column, and in each column only the
+    cells that reach the front of the face's plane (a contiguous run, as n_k != 0). After ring r
+    every unvisited point is at least D = r h from c_f, so t_q >= (D^2 - wmax - pow_f) / (2 D)
+    ends the search once that exceeds the best t. A hull face (nothing in front) costs one pass
+    over the columns, not over all cells."""
     for fi in range(faces.shape[0]):  # no statements before the loop (see cells2d)
         h, wmax = prm[0], prm[1]
         r3 = ti.Vector([res[0], res[1], res[2]])
-        rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
-        lo = ti.Vector.zero(ti.f64, dim)
+        lo = ti.Vector.zero(ti.f64, 3)
         for a in ti.static(range(dim)):
             lo[a] = glo[a]
         F = ti.Vector.zero(ti.i32, dim)
@@ -985,44 +999,111 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
             n = -n
         n = n / n.norm()
         K = wmax + pow_f
+        # 3-vectors (z = 0 in 2D) and the column frame: k = the axis of largest |n_k|; u, v the
+        # others (v is the unit z axis in 2D, a single cell)
+        n3 = ti.Vector.zero(ti.f64, 3)
+        q3 = ti.Vector.zero(ti.f64, 3)
+        for a in ti.static(range(dim)):
+            n3[a] = n[a]
+            q3[a] = p0[a]
+        kax = 0
+        for a in ti.static(range(1, dim)):
+            if ti.abs(n3[a]) > ti.abs(_axis_comp(n3, kax, 3)):
+                kax = a
+        uax = (kax + 1) % dim
+        vax = 2 if ti.static(dim == 2) else (kax + 2) % 3
+        nk = _axis_comp(n3, kax, 3)
+        nu = _axis_comp(n3, uax, 3)
+        nv = _axis_comp(n3, vax, 3)
+        c = _cell_of(cf, lo, h, r3, dim)
+        cu = _axis_comp(c, uax, 3)
+        cv = _axis_comp(c, vax, 3)
+        ru = _axis_comp(r3, uax, 3)
+        rv = _axis_comp(r3, vax, 3)
+        rk = _axis_comp(r3, kax, 3)
+        lou = _axis_comp(lo, uax, 3)
+        lov = _axis_comp(lo, vax, 3)
+        lok = _axis_comp(lo, kax, 3)
+        pu = _axis_comp(q3, uax, 3)
+        pv = _axis_comp(q3, vax, 3)
+        pk = _axis_comp(q3, kax, 3)
+        rmax = ti.max(ru, rv)
         best = -1
         tb = _f64(0.0)
-        c = _cell_of(cf, lo, h, r3, dim)
         r = 0
         done = False
         while not done:
             a = -r
             while a <= r:
-                b = -r
-                while b <= r:
-                    edge = ti.abs(a) == r or ti.abs(b) == r
-                    e = 0
-                    estep = 1
-                    if ti.static(dim == 3):
-                        e = -r
-                        estep = 1 if (edge or r == 0) else 2 * r
-                    elif not (edge or r == 0):
-                        e = 1  # interior of the square ring: nothing to visit in 2D
-                    while e <= (r if ti.static(dim == 3) else 0):
-                        cc = ti.Vector([c[0] + a, c[1] + b, c[2] + e])
-                        if 0 <= cc[0] < r3[0] and 0 <= cc[1] < r3[1] and 0 <= cc[2] < r3[2]:
-                            # skip cells wholly behind (or on) the face's plane
-                            reach = _f64(0.0)
-                            for k in ti.static(range(dim)):
-                                ctr = lo[k] + (cc[k] + 0.5) * h
-                                reach += n[k] * (ctr - p0[k]) + ti.abs(n[k]) * 0.5 * h
-                            if reach > 0:
-                                f = (cc[0] * r3[1] + cc[1]) * r3[2] + cc[2]
-                                for sidx in range(start[f], start[f + 1]):
-                                    q = order[sidx]
-                                    if skip[q] == 0:
-                                        best, tb = _wrap_candidate(P, W, F, opp[fi], q, n, p0, cf, pow_f,
-                                                                   scale, best, tb, dim)
-                        e += estep
-                    if ti.static(dim == 2):
-                        b += 1 if (ti.abs(a) == r or r == 0) else 2 * r
-                    else:
-                        b += 1
+                b = 0
+                bstep = 1
+                bend = 0
+                if ti.static(dim == 3):
+                    b = -r
+                    bend = r
+                    bstep = 1 if (ti.abs(a) == r or r == 0) else 2 * r
+                elif ti.abs(a) != r:
+                    b = 1  # 2D: only the two columns at distance r
+                while b <= bend:
+                    iu = cu + a
+                    iv = cv + b
+                    if 0 <= iu < ru and 0 <= iv < rv:
+                        # largest n.(x - p0) over the column's (u, v) extent, then the run of cells
+                        # along k that reach n.(x - p0) > 0, padded by one cell for rounding
+                        base = (nu * (lou + (iu + 0.5) * h - pu) + ti.abs(nu) * 0.5 * h
+                                + nv * (lov + (iv + 0.5) * h - pv) + ti.abs(nv) * 0.5 * h)
+                        x = (pk - base / nk - lok) / h
+                        x = ti.min(ti.max(x, -2.0), rk + 2.0)
+                        kb = ti.cast(ti.floor(x), ti.i32)
+                        k0 = 0
+                        k1 = rk - 1
+                        if nk > 0:
+                            k0 = ti.max(kb - 1, 0)
+                        else:
+                            k1 = ti.min(kb + 1, rk - 1)
+                        if best >= 0:
+                            # a better q lies inside the current best's power sphere, centre
+                            # c(tb), radius^2 <= pow_f + tb^2 + wmax: only the cells of the column
+                            # that meet that ball (padded by one cell)
+                            cb = cf + tb * n
+                            cb3 = ti.Vector.zero(ti.f64, 3)
+                            for ax in ti.static(range(dim)):
+                                cb3[ax] = cb[ax]
+                            R2 = (K + tb * tb) * ti.f64(GROW) + 1e-12 * scale
+                            ulo = lou + iu * h
+                            vlo = lov + iv * h
+                            cbu = _axis_comp(cb3, uax, 3)
+                            cbv = _axis_comp(cb3, vax, 3)
+                            du = ti.max(ti.max(ulo - cbu, cbu - (ulo + h)), 0.0)
+                            dv = _f64(0.0)
+                            if ti.static(dim == 3):
+                                dv = ti.max(ti.max(vlo - cbv, cbv - (vlo + h)), 0.0)
+                            rem = R2 - du * du - dv * dv
+                            if rem < 0:
+                                k1 = k0 - 1
+                            else:
+                                half = ti.sqrt(rem)
+                                cbk = _axis_comp(cb3, kax, 3)
+                                xa = ti.min(ti.max((cbk - half - lok) / h, -2.0), rk + 2.0)
+                                xb = ti.min(ti.max((cbk + half - lok) / h, -2.0), rk + 2.0)
+                                k0 = ti.max(k0, ti.cast(ti.floor(xa), ti.i32) - 1)
+                                k1 = ti.min(k1, ti.cast(ti.floor(xb), ti.i32) + 1)
+                        for kk in range(k0, k1 + 1):
+                            cc = ti.Vector([0, 0, 0])
+                            for ax in ti.static(range(3)):
+                                if ax == kax:
+                                    cc[ax] = kk
+                                elif ax == uax:
+                                    cc[ax] = iu
+                                else:
+                                    cc[ax] = iv
+                            f = (cc[0] * r3[1] + cc[1]) * r3[2] + cc[2]
+                            for sidx in range(start[f], start[f + 1]):
+                                q = order[sidx]
+                                if skip[q] == 0:
+                                    best, tb = _wrap_candidate(P, W, F, opp[fi], q, n, p0, cf, pow_f,
+                                                               scale, best, tb, dim)
+                    b += bstep
                 a += 1
             D = r * h * ti.f64(SHRINK)
             if r > rmax:
