@@ -61,19 +61,27 @@ def free_stream(cells_per_D=20, Ds=(40, 20)):
     return rows
 
 
-def ellipses(shape_file=None, resolution=100, aspects=(1, 2, 3, 3.5, 4, 4.5, 5, 6, 7)):
+FINE_ASPECTS = tuple(np.round(np.arange(3.5, 5.51, 0.1), 2))
+
+
+def ellipses(shape_file=None, resolution=100, aspects=(1, 2, 3) + FINE_ASPECTS + (6, 7)):
+    """Ellipses of the drag2d body's area and centroid (the circle of diameter 0.1 at (0.3, 0.2)),
+    each flow started from the previous one's and converged to 1e-6; then the drag2d shape."""
     fl = Flow2D(resolution=resolution, tol=1e-6, **ST)
     circle_v, circle_s = shapes.circle((0.3, 0.2), 0.05, 256)
     area, cen = shapes.area_centroid(circle_v, circle_s)
     dref = 2 * np.sqrt(area / np.pi)
+    state = {"warm": False}
 
     def cd(v, s):
-        return 2 * fl.solve(v, s).drag / (0.2 ** 2 * dref)
+        r = fl.solve(v, s, warm_start=state["warm"])
+        state["warm"] = True
+        return 2 * r.drag / (0.2 ** 2 * dref)
 
-    rows = [dict(body=f"ellipse {a:g}", aspect=a, cd=cd(*shapes.equal_area_ellipse(cen, area, a, 256)))
-            for a in aspects]
-    for r in rows:
-        print(r, flush=True)
+    rows = []
+    for a in aspects:
+        rows.append(dict(body=f"ellipse {a:g}", aspect=float(a), cd=cd(*shapes.equal_area_ellipse(cen, area, a, 256))))
+        print(rows[-1], flush=True)
     if shape_file:
         z = np.load(shape_file)
         a2, c2 = shapes.area_centroid(z["vertices"], z["segments"])
@@ -92,6 +100,7 @@ def main(argv=None):
     ap.add_argument("--precision", default="f32")
     ap.add_argument("--parts", default="1,2,3,4")
     ap.add_argument("--shape", default=None)
+    ap.add_argument("--resolution", type=int, default=100, help="cells per unit length in part 4")
     ap.add_argument("--out", default="validation_flow.json")
     a = ap.parse_args(argv)
     cfg = tigeom.init(arch=a.arch, precision=a.precision)
@@ -105,7 +114,7 @@ def main(argv=None):
     if 3 in parts:
         out["free_stream"] = free_stream()
     if 4 in parts:
-        out["ellipses"] = ellipses(a.shape)
+        out["ellipses"] = ellipses(a.shape, resolution=a.resolution)
     with open(a.out, "w") as fh:
         json.dump(out, fh, indent=1, default=float)
 

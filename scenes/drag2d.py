@@ -1,20 +1,24 @@
 """Scene ``drag2d``: minimise the drag of a 2D body of fixed area in channel flow.
 
-What it shows: physics-driven shape optimisation through an implicit shape. The body is a
-signed-distance field on a grid. Every iteration extracts its boundary with
+What it shows: physics-driven shape optimisation through an implicit shape. The design variable
+is a signed-distance field on a grid. Every iteration extracts its boundary with
 ``tigeom.marching_squares``, solves the steady flow around that polygon with ``sim.Flow2D``
 (warm-started from the previous iteration), and pulls the drag gradient back to the boundary
 with ``res.vjp`` and the MeshSDF ``normal_adjoint``. The normal velocity (the L2 gradient
-density, smoothed along the curve) is projected so that the area and the centroid stay put to
-first order; the boundary moves, an exact area/centroid correction follows, and the distance
-field is rebuilt from the moved boundary (re-initialisation at every step). A step that raises
-the drag is rejected and the step length halved; the run stops when the step gets tiny or the
-drag stops falling.
+density, smoothed along the curve, projected so that the area and the centroid stay put to first
+order) is extended to the grid (the value at the nearest boundary point) and the field moves as a
+level set: ``phi - t v``. A Newton correction of the form ``phi - delta - tau . grad(phi)``
+restores the area and the centroid exactly. Accepted fields are re-distanced away from the
+boundary with the values at the crossed grid edges kept, so the extracted boundary does not
+change (no round-trip noise). A step that raises the drag is rejected and shortened (the minimum
+of the parabola through the drag, its predicted slope and the trial's drag); the flow's
+tolerance follows the predicted decrease, and the adjoint's tightens when short steps fail.
+The run stops when the step gets tiny or the drag stops falling.
 
 Default setup: the Schaefer-Turek 2D-1 channel (2.2 x 0.41, parabolic inflow peak 0.3,
 viscosity 1e-3, Re 20 on the diameter) at 10 cells per diameter, starting from the circle of
-diameter 0.1 at (0.3, 0.2). The final shape is compared with ellipses of the same area,
-centroid and resolution (``compare_aspects``).
+diameter 0.1 at (0.3, 0.2), whose area and centroid the body keeps. The final shape is compared
+with ellipses of the same area, centroid and resolution (``compare_aspects``).
 
 Outputs: ``shape_initial.npz`` and ``shape_final.npz`` (``vertices``, ``segments``),
 ``shapes.png`` (the shapes over the iterations on the final velocity field), ``drag.png`` (drag
@@ -43,13 +47,15 @@ class Drag2D(Scene):
         "iters": 80, "seed": 0, "checkpoint_every": 10, "save_every": 10,
         # flow (sim.Flow2D keywords)
         "size": [2.2, 0.41], "resolution": 100, "viscosity": 1e-3, "inflow_velocity": 0.3,
-        "inflow_profile": "parabolic", "walls": "no-slip", "flow_tol": 2e-5, "adjoint_tol": 3e-4,
+        "inflow_profile": "parabolic", "walls": "no-slip", "flow_tol": 2e-6, "flow_tol_max": 2e-5, "flow_tol_factor": 3e-3,
+        "adjoint_tol": 3e-4, "eval_tol": 1e-6,
         # body and design grid
         "body": "circle", "center": [0.3, 0.2], "diameter": 0.1,
         "design_box": [0.1, 0.03, 0.6, 0.38], "design_spacing": 0.005,
         # optimiser: step = boundary move in flow cells
-        "step_cells": 0.8, "min_step_cells": 0.02, "smooth_passes": 20, "patience": 8, "stop_rel": 2e-4,
-        "compare_aspects": [3.0, 4.0, 5.0],
+        "step_cells": 0.8, "min_step_cells": 0.02, "smooth_passes": 20, "patience": 5, "stop_rel": 1e-3,
+        "refine_below_cells": 0.1, "adjoint_tol_min": 3e-5, "adjoint_max_steps": 20000,
+        "compare_aspects": [3.0, 3.5, 4.0, 4.2, 4.3, 4.4, 4.5, 5.0, 6.0],
         "precision": "f32",
     }
 
@@ -80,24 +86,33 @@ class Drag2D(Scene):
             s = shapes.ring(4)
         else:
             raise ValueError(f"body: expected 'circle' or 'square', got {c['body']!r}")
-        self.phi = self._sdf(v, s)
+        # the body keeps the area and centroid of the given polygon (so ellipses of that area are a
+        # fair comparison): its distance field's extraction is corrected to them first
+        self.area0, self.centroid0 = shapes.area_centroid(v, s)
+        self.phi = self._constrain(self._sdf(v, s))
         curve = self._extract()
-        self.area0, self.centroid0 = shapes.area_centroid(curve.vertices, curve.segments)
         self.dref = 2.0 * np.sqrt(self.area0 / np.pi)  # diameter of the equal-area circle
-        self.step_len = float(c["step_cells"]) * self.flow.dx
-        self.accepted = None  # (phi, drag, direction on that curve as (vertices, segments, d))
+        self.max_step = float(c["step_cells"]) * self.flow.dx
+        self.step_len = self.max_step
+        self.adjoint_tol = float(c["adjoint_tol"])
+        self.tol_range = (float(c["flow_tol"]), max(float(c["flow_tol"]), float(c["flow_tol_max"])))
+        self.trial_tol = self.tol_range[1]
+        self.accepted = None  # (phi, drag, extended direction on the design grid)
+        self.accepted_res = None  # FlowResult of the accepted shape (not checkpointed: re-solved)
         self.warm = False
         self.cd_hist = []  # Cd of the accepted shapes, for the stalling test
         np.savez(self.out / "shape_initial.npz", vertices=curve.vertices, segments=curve.segments)
-        self.summary_extra = {"flow": self.flow.kwargs()}
+        # the keywords that re-evaluate a shape as finish() does (at the evaluation tolerance)
+        self.summary_extra = {"flow": {**self.flow.kwargs(), "tol": float(c["eval_tol"])}}
 
     # ------------------------------------------------------------------ geometry
 
     def _sdf(self, v, s):
         return shapes.signed_distance(self.nodes, v, s).reshape(self.shape)
 
-    def _extract(self):
-        curve = tigeom.marching_squares(self.phi, spacing=(self.h, self.h), origin=self.origin)
+    def _extract(self, phi=None):
+        phi = self.phi if phi is None else phi
+        curve = tigeom.marching_squares(phi, spacing=(self.h, self.h), origin=self.origin)
         if len(curve.segments) == 0:
             raise RuntimeError("drag2d: the body vanished from the design grid")
         return curve
@@ -121,24 +136,70 @@ class Drag2D(Scene):
         B = np.column_stack([np.ones(len(V)), V - self.centroid0])
         Wb = B * ell[:, None]
         d = d - B @ np.linalg.solve(B.T @ Wb, Wb.T @ d)
-        return d, curve.normals
+        return d
 
-    def _move(self, V, S, d, n, length):
-        """Move the boundary by ``length`` (max displacement) along d n, restore area and centroid
-        exactly (translate, scale about the centroid), rebuild the distance field."""
-        W = V + (length / max(np.abs(d).max(), 1e-30)) * d[:, None] * n
-        area, cen = shapes.area_centroid(W, S)
-        W = self.centroid0 + (W - cen) * np.sqrt(self.area0 / area)
-        return self._sdf(W, S)
+    def _extend(self, curve, d):
+        """Extend a per-vertex normal velocity to every design node: the value at the nearest
+        point of the curve (linear along its segment), the level-set velocity extension."""
+        _, k, t = shapes.nearest_on_segments(self.nodes, curve.vertices, curve.segments)
+        a, b = curve.segments[k, 0], curve.segments[k, 1]
+        return ((1.0 - t) * d[a] + t * d[b]).reshape(self.shape)
+
+    def _reinitialise(self, phi, curve):
+        """Signed distance to ``curve`` away from it; the values at the ends of grid edges the
+        level set crosses are kept, so the extracted curve is exactly the same afterwards."""
+        inside = phi < 0.0  # marching squares counts value >= level as outside
+        keep = np.zeros_like(inside)
+        for ax in (0, 1):
+            cut = np.diff(inside, axis=ax) != 0
+            lo = [slice(None)] * 2
+            hi = [slice(None)] * 2
+            lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+            keep[tuple(lo)] |= cut
+            keep[tuple(hi)] |= cut
+        dist, _, _ = shapes.nearest_on_segments(self.nodes, curve.vertices, curve.segments)
+        dist = np.maximum(dist.reshape(self.shape), 1e-9 * self.h)
+        return np.where(keep, phi, np.where(inside, -dist, dist))
+
+    def _constrain(self, phi):
+        """Restore the area and centroid of the extracted body: phi - delta - tau . grad(phi)
+        moves the boundary out by delta and translates it by tau (Newton, 4 iterations)."""
+        gx, gy = np.gradient(phi, self.h)
+        delta, tau = 0.0, np.zeros(2)
+        out = phi
+        for _ in range(4):
+            curve = self._extract(out)
+            V, S = curve.vertices, curve.segments
+            area, cen = shapes.area_centroid(V, S)
+            seg = np.linalg.norm(V[S[:, 1]] - V[S[:, 0]], axis=1)
+            mid = 0.5 * (V[S[:, 1]] + V[S[:, 0]])
+            L, M1 = seg.sum(), (mid * seg[:, None]).sum(axis=0)
+            dd = (self.area0 - area) / L  # d area = L d delta
+            dt = (self.area0 * self.centroid0 - area * cen - M1 * dd) / area  # d(A c) = M1 d delta + A d tau
+            delta += dd
+            tau += dt
+            out = phi - delta - tau[0] * gx - tau[1] * gy
+        return out
 
     # ------------------------------------------------------------------ scene protocol
 
+    def _new_direction(self, res, curve):
+        """(direction on the design grid, the drag's slope along it per unit step, adjoint steps)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            grad = res.vjp([1.0, 0.0], tol=self.adjoint_tol, max_steps=int(self.config["adjoint_max_steps"]))
+        d = self._direction(curve, grad)
+        vext = self._extend(curve, d / max(np.abs(d).max(), 1e-30))
+        slope = -float((curve.vjp(grad) * vext).sum())  # trial phi = phi - t vext
+        return vext, slope, res.adjoint.get("steps", 0)
+
     def step(self, it):
+        c = self.config
         curve = self._extract()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                res = self.flow.solve(curve.vertices, curve.segments, warm_start=self.warm)
+                res = self.flow.solve(curve.vertices, curve.segments, warm_start=self.warm, tol=self.trial_tol)
         except ValueError:
             # the trial shape is infeasible for the flow grid (thinner than 3 cells, or too close
             # to the channel's boundary): reject it like a step that raised the drag
@@ -148,46 +209,68 @@ class Drag2D(Scene):
         self.warm = True
         drag = res.drag if res is not None else np.inf
         accepted = self.accepted is None or drag <= self.accepted[1]
+        adj_steps = 0
         if accepted:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                grad = res.vjp([1.0, 0.0], tol=float(self.config["adjoint_tol"]))
-            d, n = self._direction(curve, grad)
+            phi = self._reinitialise(self.phi, curve)
+            vext, slope, adj_steps = self._new_direction(res, curve)
             if self.accepted is not None:
-                self.step_len = min(self.step_len * 1.25, float(self.config["step_cells"]) * self.flow.dx)
-            self.accepted = (self.phi.copy(), drag, (curve.vertices, curve.segments, d, n))
+                self.step_len = min(self.step_len * 1.5, self.max_step)
+            self.accepted = (phi, drag, vext, slope)
+            self.accepted_res = res
+            self.cd_hist.append(self._cd(drag))
         else:
-            self.step_len *= 0.5
-        _, drag_acc, (V, S, d, n) = self.accepted
-        self.phi = self._move(V, S, d, n, self.step_len)
-        cd = self._cd(drag if res is not None else drag_acc)  # an infeasible trial reports the accepted Cd
-        if accepted:
-            self.cd_hist.append(self._cd(drag_acc))
-        pat = int(self.config["patience"])
+            acc_phi, acc_drag, vext, slope = self.accepted
+            t = self.step_len
+            # minimiser of the parabola through the accepted drag, its slope and the trial's drag,
+            # kept within [0.1 t, 0.5 t]
+            curv = drag - acc_drag - slope * t
+            t_new = -slope * t * t / (2.0 * curv) if (np.isfinite(drag) and slope < 0 and curv > 0) else 0.5 * t
+            self.step_len = min(max(t_new, 0.1 * t), 0.5 * t)
+            if (self.step_len < float(c["refine_below_cells"]) * self.flow.dx
+                    and self.adjoint_tol > float(c["adjoint_tol_min"]) * 1.0001):
+                # small steps fail: the gradient may be too inexact; tighten the adjoint once more
+                self.adjoint_tol = max(self.adjoint_tol * 0.1, float(c["adjoint_tol_min"]))
+                acc_curve = self._extract(acc_phi)
+                if self.accepted_res is None:  # after a resume
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", ConvergenceWarning)
+                        self.accepted_res = self.flow.solve(acc_curve.vertices, acc_curve.segments)
+                vext, slope, adj_steps = self._new_direction(self.accepted_res, acc_curve)
+                self.accepted = (acc_phi, acc_drag, vext, slope)
+                self.step_len = max(self.step_len, float(c["refine_below_cells"]) * self.flow.dx)
+        acc_phi, drag_acc, vext, slope = self.accepted
+        self.phi = self._constrain(acc_phi - self.step_len * vext)
+        # converge the trial's flow just enough to see the predicted decrease through the noise
+        predicted = -slope * self.step_len / drag_acc
+        self.trial_tol = float(np.clip(float(c["flow_tol_factor"]) * predicted, *self.tol_range))
+        pat = int(c["patience"])
         stalled = len(self.cd_hist) > pat and (self.cd_hist[-pat - 1] - self.cd_hist[-1]) < float(
-            self.config["stop_rel"]) * self.cd_hist[-1]
-        converged = self.step_len < float(self.config["min_step_cells"]) * self.flow.dx or stalled
-        return {"cd": cd, "cd_best": self._cd(drag_acc), "accepted": float(accepted), "infeasible": float(res is None),
+            c["stop_rel"]) * self.cd_hist[-1]
+        converged = self.step_len < float(c["min_step_cells"]) * self.flow.dx or stalled
+        area = shapes.area_centroid(curve.vertices, curve.segments)[0]
+        return {"cd": self._cd(drag if res is not None else drag_acc), "cd_best": self._cd(drag_acc),
+                "accepted": float(accepted), "infeasible": float(res is None),
                 "step_cells": self.step_len / self.flow.dx, "flow_steps": res.steps if res is not None else 0,
-                "adjoint_steps": res.adjoint.get("steps", 0) if accepted else 0,
-                "area_rel_err": abs(shapes.area_centroid(curve.vertices, curve.segments)[0] / self.area0 - 1.0),
-                "converged": converged}
+                "adjoint_steps": adj_steps, "adjoint_tol": self.adjoint_tol, "flow_tol": self.trial_tol,
+                "area_rel_err": abs(area / self.area0 - 1.0), "converged": converged}
 
     def state(self):
-        st = {"phi": self.phi, "step_len": np.array(self.step_len), "cd_hist": np.array(self.cd_hist)}
+        st = {"phi": self.phi, "step_len": np.array(self.step_len), "cd_hist": np.array(self.cd_hist),
+              "adjoint_tol": np.array(self.adjoint_tol), "trial_tol": np.array(self.trial_tol)}
         if self.accepted is not None:
-            phi, drag, (V, S, d, n) = self.accepted
-            st.update(acc_phi=phi, acc_drag=np.array(drag), acc_V=V, acc_S=S, acc_d=d, acc_n=n)
+            phi, drag, vext, slope = self.accepted
+            st.update(acc_phi=phi, acc_drag=np.array(drag), acc_vext=vext, acc_slope=np.array(slope))
         return st
 
     def load_state(self, state):
         self.phi = np.array(state["phi"], float)
         self.step_len = float(state["step_len"])
+        self.adjoint_tol = float(state["adjoint_tol"])
+        self.trial_tol = float(state["trial_tol"])
         self.cd_hist = list(np.asarray(state["cd_hist"], float))
         if "acc_phi" in state:
             self.accepted = (np.array(state["acc_phi"], float), float(state["acc_drag"]),
-                             (np.array(state["acc_V"]), np.array(state["acc_S"]), np.array(state["acc_d"]),
-                              np.array(state["acc_n"])))
+                             np.array(state["acc_vext"], float), float(state["acc_slope"]))
 
     def save_iteration(self, it):
         curve = self._extract()
@@ -195,29 +278,26 @@ class Drag2D(Scene):
 
     def _best_shape(self):
         """The accepted shape with the lowest drag (the last accepted one)."""
-        if self.accepted is None:
-            return self._extract()
-        cur = self.phi
-        self.phi = self.accepted[0]
-        curve = self._extract()
-        self.phi = cur
-        return curve
+        return self._extract(None if self.accepted is None else self.accepted[0])
 
     def finish(self, history):
         curve = self._best_shape()
         np.savez(self.out / "shape_final.npz", vertices=curve.vertices, segments=curve.segments)
         init = np.load(self.out / "shape_initial.npz")
+        tol = float(self.config["eval_tol"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            f_init = self.flow.solve(init["vertices"], init["segments"])
-            f_final = self.flow.solve(curve.vertices, curve.segments)
             ell, skipped = {}, {}
+            warm = False
             for asp in self.config["compare_aspects"]:
                 v, s = shapes.equal_area_ellipse(self.centroid0, self.area0, float(asp), 256)
-                try:
-                    ell[f"{float(asp):g}"] = self._cd(self.flow.solve(v, s).drag)
+                try:  # each ellipse starts from the previous one's flow, converged to eval_tol
+                    ell[f"{float(asp):g}"] = self._cd(self.flow.solve(v, s, tol=tol, warm_start=warm).drag)
+                    warm = True
                 except ValueError as exc:  # too thin for this flow grid: say so, do not compare
                     skipped[f"{float(asp):g}"] = str(exc)
+            f_init = self.flow.solve(init["vertices"], init["segments"], tol=tol)
+            f_final = self.flow.solve(curve.vertices, curve.segments, tol=tol)
         cd0, cd1 = self._cd(f_init.drag), self._cd(f_final.drag)
         x = f_final.flow.dx * (np.arange(self.flow.nx) + 0.5)
         y = f_final.flow.dx * (np.arange(self.flow.ny) + 0.5)

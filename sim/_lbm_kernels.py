@@ -166,6 +166,16 @@ def _collide(fl, B, tau):
     return out
 
 
+@ti.func
+def _bgk(fl, omega):
+    """Post-collision (shifted) populations of a fluid cell, relaxation rate omega = 1/tau."""
+    drho, _, _, ux, uy = _macro(fl)
+    out = ti.Vector([0.0] * 9)
+    for k in ti.static(range(9)):
+        out[k] = fl[k] - omega * (fl[k] - _heq(k, drho, ux, uy))
+    return out
+
+
 @ti.kernel
 def init_state(f: nd3, uin: nd1, gam: nd2, box: nd_i32_1):
     nx, ny = f.shape[1], f.shape[2]
@@ -177,16 +187,21 @@ def init_state(f: nd3, uin: nd1, gam: nd2, box: nd_i32_1):
             f[k, i, j] = _heq(k, 0.0, s * uin[j], 0.0)
 
 
-@ti.kernel
-def step(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32):
-    """One collide-and-push step f -> fn (boundary columns are set by ``apply_bc`` after it)."""
+@ti.func
+def _step_body(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.template(), prm: ti.template(),
+               slip):
     nx, ny = f.shape[1], f.shape[2]
     tau = prm[P_TAU]
     for i, j in ti.ndrange(nx, ny):
         B, r = _solid_weights(gam, box, i, j, tau)
-        post = _collide(_load(f, i, j), B, tau)
-        if r > 0.0:
-            post = _drain(post, r)
+        fl = _load(f, i, j)
+        post = ti.Vector([0.0] * 9)
+        if B > 0.0:
+            post = _collide(fl, B, tau)
+            if r > 0.0:
+                post = _drain(post, r)
+        else:  # fluid cell: plain BGK (the same formula with B = 0, without the solid term)
+            post = _bgk(fl, 1.0 / tau)
         for k in ti.static(range(9)):
             ti_ = i + CX[k]
             tj = j + CY[k]
@@ -200,10 +215,8 @@ def step(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32):
                 fn[k, ti_, tj] = post[k]
 
 
-@ti.kernel
-def apply_bc(fn: nd3, uin: nd1):
-    """Inflow equilibrium (density of column 1) and outflow equilibrium (density 1, velocity of
-    column nx - 2)."""
+@ti.func
+def _bc_body(fn: ti.template(), uin: ti.template()):
     nx, ny = fn.shape[1], fn.shape[2]
     for j in range(ny):
         rho1, _, _ = _moments(fn, 1, j)
@@ -211,6 +224,29 @@ def apply_bc(fn: nd3, uin: nd1):
         for k in ti.static(range(9)):
             fn[k, 0, j] = _heq(k, rho1 - 1.0, uin[j], 0.0)
             fn[k, nx - 1, j] = _heq(k, 0.0, mx2 / rho2, my2 / rho2)
+
+
+@ti.kernel
+def step(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32):
+    """One collide-and-push step f -> fn (boundary columns are set by ``apply_bc`` after it)."""
+    _step_body(f, fn, gam, box, prm, slip)
+
+
+@ti.kernel
+def apply_bc(fn: nd3, uin: nd1):
+    """Inflow equilibrium (density of column 1) and outflow equilibrium (density 1, velocity of
+    column nx - 2)."""
+    _bc_body(fn, uin)
+
+
+@ti.kernel
+def step_pair(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd1):
+    """Two whole steps (collide-and-push and boundary columns) f -> fn -> f in one launch: on a
+    CPU a kernel launch costs about as much as a step of a small grid."""
+    _step_body(f, fn, gam, box, prm, slip)
+    _bc_body(fn, uin)
+    _step_body(fn, f, gam, box, prm, slip)
+    _bc_body(f, uin)
 
 
 @ti.kernel
@@ -255,11 +291,8 @@ def macroscopic(f: nd3, rho: nd2, u: nd3):
 # --------------------------------------------------------------------------- adjoint
 
 
-@ti.kernel
-def adj_bc_terms(lam: nd3, f: nd3, uin: nd1, bc: nd2):
-    """Per row j: bc[j, 0] = inflow sensitivity added to every lam_k(1, j); bc[j, 1:3] = W,
-    the outflow sensitivity vector, added as W . (c_k - u) / rho to lam_k(nx - 2, j);
-    bc[j, 3:6] = (rho, ux, uy) of f(nx - 2, j)."""
+@ti.func
+def _adj_bc_body(lam: ti.template(), f: ti.template(), uin: ti.template(), bc: ti.template()):
     nx, ny = f.shape[1], f.shape[2]
     for j in range(ny):
         s = 0.0
@@ -281,6 +314,14 @@ def adj_bc_terms(lam: nd3, f: nd3, uin: nd1, bc: nd2):
         bc[j, 3] = rho
         bc[j, 4] = ux
         bc[j, 5] = uy
+
+
+@ti.kernel
+def adj_bc_terms(lam: nd3, f: nd3, uin: nd1, bc: nd2):
+    """Per row j: bc[j, 0] = inflow sensitivity added to every lam_k(1, j); bc[j, 1:3] = W,
+    the outflow sensitivity vector, added as W . (c_k - u) / rho to lam_k(nx - 2, j);
+    bc[j, 3:6] = (rho, ux, uy) of f(nx - 2, j)."""
+    _adj_bc_body(lam, f, uin, bc)
 
 
 @ti.func
@@ -349,9 +390,9 @@ def _collide_t(fl, lh, B, tau):
     return out
 
 
-@ti.kernel
-def adj_step(lam: nd3, lamn: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip: ti.i32):
-    """lamn = G_f^T lam + dJ/df at the state f, J = gx Fx + gy Fy."""
+@ti.func
+def _adj_step_body(lam: ti.template(), lamn: ti.template(), f: ti.template(), gam: ti.template(),
+                   box: ti.template(), prm: ti.template(), bc: ti.template(), slip):
     nx, ny = f.shape[1], f.shape[2]
     tau = prm[P_TAU]
     gx = prm[P_GX]
@@ -362,6 +403,22 @@ def adj_step(lam: nd3, lamn: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc:
         out = _collide_t(_load(f, i, j), _drain_t(lh, r), B, tau)
         for k in ti.static(range(9)):
             lamn[k, i, j] = out[k] + B * (gx * CX[k] + gy * CY[k])
+
+
+@ti.kernel
+def adj_step(lam: nd3, lamn: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip: ti.i32):
+    """lamn = G_f^T lam + dJ/df at the state f, J = gx Fx + gy Fy (call ``adj_bc_terms`` first)."""
+    _adj_step_body(lam, lamn, f, gam, box, prm, bc, slip)
+
+
+@ti.kernel
+def adj_step_pair(lam: nd3, lamn: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip: ti.i32,
+                  uin: nd1):
+    """Two adjoint steps lam -> lamn -> lam, each with its boundary terms, in one launch."""
+    _adj_bc_body(lam, f, uin, bc)
+    _adj_step_body(lam, lamn, f, gam, box, prm, bc, slip)
+    _adj_bc_body(lamn, f, uin, bc)
+    _adj_step_body(lamn, lam, f, gam, box, prm, bc, slip)
 
 
 @ti.kernel

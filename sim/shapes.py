@@ -47,23 +47,51 @@ def area_centroid(vertices, segments):
     return float(area), c
 
 
-def signed_distance(points, vertices, segments, chunk: int = 4096) -> np.ndarray:
-    """Signed distance (negative inside, crossing parity) from points (P, 2) to closed polygons."""
+def nearest_on_segments(points, vertices, segments, chunk: int = 4096):
+    """For each point (P, 2): the distance to the nearest segment, that segment's index and the
+    parameter t in [0, 1] of the nearest point on it (a + t (b - a))."""
+    p = as_array(points, "points", ndim=2)
+    v = as_array(vertices, "vertices", ndim=2)
+    s = as_index_array(segments, "segments", len(v), width=2)
+    if len(s) == 0:
+        raise ValueError("segments: need at least one segment")
+    a, b = v[s[:, 0]], v[s[:, 1]]
+    e = b - a
+    ll = np.maximum((e * e).sum(1), 1e-300)
+    dist = np.empty(len(p))
+    seg = np.empty(len(p), np.int64)
+    par = np.empty(len(p))
+    rows = np.arange(min(chunk, len(p)))
+    for lo in range(0, len(p), chunk):
+        q = p[lo:lo + chunk, None, :]
+        t = np.clip(((q - a) * e).sum(-1) / ll, 0.0, 1.0)
+        d2 = ((a + t[..., None] * e - q) ** 2).sum(-1)
+        k = d2.argmin(axis=1)
+        r = rows[:len(k)]
+        dist[lo:lo + chunk] = np.sqrt(d2[r, k])
+        seg[lo:lo + chunk] = k
+        par[lo:lo + chunk] = t[r, k]
+    return dist, seg, par
+
+
+def inside_polygon(points, vertices, segments, chunk: int = 4096) -> np.ndarray:
+    """Crossing-parity inside test of points (P, 2) against closed polygons."""
     p = as_array(points, "points", ndim=2)
     v = as_array(vertices, "vertices", ndim=2)
     s = as_index_array(segments, "segments", len(v), width=2)
     a, b = v[s[:, 0]], v[s[:, 1]]
     e = b - a
-    ll = np.maximum((e * e).sum(1), 1e-300)
-    out = np.empty(len(p))
+    out = np.empty(len(p), bool)
     for lo in range(0, len(p), chunk):
-        q = p[lo:lo + chunk, None, :]
-        t = np.clip(((q - a) * e).sum(-1) / ll, 0.0, 1.0)
-        d = np.sqrt(((a + t[..., None] * e - q) ** 2).sum(-1)).min(axis=1)
-        y = q[..., 1]
+        y = p[lo:lo + chunk, None, 1]
         straddle = (a[:, 1] > y) != (b[:, 1] > y)
         with np.errstate(divide="ignore", invalid="ignore"):
             xi = a[:, 0] + (y - a[:, 1]) * e[:, 0] / e[:, 1]
-        inside = (np.sum(straddle & (q[..., 0] < xi), axis=1) % 2) == 1
-        out[lo:lo + chunk] = np.where(inside, -d, d)
+        out[lo:lo + chunk] = (np.sum(straddle & (p[lo:lo + chunk, None, 0] < xi), axis=1) % 2) == 1
     return out
+
+
+def signed_distance(points, vertices, segments, chunk: int = 4096) -> np.ndarray:
+    """Signed distance (negative inside, crossing parity) from points (P, 2) to closed polygons."""
+    d, _, _ = nearest_on_segments(points, vertices, segments, chunk)
+    return np.where(inside_polygon(points, vertices, segments, chunk), -d, d)
