@@ -65,6 +65,11 @@ class Drag2D(Scene):
         self.flow = Flow2D(size=c["size"], resolution=c["resolution"], viscosity=c["viscosity"],
                            inflow_velocity=c["inflow_velocity"], inflow_profile=c["inflow_profile"],
                            walls=c["walls"], tol=c["flow_tol"])
+        for key in ("flow_tol", "flow_tol_max", "flow_tol_factor", "adjoint_tol", "adjoint_tol_min", "eval_tol",
+                    "step_cells", "min_step_cells", "refine_below_cells", "adjoint_max_steps", "stop_rel"):
+            val = float(c[key])
+            if not (np.isfinite(val) and val > 0):
+                raise ValueError(f"{key}: must be a finite number > 0, got {c[key]!r}")
         x0, y0, x1, y1 = (float(t) for t in c["design_box"])
         h = float(c["design_spacing"])
         if not (x1 > x0 and y1 > y0 and h > 0):
@@ -138,14 +143,18 @@ class Drag2D(Scene):
         d = d - B @ np.linalg.solve(B.T @ Wb, Wb.T @ d)
         return d
 
-    def _extend(self, curve, d):
+    def _nearest(self, curve):
+        """(distance, segment, parameter) of every design node's nearest point on ``curve``."""
+        return shapes.nearest_on_segments(self.nodes, curve.vertices, curve.segments)
+
+    def _extend(self, curve, d, near=None):
         """Extend a per-vertex normal velocity to every design node: the value at the nearest
         point of the curve (linear along its segment), the level-set velocity extension."""
-        _, k, t = shapes.nearest_on_segments(self.nodes, curve.vertices, curve.segments)
+        _, k, t = self._nearest(curve) if near is None else near
         a, b = curve.segments[k, 0], curve.segments[k, 1]
         return ((1.0 - t) * d[a] + t * d[b]).reshape(self.shape)
 
-    def _reinitialise(self, phi, curve):
+    def _reinitialise(self, phi, curve, near=None):
         """Signed distance to ``curve`` away from it; the values at the ends of grid edges the
         level set crosses are kept, so the extracted curve is exactly the same afterwards."""
         inside = phi < 0.0  # marching squares counts value >= level as outside
@@ -157,7 +166,7 @@ class Drag2D(Scene):
             lo[ax], hi[ax] = slice(0, -1), slice(1, None)
             keep[tuple(lo)] |= cut
             keep[tuple(hi)] |= cut
-        dist, _, _ = shapes.nearest_on_segments(self.nodes, curve.vertices, curve.segments)
+        dist, _, _ = self._nearest(curve) if near is None else near
         dist = np.maximum(dist.reshape(self.shape), 1e-9 * self.h)
         return np.where(keep, phi, np.where(inside, -dist, dist))
 
@@ -183,13 +192,13 @@ class Drag2D(Scene):
 
     # ------------------------------------------------------------------ scene protocol
 
-    def _new_direction(self, res, curve):
+    def _new_direction(self, res, curve, near=None):
         """(direction on the design grid, the drag's slope along it per unit step, adjoint steps)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             grad = res.vjp([1.0, 0.0], tol=self.adjoint_tol, max_steps=int(self.config["adjoint_max_steps"]))
         d = self._direction(curve, grad)
-        vext = self._extend(curve, d / max(np.abs(d).max(), 1e-30))
+        vext = self._extend(curve, d / max(np.abs(d).max(), 1e-30), near)
         slope = -float((curve.vjp(grad) * vext).sum())  # trial phi = phi - t vext
         return vext, slope, res.adjoint.get("steps", 0)
 
@@ -211,8 +220,9 @@ class Drag2D(Scene):
         accepted = self.accepted is None or drag <= self.accepted[1]
         adj_steps = 0
         if accepted:
-            phi = self._reinitialise(self.phi, curve)
-            vext, slope, adj_steps = self._new_direction(res, curve)
+            near = self._nearest(curve)  # one nearest-point query serves both
+            phi = self._reinitialise(self.phi, curve, near)
+            vext, slope, adj_steps = self._new_direction(res, curve, near)
             if self.accepted is not None:
                 self.step_len = min(self.step_len * 1.5, self.max_step)
             self.accepted = (phi, drag, vext, slope)

@@ -166,16 +166,6 @@ def _collide(fl, B, tau):
     return out
 
 
-@ti.func
-def _bgk(fl, omega):
-    """Post-collision (shifted) populations of a fluid cell, relaxation rate omega = 1/tau."""
-    drho, _, _, ux, uy = _macro(fl)
-    out = ti.Vector([0.0] * 9)
-    for k in ti.static(range(9)):
-        out[k] = fl[k] - omega * (fl[k] - _heq(k, drho, ux, uy))
-    return out
-
-
 @ti.kernel
 def init_state(f: nd3, uin: nd1, gam: nd2, box: nd_i32_1):
     nx, ny = f.shape[1], f.shape[2]
@@ -194,14 +184,9 @@ def _step_body(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.
     tau = prm[P_TAU]
     for i, j in ti.ndrange(nx, ny):
         B, r = _solid_weights(gam, box, i, j, tau)
-        fl = _load(f, i, j)
-        post = ti.Vector([0.0] * 9)
-        if B > 0.0:
-            post = _collide(fl, B, tau)
-            if r > 0.0:
-                post = _drain(post, r)
-        else:  # fluid cell: plain BGK (the same formula with B = 0, without the solid term)
-            post = _bgk(fl, 1.0 / tau)
+        post = _collide(_load(f, i, j), B, tau)
+        if r > 0.0:
+            post = _drain(post, r)
         for k in ti.static(range(9)):
             ti_ = i + CX[k]
             tj = j + CY[k]

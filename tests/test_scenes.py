@@ -150,6 +150,9 @@ def test_drag2d_level_set_step_keeps_the_curve_area_and_centroid(tmp_path):
     a2, m2 = shapes.area_centroid(c2.vertices, c2.segments)
     assert abs(a2 / area - 1) < 1e-6 and np.abs(m2 - cen).max() < 1e-7
     assert np.ptp(c2.vertices[:, 0]) > np.ptp(c0.vertices[:, 0]) + 0.2 * sc.h  # it did stretch
+    for key, bad in (("eval_tol", 0.0), ("flow_tol_factor", float("nan")), ("step_cells", -1.0)):
+        with pytest.raises(ValueError, match=key):
+            cls(scene.resolve_config(cls, **{key: bad}), tmp_path)
 
 
 def run_interrupted_then_resumed(name, out, cfg, at):
