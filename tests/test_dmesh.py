@@ -139,6 +139,32 @@ def test_loss_vjps_match_central_differences(d):
         _fd_check(lambda *a, fn=fn: fn(*a).value, [p, pr, r], [gp, gq, gr], rng, picks=5)
 
 
+def test_losses_given_the_probabilities_object_match_the_array_route():
+    # the losses read a FaceProbabilities' device copy of probs directly (no upload); same values
+    # and gradients as when given the probs array
+    rng = np.random.default_rng(7)
+    p = rng.random((60, 3))
+    r = rng.uniform(0.3, 1.0, len(p))
+    faces = dmesh.candidate_faces(p)
+    fp = dmesh.face_probabilities(p, None, r, faces, method="minball")
+    tg = losses.Targets(rng.random((200, 3)))
+    for fn in (lambda q: losses.expected_chamfer(p, faces, q, tg), lambda q: losses.real_consistency(r, faces, q),
+               lambda q: losses.face_quality(p, faces, q)):
+        a, b = fn(fp.probs), fn(fp)
+        assert np.isclose(a.value, b.value, rtol=1e-12, atol=0)
+        for ga, gb in zip(a.vjp(), b.vjp()):
+            np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-300)
+    # the probabilities' own vjp is unaffected by the losses having used its buffer
+    g = rng.standard_normal(len(faces))
+    fresh = dmesh.face_probabilities(p, None, r, faces, method="minball")
+    for ga, gb in zip(fp.vjp(g), fresh.vjp(g)):
+        np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-300)
+    with pytest.raises(ValueError, match="probs"):
+        losses.expected_chamfer(p, faces[:-1], fp, tg)
+    with pytest.raises(ValueError, match="min_prob"):
+        losses.expected_chamfer(p, faces, fp, tg, min_prob=1.0)
+
+
 def test_expected_chamfer_is_zero_on_the_data_and_rewards_existing_faces():
     # a square's edges with samples on them: the loss grows when a true edge loses probability
     v = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])

@@ -28,22 +28,44 @@ def upload(arr: np.ndarray):
     arr = np.ascontiguousarray(arr)
     if not runtime.on_gpu():
         return arr
-    import taichi as ti
-
     if arr.size == 0:  # Taichi has no empty ndarrays: a placeholder no kernel may read
         return empty(arr.shape, arr.dtype)
-    nd = ti.ndarray(ti_dtype(arr.dtype), shape=arr.shape if arr.ndim else (1,))
+    nd = ndarray(arr.dtype, arr.shape if arr.ndim else (1,))
     nd.from_numpy(arr.reshape(nd.shape))
     return nd
+
+
+def _creation_site(stacklevel=1):
+    import sys
+
+    f = sys._getframe(stacklevel + 1)
+    return f'  File "{f.f_code.co_filename}", line {f.f_lineno}, in {f.f_code.co_name}\n'
+
+
+def ndarray(dtype, shape, needs_grad: bool = False):
+    """``ti.ndarray(dtype, shape, needs_grad)`` without Taichi's per-array debug traceback.
+
+    Taichi 1.7 formats the whole Python stack (reading source lines) into every new ndarray's
+    debug info, about 0.2 ms per array with tigeom's call depths, which is a large share of a
+    DMesh step on a GPU. Here the debug info names only the creating line; the array is the same.
+    """
+    import taichi as ti
+    from taichi.lang import _ndarray
+
+    full = _ndarray.get_traceback
+    _ndarray.get_traceback = _creation_site
+    try:
+        return ti.ndarray(ti_dtype(dtype) if not hasattr(dtype, "to_string") else dtype, shape=shape,
+                          needs_grad=needs_grad)
+    finally:
+        _ndarray.get_traceback = full
 
 
 def empty(shape, dtype):
     shape = tuple(int(s) for s in shape)
     if not runtime.on_gpu():
         return np.empty(shape, dtype)
-    import taichi as ti
-
-    return ti.ndarray(ti_dtype(dtype), shape=tuple(max(s, 1) for s in shape) if shape else (1,))
+    return ndarray(dtype, tuple(max(s, 1) for s in shape) if shape else (1,))
 
 
 def zeros(shape, dtype):

@@ -9,6 +9,8 @@ block offsets. Deterministic, no atomics, one code path on every arch.
 import numpy as np
 import taichi as ti
 
+from . import _device
+
 _BLOCK = 256
 
 
@@ -62,7 +64,7 @@ class ExclusiveScan:
         n = self.capacity
         while n > _BLOCK:
             nb = (n + _BLOCK - 1) // _BLOCK
-            self._levels.append((ti.ndarray(ti.i32, shape=(nb,)), ti.ndarray(ti.i32, shape=(nb + 1,))))
+            self._levels.append((_device.ndarray(np.int32, (nb,)), _device.ndarray(np.int32, (nb + 1,))))
             n = nb
 
     def run(self, x, out, n: int) -> None:

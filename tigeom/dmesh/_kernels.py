@@ -347,27 +347,31 @@ def _face_dist2(x, a, b, c, dim: ti.template()):
 
 
 @ti.kernel
-def face_samples(P3: ti.types.ndarray(ndim=2), F: nd2_i32, bary: ti.types.ndarray(ndim=2), D: ti.template(),
-                 out: ti.types.ndarray(ndim=2)):
-    """Quadrature points x_{f,k} = Σ_v bary[k, v] p_v of every face (D vertices), rows f * M + k,
-    from points padded to 3D."""
+def face_samples(P3: ti.types.ndarray(ndim=2), F: nd2_i32, keep: nd_i32, bary: ti.types.ndarray(ndim=2),
+                 D: ti.template(), out: ti.types.ndarray(ndim=2)):
+    """Quadrature points x_{j,k} = Σ_v bary[k, v] p_v of the faces keep[j] (D vertices), rows
+    j * M + k, from points padded to 3D."""
     M = bary.shape[0]
-    for f, k in ti.ndrange(F.shape[0], M):
+    for j, k in ti.ndrange(keep.shape[0], M):
+        f = keep[j]
         x = ti.Vector([0.0, 0.0, 0.0])
         for v in ti.static(range(D)):
             x += bary[k, v] * _pt(P3, F[f, v], 3)
         for d in ti.static(range(3)):
-            out[f * M + k, d] = x[d]
+            out[j * M + k, d] = x[d]
 
 
 @ti.kernel
-def mesh_to_target(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndarray(ndim=1),
+def mesh_to_target(P: ti.types.ndarray(ndim=2), F: nd2_i32, keep: nd_i32, probs: ti.types.ndarray(ndim=1),
                    bary: ti.types.ndarray(ndim=2), T: ti.types.ndarray(ndim=2), near: nd2_i32, reach: float,
-                   floor: float, dim: ti.template(), acc: ti.types.ndarray(ndim=1)):
-    """acc[0] += Σ p_f (|f| / M) (min(|x_fk - t(x_fk)|, reach) - floor)_+^2, acc[1] += Σ p_f |f|:
-    quadrature of the probability-weighted squared distance from the mesh to the targets beyond
-    the sampling tolerance ``floor`` (``near`` = -1: no target within reach)."""
-    for f, k in ti.ndrange(F.shape[0], bary.shape[0]):
+                   floor: float, dim: ti.template(), acc: ti.types.ndarray(ndim=2)):
+    """Σ p_f (|f| / M) (min(|x_fk - t(x_fk)|, reach) - floor)_+^2 into acc[:, 0] and Σ p_f |f| / M
+    into acc[:, 1], over the faces f = keep[j]: quadrature of the probability-weighted squared
+    distance from the mesh to the targets beyond the sampling tolerance ``floor`` (``near`` = -1:
+    no target within reach). Sums are spread over the rows of ``acc`` (summed by the caller), so
+    that the adds do not all contend for one address. (Autodiff: only the loop at top level.)"""
+    for j, k in ti.ndrange(keep.shape[0], bary.shape[0]):
+        f = keep[j]
         a = _pt(P, F[f, 0], dim)
         b = _pt(P, F[f, 1], dim)
         c = a
@@ -377,21 +381,22 @@ def mesh_to_target(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndar
         for v in ti.static(range(dim)):
             x += bary[k, v] * _pt(P, F[f, v], dim)
         wgt = probs[f] * _face_measure(a, b, c, dim) / bary.shape[0]
-        t = near[f * bary.shape[0] + k, 0]
+        t = near[j * bary.shape[0] + k, 0]
         d = reach
         if t >= 0:
             d = ti.min(_norm(x - _pt(T, t, dim)), reach)
         d = ti.max(d - floor, 0.0)
-        acc[0] += wgt * d * d
-        acc[1] += wgt
+        acc[j % acc.shape[0], 0] += wgt * d * d
+        acc[j % acc.shape[0], 1] += wgt
 
 
 @ti.kernel
-def knn_faces(X3: ti.types.ndarray(ndim=2), Q3: ti.types.ndarray(ndim=2), owner: nd_i32,
+def knn_faces(X3: ti.types.ndarray(ndim=2), Q3: ti.types.ndarray(ndim=2), keep: nd_i32, M: ti.i32,
               lo: ti.types.ndarray(ndim=1), h: float, res: nd_i32, start: nd_i32, order: nd_i32,
               P3: ti.types.ndarray(ndim=2), F: nd2_i32, dim: ti.template(),
               kd2: ti.types.ndarray(ndim=2), kid: nd2_i32, out: nd2_i32):
-    """For each query q: its k nearest face samples (rows of X3, owned by faces ``owner``), then
+    """For each query q: its k nearest face samples (rows of X3; row j * M + k belongs to face
+    keep[j]), then
     the distinct faces owning them, ordered by exact distance from q to the face. Rows of ``out``
     are padded with -1."""
     r3 = ti.Vector([res[0], res[1], res[2]])
@@ -403,7 +408,7 @@ def knn_faces(X3: ti.types.ndarray(ndim=2), Q3: ti.types.ndarray(ndim=2), owner:
         # distinct owning faces, sorted by exact distance (kd2 reused as the distance buffer)
         nf = 0
         for t in range(cnt):
-            fid = owner[kid[q, t]]
+            fid = keep[kid[q, t] // M]
             seen = False
             for u in range(nf):
                 if out[q, u] == fid:
@@ -429,7 +434,7 @@ def knn_faces(X3: ti.types.ndarray(ndim=2), Q3: ti.types.ndarray(ndim=2), owner:
 def target_to_mesh(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndarray(ndim=1),
                    T: ti.types.ndarray(ndim=2), cand: nd2_i32, miss2: float, dim: ti.template(),
                    K: ti.template(), acc: ti.types.ndarray(ndim=1)):
-    """acc[0] += Σ_t [Σ_j p_j Π_{i<j} (1 - p_i) d_j^2 + Π_j (1 - p_j) (d_last^2 + miss2)]: the
+    """acc (summed by the caller) += Σ_t [Σ_j p_j Π_{i<j} (1 - p_i) d_j^2 + Π_j (1 - p_j) (d_last^2 + miss2)]: the
     expected squared distance from each target to the nearest existing face among its
     candidates (sorted by distance), a miss costing the farthest candidate's distance plus a
     margin."""
@@ -450,7 +455,7 @@ def target_to_mesh(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndar
                 e += keep * probs[f] * d2
                 keep *= 1.0 - probs[f]
                 last = d2
-        acc[0] += e + keep * (last + miss2)
+        acc[t % acc.shape[0]] += e + keep * (last + miss2)
 
 
 # --------------------------------------------------------------------------- regularisers
@@ -459,7 +464,7 @@ def target_to_mesh(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndar
 @ti.kernel
 def real_consistency(R: ti.types.ndarray(ndim=1), F: nd2_i32, probs: ti.types.ndarray(ndim=1),
                      dim: ti.template(), acc: ti.types.ndarray(ndim=1)):
-    """acc[0] += Σ_F p_F Σ_{v in F} (ψ_v - mean_F ψ)^2: pulls a likely face's real values together."""
+    """acc (summed by the caller) += Σ_F p_F Σ_{v in F} (ψ_v - mean_F ψ)^2: pulls a likely face's real values together."""
     for f in range(F.shape[0]):
         mean = 0.0
         for k in ti.static(range(dim)):
@@ -468,13 +473,13 @@ def real_consistency(R: ti.types.ndarray(ndim=1), F: nd2_i32, probs: ti.types.nd
         s = 0.0
         for k in ti.static(range(dim)):
             s += (R[F[f, k]] - mean) ** 2
-        acc[0] += probs[f] * s
+        acc[f % acc.shape[0]] += probs[f] * s
 
 
 @ti.kernel
 def face_quality(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndarray(ndim=1), scale: float,
                  dim: ti.template(), acc: ti.types.ndarray(ndim=1)):
-    """acc[0] += Σ_F p_F b_F with b_F = 1 - 4 sqrt(3) A / Σ l^2 (0 for an equilateral triangle,
+    """acc (summed by the caller) += Σ_F p_F b_F with b_F = 1 - 4 sqrt(3) A / Σ l^2 (0 for an equilateral triangle,
     1 for a flat one) in 3D, and (l / scale)^2 for an edge in 2D."""
     for f in range(F.shape[0]):
         a = _pt(P, F[f, 0], dim)
@@ -485,4 +490,4 @@ def face_quality(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndarra
             l2 = (b - a).norm_sqr() + (c - b).norm_sqr() + (a - c).norm_sqr()
             area = 0.5 * (b - a).cross(c - a).norm()
             bad = 1.0 - 4.0 * ti.sqrt(3.0) * area / l2
-        acc[0] += probs[f] * bad
+        acc[f % acc.shape[0]] += probs[f] * bad

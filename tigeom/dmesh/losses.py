@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _device, runtime
-from .._validate import as_array, as_points
-from ..spatial import NearestIndex, PointGrid, _pad3, spacing
-from .probabilities import _nd, prepare_faces
+from .._validate import as_array, as_points, as_scalar
+from ..spatial import NearestIndex, PointGrid, _pad3, bounding_box, spacing
+from .probabilities import FaceProbabilities, _nd, prepare_faces
 
 # quadrature points of a face (barycentric rows): 4 per edge, 4 per triangle
 BARY = {2: np.array([[1 - t, t] for t in (0.125, 0.375, 0.625, 0.875)]),
         3: np.array([[2 / 3, 1 / 6, 1 / 6], [1 / 6, 2 / 3, 1 / 6], [1 / 6, 1 / 6, 2 / 3], [1 / 3, 1 / 3, 1 / 3]])}
 K_NEAREST = 8  # face samples looked at per target point
+ACC_SLOTS = 1024  # kernels spread each sum over this many slots (summed on the host)
 
 
 @dataclass(eq=False)
@@ -55,18 +56,38 @@ class Targets:
         self.diagonal = float(np.linalg.norm(self.points.max(0) - self.points.min(0))) or 1.0
         # the length (2D) or area (3D) the targets sample, estimated as T spacing^(d-1)
         self.measure = len(self.points) * self.spacing ** (self.dim - 1)
+        self._scratch = None
+
+    def scratch(self):
+        """(T, K_NEAREST) real and i32 kernel scratch, allocated once (nothing keeps it after a call)."""
+        if self._scratch is None:
+            shape = (len(self.points), K_NEAREST)
+            self._scratch = (_device.empty(shape, runtime.real_dtype()), _device.empty(shape, np.int32))
+        return self._scratch
+
+
+def _probs_arg(probs, K: int):
+    """``(probs (K,) float64, kernel array with a gradient)`` of a ``probs`` argument: an array
+    (checked, uploaded), or a :class:`FaceProbabilities` whose device copy is used as it is (no
+    check or upload: a loss inside an optimisation loop should be given ``fp``, not ``fp.probs``)."""
+    if isinstance(probs, FaceProbabilities) and probs._device_probs() is not None:
+        if len(probs.probs) != K:
+            raise ValueError(f"probs: expected {K} values (one per face), got {len(probs.probs)}")
+        return probs.probs, probs._device_probs()
+    pr = as_array(probs.probs if isinstance(probs, FaceProbabilities) else probs, "probs", ndim=1)
+    if len(pr) != K:
+        raise ValueError(f"probs: expected {K} values (one per face), got {len(pr)}")
+    if len(pr) and (pr.min() < 0 or pr.max() > 1):
+        raise ValueError(f"probs: must lie in [0, 1], got range [{pr.min():.6g}, {pr.max():.6g}]")
+    return pr, _nd(np.concatenate([pr, [0.0]]).astype(runtime.real_dtype()), True)
 
 
 def _mesh_inputs(points, faces, probs):
     p = as_points(points, "points")
     n, d = p.shape
     f = prepare_faces(faces, n, d)
-    pr = as_array(probs, "probs", ndim=1)
-    if len(pr) != len(f):
-        raise ValueError(f"probs: expected {len(f)} values (one per face), got {len(pr)}")
-    if len(pr) and (pr.min() < 0 or pr.max() > 1):
-        raise ValueError(f"probs: must lie in [0, 1], got range [{pr.min():.6g}, {pr.max():.6g}]")
-    return p, f, pr
+    pr, PR = _probs_arg(probs, len(f))
+    return p, f, pr, PR
 
 
 def _backward_fn(kernels, grads_of, n, d, K):
@@ -77,7 +98,8 @@ def _backward_fn(kernels, grads_of, n, d, K):
             if nd is not None:
                 nd.grad.fill(0)
         for kernel, args, acc, acc_grad in kernels:
-            acc.grad.from_numpy((g * np.asarray(acc_grad)).astype(runtime.real_dtype()))
+            row = g * np.asarray(acc_grad, np.float64)
+            acc.grad.from_numpy(np.ascontiguousarray(np.broadcast_to(row, acc.shape)).astype(runtime.real_dtype()))
             kernel.grad(*args)
 
         def get(key, shape):
@@ -95,21 +117,30 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
                      reach: float | None = None, tolerance: float | None = None) -> Loss:
     """Expected Chamfer distance between a probabilistic mesh and a point cloud (DMesh §4).
 
+    Only the likely faces, p_F >= ``min_prob`` (default 1e-3), enter either direction: an
+    unlikely face would change the mesh -> targets term by less than min_prob times its share,
+    and most candidates are unlikely, so they would dominate the cost.
+
     mesh -> targets: Σ_F p_F |F| mean_x (min(|x - nearest target|, reach) - tolerance)_+^2 / A
-    over quadrature points x of every face, |F| the face's length or area and A = T s^(d-1) the
+    over quadrature points x of every likely face, |F| the face's length or area and A = T s^(d-1) the
     targets' length or area estimated from their count T and mean spacing s (a constant, so a
     face is never dropped just because it is farther than average). ``reach`` defaults to 5% of
     the targets' bounding-box diagonal; the truncation bounds the search for far faces.
     ``tolerance`` (default: the targets' mean spacing) discounts the distance that sampling
-    alone explains: a point on the true surface is about that far from the nearest sample. targets -> mesh: for each target point, the expected squared
-    distance to the nearest *existing* face among the faces of its 8 nearest face samples
-    (faces of probability >= ``min_prob``), sorted by distance: Σ_j p_j Π_{i<j} (1 - p_i) d_j^2,
+    alone explains: a point on the true surface is about that far from the nearest sample.
+
+    targets -> mesh: for each target point, the expected squared distance to the nearest
+    *existing* face among the faces of its 8 nearest face samples (likely faces only), sorted
+    by distance: Σ_j p_j Π_{i<j} (1 - p_i) d_j^2,
     plus Π_j (1 - p_j) (d_last^2 + miss^2) for the event that none exists. ``miss`` defaults to
     the targets' mean nearest-neighbour distance.
 
     ``loss.terms`` has both directions. ``targets`` may be an array (T, d) or a :class:`Targets`.
     """
-    p, f, pr = _mesh_inputs(points, faces, probs)
+    p, f, pr, PR = _mesh_inputs(points, faces, probs)
+    min_prob = as_scalar(min_prob, "min_prob")
+    if not 0 <= min_prob < 1:
+        raise ValueError(f"min_prob: must lie in [0, 1), got {min_prob}")
     n, d = p.shape
     tg = targets if isinstance(targets, Targets) and targets.generation == runtime.generation() else \
         Targets(targets.points if isinstance(targets, Targets) else targets)
@@ -118,7 +149,6 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
     K = len(f)
     rdt = runtime.real_dtype()
     P = _nd(p.astype(rdt), True)
-    PR = _nd(np.concatenate([pr, [0.0]]).astype(rdt), True)
     grads_of = {"points": P, "probs": PR}
     if K == 0:
         raise ValueError("faces: the mesh has no faces, the Chamfer distance to it is undefined")
@@ -128,46 +158,49 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
     M = len(bary)
     F = f.dev
     B = _device.upload(bary.astype(rdt))
-    X = _device.empty((K * M, 3), rdt)
-    p3 = _pad3(p).astype(rdt)
-    p3d = _device.upload(p3)
-    Kn.face_samples(p3d, F, B, d, X)
-    # mesh -> targets: nearest target of every quadrature point, found on the device
-    from .. import _spatial_kernels as Ks
-
-    reach = float(reach if reach is not None else tg.diagonal * 0.05)
-    g = tg.grid
-    near = _device.empty((K * M, 1), np.int32)
-    near.fill(-1)
-    Ks.knn(g.pts, X, 0, reach, g.lo, g.h, g.res, g.start, g.order, _device.zeros((K * M, 1), rdt), near,
-           _device.empty((K * M,), np.int32))
-    acc1 = _nd(np.zeros(2, rdt), True)
-    tol = float(tolerance if tolerance is not None else tg.spacing)
-    args1 = (P, F, PR, B, tg.array, near, reach, tol, d, acc1)
-    Kn.mesh_to_target(*args1)
-    num, den = acc1.to_numpy().astype(np.float64)
-    # targets -> mesh: candidate faces of each target from its nearest samples of likely faces
-    keep = np.nonzero(pr >= min_prob)[0]
+    p3d = _device.upload(_pad3(p).astype(rdt))
+    # only the likely faces (p >= min_prob) enter either direction; the rest change the loss by
+    # less than min_prob times their share and would dominate the cost (most candidates are unlikely)
+    keep = np.flatnonzero(pr >= min_prob).astype(np.int32)
+    Kk = len(keep)
+    keep_d = _device.upload(keep)
+    acc1 = _nd(np.zeros((ACC_SLOTS, 2), rdt), True)
     T = len(tg.points)
-    miss2 = float(miss if miss is not None else tg.spacing) ** 2
     cand = _device.empty((T, K_NEAREST), np.int32)
     cand.fill(-1)
-    if len(keep):
-        fk = f.rows[keep]
-        xs = np.einsum("mv,kvd->kmd", bary, p[fk]).reshape(-1, d)
-        grid = PointGrid(xs)
-        owner = _device.upload(np.repeat(keep, M).astype(np.int32))
-        kd2 = _device.zeros((T, K_NEAREST), rdt)
-        kid = _device.empty((T, K_NEAREST), np.int32)
-        Kn.knn_faces(grid.pts, g.pts, owner, grid.lo, grid.h, grid.res, grid.start, grid.order, p3d, F, d, kd2,
-                     kid, cand)
-    acc2 = _nd(np.zeros(2, rdt), True)
+    args1 = None
+    if Kk:
+        X = _device.empty((Kk * M, 3), rdt)
+        Kn.face_samples(p3d, F, keep_d, B, d, X)
+        # mesh -> targets: nearest target of every quadrature point, found on the device
+        from .. import _spatial_kernels as Ks
+
+        reach = float(reach if reach is not None else tg.diagonal * 0.05)
+        g = tg.grid
+        near = _device.empty((Kk * M, 1), np.int32)
+        near.fill(-1)
+        Ks.knn(g.pts, X, 0, reach, g.lo, g.h, g.res, g.start, g.order, _device.empty((Kk * M, 1), rdt), near,
+               _device.empty((Kk * M,), np.int32))
+        tol = float(tolerance if tolerance is not None else tg.spacing)
+        args1 = (P, F, keep_d, PR, B, tg.array, near, reach, tol, d, acc1)
+        Kn.mesh_to_target(*args1)
+        # targets -> mesh: candidate faces of each target from its nearest samples of likely
+        # faces (a grid over the samples, built where they are; they lie in the points' box)
+        lo, hi = bounding_box(p)
+        grid = PointGrid.on_device(X, Kk * M, _pad3(lo[None])[0], _pad3(hi[None])[0])
+        kd2, kid = tg.scratch()
+        Kn.knn_faces(grid.pts, tg.grid.pts, keep_d, M, grid.lo, grid.h, grid.res, grid.start, grid.order, p3d, F,
+                     d, kd2, kid, cand)
+    num = float(acc1.to_numpy().astype(np.float64)[:, 0].sum())
+    miss2 = float(miss if miss is not None else tg.spacing) ** 2
+    acc2 = _nd(np.zeros(ACC_SLOTS, rdt), True)
     args2 = (P, F, PR, tg.array, cand, miss2, d, K_NEAREST, acc2)
     Kn.target_to_mesh(*args2)
-    tm = float(acc2.to_numpy()[0]) / T
+    tm = float(acc2.to_numpy().astype(np.float64).sum()) / T
     mt = num / tg.measure
-    kernels = [(Kn.target_to_mesh, args2, acc2, [1.0 / T, 0.0]),
-               (Kn.mesh_to_target, args1, acc1, [1.0 / tg.measure, 0.0])]
+    kernels = [(Kn.target_to_mesh, args2, acc2, [1.0 / T])]
+    if args1 is not None:
+        kernels.append((Kn.mesh_to_target, args1, acc1, [1.0 / tg.measure, 0.0]))
     return Loss(value=mt + tm, terms={"mesh_to_target": mt, "target_to_mesh": tm},
                 _backward=_backward_fn(kernels, grads_of, n, d, K))
 
@@ -182,25 +215,23 @@ def real_consistency(reals, faces, probs) -> Loss:
     if d not in (2, 3):
         raise ValueError(f"faces: expected shape (K, 2) or (K, 3), got {f.shape}")
     f = prepare_faces(f, len(r), d)
-    pr = as_array(probs, "probs", ndim=1)
-    if len(pr) != len(f):
-        raise ValueError(f"probs: expected {len(f)} values (one per face), got {len(pr)}")
-    return _face_sum("consistency", r, None, f, pr, d)
+    pr, PR = _probs_arg(probs, len(f))
+    return _face_sum("consistency", r, None, f, PR, d)
 
 
 def face_quality(points, faces, probs, scale: float | None = None) -> Loss:
     """Mean over faces of p_F b_F: b = 1 - 4 sqrt(3) A / Σ l^2 for triangles (0 equilateral, 1
     flat); b = (l / scale)^2 for edges, ``scale`` defaulting to the mean edge length."""
-    p, f, pr = _mesh_inputs(points, faces, probs)
+    p, f, pr, PR = _mesh_inputs(points, faces, probs)
     d = p.shape[1]
     if scale is None:
         scale = float(np.linalg.norm(p[f.rows[:, 1]] - p[f.rows[:, 0]], axis=1).mean()) if len(f) else 1.0
     if not scale > 0:
         raise ValueError(f"scale: must be > 0, got {scale}")
-    return _face_sum("quality", None, p, f, pr, d, scale)
+    return _face_sum("quality", None, p, f, PR, d, scale)
 
 
-def _face_sum(kind, r, p, f, pr, d, scale=1.0) -> Loss:
+def _face_sum(kind, r, p, f, PR, d, scale=1.0) -> Loss:
     from . import _kernels as Kn
 
     rdt = runtime.real_dtype()
@@ -209,8 +240,7 @@ def _face_sum(kind, r, p, f, pr, d, scale=1.0) -> Loss:
     if K == 0:
         zero = (np.zeros((n, d)), np.zeros(0), np.zeros(n))
         return Loss(0.0, {kind: 0.0}, lambda g: zero)
-    PR = _nd(pr.astype(rdt), True)
-    acc = _nd(np.zeros(1, rdt), True)
+    acc = _nd(np.zeros(ACC_SLOTS, rdt), True)
     F = f.dev
     if kind == "consistency":
         R = _nd(r.astype(rdt), True)
@@ -219,5 +249,5 @@ def _face_sum(kind, r, p, f, pr, d, scale=1.0) -> Loss:
         P = _nd(p.astype(rdt), True)
         args, grads_of, kernel = (P, F, PR, float(scale), d, acc), {"points": P, "probs": PR}, Kn.face_quality
     kernel(*args)
-    value = float(acc.to_numpy()[0]) / K
+    value = float(acc.to_numpy().astype(np.float64).sum()) / K
     return Loss(value, {kind: value}, _backward_fn([(kernel, args, acc, [1.0 / K])], grads_of, n, d, K))

@@ -90,7 +90,7 @@ class DMesh:
     @property
     def prepared_faces(self) -> PreparedFaces:
         """The candidates checked and uploaded once per refresh: pass them to the losses in a
-        ``loss_fn`` (``losses.expected_chamfer(m.points, m.prepared_faces, fp.probs, targets)``)
+        ``loss_fn`` (``losses.expected_chamfer(m.points, m.prepared_faces, fp, targets)``)
         to skip the per-call checks."""
         return self._faces
 

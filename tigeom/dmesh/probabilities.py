@@ -16,7 +16,6 @@ increasing in every ψ, with a gradient to every vertex.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +47,15 @@ class PreparedFaces:
         self.i32 = self.rows.astype(np.int32) if self.K else np.zeros((1, d), np.int32)
         self.dev = _device.upload(self.i32)
         self.generation = runtime.generation()
+        self._scratch = {}
+
+    def scratch(self, tag: str, shape) -> tuple:
+        """Kernel scratch (f (real), i32) arrays of ``shape``, allocated once per prepared set:
+        only for buffers a kernel fills and nothing keeps after the call."""
+        key = (tag, tuple(shape))
+        if key not in self._scratch:
+            self._scratch[key] = (_device.empty(shape, runtime.real_dtype()), _device.empty(shape, np.int32))
+        return self._scratch[key]
 
     def __len__(self):
         return self.K
@@ -109,9 +117,7 @@ def validate_inputs(points, weights, reals, faces, method="minball", sharpness=N
 
 def _nd(arr: np.ndarray, grad: bool):
     """A Taichi ndarray (autodiff needs ndarrays, also on the CPU)."""
-    import taichi as ti
-
-    nd = ti.ndarray(_device.ti_dtype(arr.dtype), shape=arr.shape, needs_grad=grad)
+    nd = _device.ndarray(arr.dtype, arr.shape, needs_grad=grad)
     nd.from_numpy(np.ascontiguousarray(arr))
     return nd
 
@@ -120,7 +126,6 @@ def _grad(nd, n: int, shape) -> np.ndarray:
     return nd.grad.to_numpy()[:n].astype(np.float64).reshape(shape)
 
 
-@dataclass(eq=False)
 class FaceProbabilities:
     """Result of :func:`face_probabilities`.
 
@@ -131,15 +136,39 @@ class FaceProbabilities:
     in_triangulation : (K,) bool, "wdt" only: F is a face of the weighted Delaunay triangulation.
     witness : (K,) "minball" only: the point (not in F) nearest F's ball centre, which sets d(F);
         -1 when no point is within r_F + 8/α (Λ_min saturated).
+
+    ``margin`` and ``witness`` are copied from the device on first access (an optimisation loop
+    that only needs ``probs`` never moves them).
     """
 
-    probs: np.ndarray
-    margin: np.ndarray
-    sharpness: float
-    method: str
-    in_triangulation: np.ndarray | None = None
-    witness: np.ndarray | None = None
-    _replay: tuple = field(default=(), repr=False)
+    def __init__(self, probs, margin, sharpness, method, in_triangulation=None, witness=None, _replay=()):
+        self.probs = probs
+        self._margin, self._witness = margin, witness
+        self.sharpness, self.method = float(sharpness), method
+        self.in_triangulation = in_triangulation
+        self._replay = _replay
+        self._generation = runtime.generation()
+
+    def _device_probs(self):
+        """The kernel array holding ``probs`` (with a gradient buffer), None when stale or empty."""
+        if not self._replay or self._generation != runtime.generation() or not len(self.probs):
+            return None
+        return self._replay[1][-2]
+
+    @property
+    def margin(self) -> np.ndarray:
+        if callable(self._margin):
+            self._margin = self._margin()
+        return self._margin
+
+    @property
+    def witness(self) -> np.ndarray | None:
+        if callable(self._witness):
+            self._witness = self._witness()
+        return self._witness
+
+    def __repr__(self):
+        return f"FaceProbabilities(method={self.method!r}, faces={len(self.probs)}, sharpness={self.sharpness:.6g})"
 
     @property
     def geometric(self) -> np.ndarray:
@@ -195,21 +224,21 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
     from . import _kernels as Kn
 
     if method == "minball":
-        near = np.zeros(max(K, 1), np.int32)
+        near_d = _device.empty((max(K, 1),), np.int32)
+        near_d.fill(-1)
         if K:
             grid = PointGrid(p)
-            near_d = _device.empty((K,), np.int32)
-            kd2 = _device.zeros((K, d + 1), rdt)
-            kid = _device.empty((K, d + 1), np.int32)
+            kd2, kid = f.scratch("minball", (K, d + 1))
             Kn.minball_select(grid.pts, f.dev, grid.lo, grid.h, grid.res, grid.start, grid.order,
                               cap, d, kd2, kid, near_d)
-            near = _device.fetch(near_d, K).astype(np.int32)
-        args = (P, R, f.dev, _device.upload(near),
-                alpha, cap, d, probs, margin)
+        args = (P, R, f.dev, near_d, alpha, cap, d, probs, margin)
         if K:
             Kn.minball_eval(*args)
         replay = (Kn.minball_eval, args, (P, R), n, d)
-        in_tri, witness = None, near[:K].astype(np.int64)
+        in_tri = None
+
+        def witness():
+            return _device.fetch(near_d, K).astype(np.int64)
     else:
         if triangulation is None:
             from ..delaunay import weighted_delaunay
@@ -237,7 +266,7 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
         replay = (Kn.wdt_eval, args, (P, W, R), n, d)
         witness = None
     return FaceProbabilities(probs=probs.to_numpy()[:K].astype(np.float64),
-                             margin=margin.to_numpy()[:K].astype(np.float64), sharpness=float(alpha),
+                             margin=lambda: margin.to_numpy()[:K].astype(np.float64), sharpness=float(alpha),
                              method=method, in_triangulation=in_tri, witness=witness, _replay=replay)
 
 

@@ -179,11 +179,11 @@ def reconstruct(samples, seed: int = 0, *, resolution: float | None = None, iter
         wq = 0.01 if d == 3 else 0.0
 
         def loss_fn(m, fp, h=h, wq=wq):
-            ch = losses.expected_chamfer(m.points, m.prepared_faces, fp.probs, target)
-            rc = losses.real_consistency(m.reals, m.prepared_faces, fp.probs)
+            ch = losses.expected_chamfer(m.points, m.prepared_faces, fp, target)
+            rc = losses.real_consistency(m.reals, m.prepared_faces, fp)
             parts = [(ch, 1.0 / h**2), (rc, 0.1)]
             if wq:
-                parts.append((losses.face_quality(m.points, m.prepared_faces, fp.probs), wq))
+                parts.append((losses.face_quality(m.points, m.prepared_faces, fp), wq))
             return _combine(parts)
 
         def cb(it, m, rec, stage=stage):
