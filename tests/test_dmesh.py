@@ -139,6 +139,24 @@ def test_loss_vjps_match_central_differences(d):
         _fd_check(lambda *a, fn=fn: fn(*a).value, [p, pr, r], [gp, gq, gr], rng, picks=5)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_candidate_faces_are_the_knn_faces_plus_the_triangulation_faces(d):
+    rng = np.random.default_rng(70 + d)
+    p = rng.random((80, d))
+    tri = tigeom.weighted_delaunay(p)
+    got = dmesh.candidate_faces(p, triangulation=tri)
+    k = {2: 8, 3: 10}[d]
+    dist = np.linalg.norm(p[:, None] - p[None], axis=2)
+    np.fill_diagonal(dist, np.inf)
+    nn = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    want = {tuple(sorted(f)) for f in tri.faces.tolist()}
+    for i in range(len(p)):
+        for c in combinations(nn[i].tolist(), d - 1):
+            want.add(tuple(sorted((i, *c))))
+    assert got.dtype == np.int64 and got.shape[1] == d
+    assert [tuple(r) for r in got.tolist()] == sorted(want)  # unique rows, sorted, lexicographic order
+
+
 def test_losses_given_the_probabilities_object_match_the_array_route():
     # the losses read a FaceProbabilities' device copy of probs directly (no upload); same values
     # and gradients as when given the probs array

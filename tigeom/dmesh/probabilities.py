@@ -41,8 +41,9 @@ class PreparedFaces:
     per-call validation and upload; :class:`DMesh` keeps its candidates in this form.
     """
 
-    def __init__(self, faces, n: int, d: int):
-        self.rows = _check_rows(faces, n, d)
+    def __init__(self, faces, n: int, d: int, *, checked: bool = False):
+        # checked: the rows come from candidate_faces (int64, in range, distinct vertices)
+        self.rows = np.asarray(faces, np.int64) if checked else _check_rows(faces, n, d)
         self.n, self.d, self.K = int(n), int(d), len(self.rows)
         self.i32 = self.rows.astype(np.int32) if self.K else np.zeros((1, d), np.int32)
         self.dev = _device.upload(self.i32)
