@@ -101,8 +101,12 @@ def main(argv=None):
     ap.add_argument("--parts", default="1,2,3,4")
     ap.add_argument("--shape", default=None)
     ap.add_argument("--resolution", type=int, default=100, help="cells per unit length in part 4")
+    ap.add_argument("--aspects", type=float, nargs="+", default=None,
+                    help="part 4's aspect ratios (default: 1, 2, 3, 3.5 to 5.5 by 0.1, 6, 7)")
     ap.add_argument("--out", default="validation_flow.json")
     a = ap.parse_args(argv)
+    if a.aspects is not None and (not a.aspects or min(a.aspects) < 1):
+        raise ValueError(f"--aspects: need aspect ratios >= 1, got {a.aspects}")
     cfg = tigeom.init(arch=a.arch, precision=a.precision)
     warnings.simplefilter("always", ConvergenceWarning)
     parts = {int(p) for p in a.parts.split(",")}
@@ -114,7 +118,8 @@ def main(argv=None):
     if 3 in parts:
         out["free_stream"] = free_stream()
     if 4 in parts:
-        out["ellipses"] = ellipses(a.shape, resolution=a.resolution)
+        kw = {} if a.aspects is None else {"aspects": tuple(a.aspects)}
+        out["ellipses"] = ellipses(a.shape, resolution=a.resolution, **kw)
     with open(a.out, "w") as fh:
         json.dump(out, fh, indent=1, default=float)
 
