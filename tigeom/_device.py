@@ -55,8 +55,7 @@ def ndarray(dtype, shape, needs_grad: bool = False):
     full = _ndarray.get_traceback
     _ndarray.get_traceback = _creation_site
     try:
-        return ti.ndarray(ti_dtype(dtype) if not hasattr(dtype, "to_string") else dtype, shape=shape,
-                          needs_grad=needs_grad)
+        return ti.ndarray(ti_dtype(dtype), shape=shape, needs_grad=needs_grad)
     finally:
         _ndarray.get_traceback = full
 

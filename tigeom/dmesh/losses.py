@@ -66,14 +66,25 @@ class Targets:
         return self._scratch
 
 
+def _slots(*cols):
+    """A zeroed (ACC_SLOTS, *cols) kernel sum buffer with a gradient (see :data:`ACC_SLOTS`)."""
+    return _nd(np.zeros((ACC_SLOTS, *cols), runtime.real_dtype()), True)
+
+
+def _summed(acc) -> np.ndarray:
+    """The slots of ``acc`` added up in float64: a scalar, or one value per column."""
+    return acc.to_numpy().astype(np.float64).sum(axis=0)
+
+
 def _probs_arg(probs, K: int):
     """``(probs (K,) float64, kernel array with a gradient)`` of a ``probs`` argument: an array
     (checked, uploaded), or a :class:`FaceProbabilities` whose device copy is used as it is (no
     check or upload: a loss inside an optimisation loop should be given ``fp``, not ``fp.probs``)."""
-    if isinstance(probs, FaceProbabilities) and probs._device_probs() is not None:
+    on_device = probs._device_probs() if isinstance(probs, FaceProbabilities) else None
+    if on_device is not None:
         if len(probs.probs) != K:
             raise ValueError(f"probs: expected {K} values (one per face), got {len(probs.probs)}")
-        return probs.probs, probs._device_probs()
+        return probs.probs, on_device
     pr = as_array(probs.probs if isinstance(probs, FaceProbabilities) else probs, "probs", ndim=1)
     if len(pr) != K:
         raise ValueError(f"probs: expected {K} values (one per face), got {len(pr)}")
@@ -164,7 +175,7 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
     keep = np.flatnonzero(pr >= min_prob).astype(np.int32)
     Kk = len(keep)
     keep_d = _device.upload(keep)
-    acc1 = _nd(np.zeros((ACC_SLOTS, 2), rdt), True)
+    acc1 = _slots(2)
     T = len(tg.points)
     cand = _device.empty((T, K_NEAREST), np.int32)
     cand.fill(-1)
@@ -191,12 +202,12 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
         kd2, kid = tg.scratch()
         Kn.knn_faces(grid.pts, tg.grid.pts, keep_d, M, grid.lo, grid.h, grid.res, grid.start, grid.order, p3d, F,
                      d, kd2, kid, cand)
-    num = float(acc1.to_numpy().astype(np.float64)[:, 0].sum())
+    num = float(_summed(acc1)[0])
     miss2 = float(miss if miss is not None else tg.spacing) ** 2
-    acc2 = _nd(np.zeros(ACC_SLOTS, rdt), True)
+    acc2 = _slots()
     args2 = (P, F, PR, tg.array, cand, miss2, d, K_NEAREST, acc2)
     Kn.target_to_mesh(*args2)
-    tm = float(acc2.to_numpy().astype(np.float64).sum()) / T
+    tm = float(_summed(acc2)) / T
     mt = num / tg.measure
     kernels = [(Kn.target_to_mesh, args2, acc2, [1.0 / T])]
     if args1 is not None:
@@ -240,7 +251,7 @@ def _face_sum(kind, r, p, f, PR, d, scale=1.0) -> Loss:
     if K == 0:
         zero = (np.zeros((n, d)), np.zeros(0), np.zeros(n))
         return Loss(0.0, {kind: 0.0}, lambda g: zero)
-    acc = _nd(np.zeros(ACC_SLOTS, rdt), True)
+    acc = _slots()
     F = f.dev
     if kind == "consistency":
         R = _nd(r.astype(rdt), True)
@@ -249,5 +260,5 @@ def _face_sum(kind, r, p, f, PR, d, scale=1.0) -> Loss:
         P = _nd(p.astype(rdt), True)
         args, grads_of, kernel = (P, F, PR, float(scale), d, acc), {"points": P, "probs": PR}, Kn.face_quality
     kernel(*args)
-    value = float(acc.to_numpy().astype(np.float64).sum()) / K
+    value = float(_summed(acc)) / K
     return Loss(value, {kind: value}, _backward_fn([(kernel, args, acc, [1.0 / K])], grads_of, n, d, K))
