@@ -23,7 +23,16 @@ from tigeom import dmesh
 from tigeom.dmesh import losses, shapes
 
 
+def _synced(fn):
+    t = time.perf_counter()
+    out = fn()
+    tigeom.runtime.sync()
+    return out, 1e3 * (time.perf_counter() - t)
+
+
 def step_time(n: int, repeats: int = 5) -> dict:
+    """Median step time, its parts (each timed with a device sync, so they add up to a little more
+    than the step) and the candidate refresh after a warm-up (the first build compiles)."""
     rng = np.random.default_rng(0)
     real = shapes.torus_samples(n, rng=rng)
     lo, hi = real.min(0), real.max(0)
@@ -31,9 +40,7 @@ def step_time(n: int, repeats: int = 5) -> dict:
     pts = np.concatenate([real, imag])
     reals = np.r_[np.ones(n), np.zeros(n // 2)]
     tg = losses.Targets(shapes.torus_samples(2 * n, rng=rng))
-    t0 = time.perf_counter()
     m = dmesh.DMesh(pts, reals)
-    t_refresh = time.perf_counter() - t0
 
     def one():
         fp = m.probabilities()
@@ -43,14 +50,21 @@ def step_time(n: int, repeats: int = 5) -> dict:
 
     one()  # compile
     tigeom.runtime.sync()
-    times = []
+    times = [_synced(one)[1] for _ in range(repeats)]
+    parts = {"probs": [], "chamfer": [], "chamfer_vjp": [], "probs_vjp": []}
     for _ in range(repeats):
-        t = time.perf_counter()
-        one()
-        tigeom.runtime.sync()
-        times.append(time.perf_counter() - t)
-    return {"points": len(pts), "candidates": len(m.faces), "step_ms": 1e3 * float(np.median(times)),
-            "refresh_ms": 1e3 * t_refresh}
+        fp, t = _synced(m.probabilities)
+        parts["probs"].append(t)
+        L, t = _synced(lambda: losses.expected_chamfer(m.points, m.prepared_faces, fp, tg))
+        parts["chamfer"].append(t)
+        (_, gq, _), t = _synced(L.vjp)
+        parts["chamfer_vjp"].append(t)
+        parts["probs_vjp"].append(_synced(lambda: fp.vjp(gq))[1])
+    likely = int((fp.probs >= 1e-3).sum())
+    _, t_refresh = _synced(m.refresh)
+    return {"points": len(pts), "candidates": len(m.faces), "likely": likely,
+            "step_ms": float(np.median(times)), "refresh_ms": t_refresh,
+            **{k: float(np.median(v)) for k, v in parts.items()}}
 
 
 def accuracy() -> list[dict]:
@@ -82,11 +96,14 @@ def main():
     a = ap.parse_args()
     cfg = tigeom.init(arch=a.arch, precision=a.precision)
     print(f"machine: {platform.processor() or platform.machine()}, backend {cfg.backend}, {a.precision}")
-    print(f"{'points':>9} {'candidates':>11} {'step ms':>9} {'refresh ms':>11} {'vs DMesh 800 ms @1e5':>21}")
+    cols = ("points", "candidates", "likely", "step_ms", "probs", "chamfer", "chamfer_vjp", "probs_vjp",
+            "refresh_ms")
+    print(" ".join(f"{c:>11}" for c in cols) + f" {'vs DMesh 800 ms @1e5':>21}")
     for n in a.sizes:
         r = step_time(n)
         ratio = f"{800.0 / r['step_ms']:.1f}x" if r["points"] >= 100_000 else "-"
-        print(f"{r['points']:>9} {r['candidates']:>11} {r['step_ms']:>9.1f} {r['refresh_ms']:>11.1f} {ratio:>21}")
+        print(" ".join(f"{r[c]:>11}" if isinstance(r[c], int) else f"{r[c]:>11.1f}" for c in cols) + f" {ratio:>21}",
+              flush=True)
     if a.accuracy:
         print(f"{'shape':>12} {'samples':>8} {'faces':>7} {'Chamfer %diag':>14} {'F1':>6} {'seconds':>8}")
         for r in accuracy():

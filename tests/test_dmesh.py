@@ -55,15 +55,18 @@ def test_wdt_probabilities_classify_triangulation_faces(d):
     np.testing.assert_allclose(fp2.probs, fp.probs)
 
 
+@pytest.mark.parametrize("shells", [4, 0])
 @pytest.mark.parametrize("d", [2, 3])
-def test_minball_margin_matches_brute_force_and_implies_delaunay(d):
+def test_minball_margin_matches_brute_force_and_implies_delaunay(d, shells, monkeypatch):
+    """shells=0 sends every face to the parallel scan that huge balls get (rarely used otherwise)."""
     from scipy.spatial import Delaunay
 
+    monkeypatch.setattr(dmesh.probabilities, "SHELLS", shells)
     rng, p, _ = _random(d, 45, seed=10 + d, weights=False)
     faces = dmesh.candidate_faces(p)
     fp = dmesh.face_probabilities(p, None, np.ones(len(p)), faces, method="minball")
     cap = dmesh.probabilities.SATURATION / fp.sharpness
-    for f, m in zip(faces, fp.margin):
+    for f, m, wit in zip(faces, fp.margin, fp.witness):
         a = p[f]
         if d == 2:
             c = a.mean(0)
@@ -73,8 +76,11 @@ def test_minball_margin_matches_brute_force_and_implies_delaunay(d):
             c = a[0] + ((u @ u) * np.cross(v, n) + (v @ v) * np.cross(n, u)) / (2 * n @ n)
         r = np.linalg.norm(c - a[0])
         others = np.delete(np.arange(len(p)), f)
-        brute = np.linalg.norm(p[others] - c, axis=1).min() - r
-        assert m == pytest.approx(min(brute, cap), abs=1e-9)
+        dist = np.linalg.norm(p[others] - c, axis=1)
+        brute = dist.min() - r
+        assert m == pytest.approx(np.clip(brute, -2 * cap, cap), abs=1e-9)
+        if -2 * cap < brute < cap:  # not clamped: the witness is the nearest point
+            assert wit == others[np.argmin(dist)]
     dt = Delaunay(p)
     dfaces = {tuple(sorted(x)) for s in dt.simplices for x in combinations(s, d)}
     passing = faces[fp.margin > 0]

@@ -13,7 +13,7 @@ kernels read the (N, dim) arrays directly and work on 3-vectors with z = 0 in 2D
 
 import taichi as ti
 
-from .._spatial_kernels import knn_into, sorted_insert
+from .._spatial_kernels import _cell, _flat, knn_into, sorted_insert
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd2_i32 = ti.types.ndarray(dtype=ti.i32, ndim=2)
@@ -186,40 +186,129 @@ def _dual_point(P: ti.template(), W: ti.template(), F: ti.template(), S: ti.temp
 # --------------------------------------------------------------------------- min-ball (DMesh++)
 
 
+@ti.func
+def _face_ball(P3: ti.template(), F: ti.template(), f, dim: ti.template()):
+    """Minimum ball (centre, radius) of face f, from the padded (N, 3) points."""
+    a = _pt(P3, F[f, 0], 3)
+    b = _pt(P3, F[f, 1], 3)
+    c = a
+    if ti.static(dim == 3):
+        c = _pt(P3, F[f, 2], 3)
+    return _ball(a, b, c, dim)
+
+
+@ti.func
+def _is_vertex(F: ti.template(), f, i, dim: ti.template()):
+    own = False
+    for k in ti.static(range(dim)):
+        if F[f, k] == i:
+            own = True
+    return own
+
+
 @ti.kernel
 def minball_select(P3: ti.types.ndarray(ndim=2), F: nd2_i32, lo: ti.types.ndarray(ndim=1), h: float,
-                   res: nd_i32, start: nd_i32, order: nd_i32, cap: float, dim: ti.template(),
-                   kd2: ti.types.ndarray(ndim=2), kid: nd2_i32, out: nd_i32):
-    """Nearest point (not a vertex of the face) to each face's minimum-ball centre, searched out
-    to radius r + cap; -1 when none is that close (the face's Λ_min is then saturated). The
-    dim + 1 nearest points (scratch kd2 / kid, K = dim + 1) hold at most dim of the face's own."""
+                   res: nd_i32, start: nd_i32, order: nd_i32, cap: float, low: float, smax: ti.i32,
+                   dim: ti.template(), out: nd_i32, deferred: nd_i32, ndeferred: nd_i32):
+    """Per face: the point (not a vertex of the face) nearest its minimum-ball centre, or -1 when
+    none lies within r + cap (Λ_min is then saturated at σ(α cap)). The search stops early at
+    any point deeper than ``low`` inside the ball: the margin is clamped at -low, so which such
+    point is chosen does not change the value, and the huge balls of nearly flat triangles
+    (centres far outside the data) no longer make their threads scan the whole grid.
+
+    Shells of cells at Chebyshev distance s = 0, 1, ... around the centre's (clamped) cell; after
+    shell s every unvisited point is at least s h away (see tigeom._spatial_kernels). A face still
+    open after shell ``smax`` (a huge, nearly empty ball, such as a flat triangle on the hull) is
+    listed in ``deferred`` for :func:`minball_brute` instead: one thread scanning the whole grid
+    would set the time of the entire kernel on a GPU."""
     r3 = ti.Vector([res[0], res[1], res[2]])
     lov = ti.Vector([lo[0], lo[1], lo[2]])
+    rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
     for f in range(F.shape[0]):
-        a = _pt(P3, F[f, 0], 3)
-        b = _pt(P3, F[f, 1], 3)
-        c = a
-        if ti.static(dim == 3):
-            c = _pt(P3, F[f, 2], 3)
-        centre, rad = _ball(a, b, c, dim)
-        cnt = knn_into(P3, centre, -1, rad + cap, lov, h, r3, start, order, kd2, kid, f)
+        centre, rad = _face_ball(P3, F, f, dim)
+        reach = rad + cap
+        deep = ti.max(rad - low, 0.0)
+        cell = _cell(centre, lov, h, r3)
         best = -1
-        for t in range(cnt):
-            i = kid[f, t]
-            own = False
-            for k in ti.static(range(dim)):
-                if F[f, k] == i:
-                    own = True
-            if not own and best < 0:
-                best = i
+        bd2 = reach * reach
+        s = 0
+        while s <= rmax:
+            for da, db in ti.ndrange((-s, s + 1), (-s, s + 1)):
+                edge = ti.abs(da) == s or ti.abs(db) == s
+                e = -s
+                while e <= s:
+                    cc = cell + ti.Vector([da, db, e])
+                    if 0 <= cc[0] < r3[0] and 0 <= cc[1] < r3[1] and 0 <= cc[2] < r3[2]:
+                        fl = _flat(cc, r3)
+                        for t in range(start[fl], start[fl + 1]):
+                            i = order[t]
+                            q = _pt(P3, i, 3) - centre
+                            d2 = q.dot(q)
+                            if not _is_vertex(F, f, i, dim) and (d2 < bd2 or (d2 == bd2 and (best < 0 or i < best))):
+                                bd2 = d2
+                                best = i
+                    e += 1 if (edge or s == 0) else 2 * s
+            if (best >= 0 and (bd2 < deep * deep or bd2 <= (s * h) * (s * h))) or s * h >= reach:
+                break
+            if s >= smax:
+                best = -2
+                deferred[ti.atomic_add(ndeferred[0], 1)] = f
+                break
+            s += 1
         out[f] = best
 
 
 @ti.kernel
+def minball_brute_init(P3: ti.types.ndarray(ndim=2), F: nd2_i32, deferred: nd_i32, m: ti.i32, cap: float,
+                       dim: ti.template(), best: ti.types.ndarray(ndim=1), pick: nd_i32):
+    """best = reach^2 = (r + cap)^2 and pick = N (none yet) for every deferred face."""
+    for k in range(m):
+        centre, rad = _face_ball(P3, F, deferred[k], dim)
+        best[k] = (rad + cap) * (rad + cap)
+        pick[k] = P3.shape[0]
+
+
+@ti.kernel
+def minball_brute_d2(P3: ti.types.ndarray(ndim=2), F: nd2_i32, deferred: nd_i32, m: ti.i32,
+                     dim: ti.template(), best: ti.types.ndarray(ndim=1)):
+    """Smallest squared distance from each deferred face's ball centre to a point not in the
+    face, within reach r + cap (``best`` holds reach^2 where none is): all (face, point) pairs in
+    parallel."""
+    for k, i in ti.ndrange(m, P3.shape[0]):
+        f = deferred[k]
+        centre, rad = _face_ball(P3, F, f, dim)
+        q = _pt(P3, i, 3) - centre
+        d2 = q.dot(q)
+        if not _is_vertex(F, f, i, dim) and d2 <= best[k]:
+            ti.atomic_min(best[k], d2)
+
+
+@ti.kernel
+def minball_brute_pick(P3: ti.types.ndarray(ndim=2), F: nd2_i32, deferred: nd_i32, m: ti.i32,
+                       dim: ti.template(), best: ti.types.ndarray(ndim=1), pick: nd_i32):
+    """The smallest index attaining each deferred face's ``best`` (the same tie rule as the shell
+    search); ``pick`` starts at N, so N means no point within reach."""
+    for k, i in ti.ndrange(m, P3.shape[0]):
+        f = deferred[k]
+        centre, rad = _face_ball(P3, F, f, dim)
+        q = _pt(P3, i, 3) - centre
+        d2 = q.dot(q)
+        if not _is_vertex(F, f, i, dim) and d2 == best[k]:
+            ti.atomic_min(pick[k], i)
+
+
+@ti.kernel
+def minball_brute_store(P3: ti.types.ndarray(ndim=2), deferred: nd_i32, m: ti.i32, pick: nd_i32, out: nd_i32):
+    for k in range(m):
+        out[deferred[k]] = pick[k] if pick[k] < P3.shape[0] else -1
+
+
+@ti.kernel
 def minball_eval(P: ti.types.ndarray(ndim=2), R: ti.types.ndarray(ndim=1), F: nd2_i32, near: nd_i32,
-                 alpha: float, cap: float, dim: ti.template(), probs: ti.types.ndarray(ndim=1),
+                 alpha: float, cap: float, low: float, dim: ti.template(), probs: ti.types.ndarray(ndim=1),
                  margin: ti.types.ndarray(ndim=1)):
-    """Λ = σ(α d(F)) · softmin(ψ), d(F) = |p* - c_F| - r_F (cap when no point is within reach)."""
+    """Λ = σ(α d(F)) · softmin(ψ), d(F) = max(|p* - c_F| - r_F, -low) (cap when no point is within
+    reach)."""
     for f in range(F.shape[0]):
         a = _pt(P, F[f, 0], dim)
         b = _pt(P, F[f, 1], dim)
@@ -230,7 +319,7 @@ def minball_eval(P: ti.types.ndarray(ndim=2), R: ti.types.ndarray(ndim=1), F: nd
         d = cap
         j = near[f]
         if j >= 0:
-            d = _norm(_pt(P, j, dim) - centre) - rad
+            d = ti.max(_norm(_pt(P, j, dim) - centre) - rad, -low)
         margin[f] = d
         probs[f] = _sigmoid(alpha * d) * _softmin(R, F, f, dim)
 

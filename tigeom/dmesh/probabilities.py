@@ -6,8 +6,9 @@ Two methods (``../docs/dmesh.md`` has the formulas):
   of the power diagram and its vertices' reduced power cells (positive iff F is a face of the
   weighted Delaunay triangulation).
 - ``"minball"`` (DMesh++): Λ = σ(α d(F)) · Λ_real(F), d(F) = min over points p not in F of
-  |p - c_F| - r_F for F's minimum ball (c_F, r_F). Positive d means the ball is empty, and then F
-  is a Delaunay face, so faces that pass never cross.
+  |p - c_F| - r_F for F's minimum ball (c_F, r_F), clamped to [-2 cap, cap] with cap = 8/α
+  (σ is 1e-7 or 0.9997 there). Positive d means the ball is empty, and then F is a Delaunay face,
+  so faces that pass never cross.
 
 Λ_real is a smooth minimum of the vertices' real values, their power mean with exponent -32:
 ψ when all are ψ, between min ψ and 1.035 min ψ (and never above max ψ), 0 when a vertex is 0,
@@ -26,6 +27,8 @@ from ..spatial import PointGrid, spacing
 METHODS = ("wdt", "minball")
 SHARPNESS_SCALE = 20.0  # default α = SHARPNESS_SCALE / (mean nearest-neighbour distance)
 SATURATION = 8.0  # a margin of SATURATION / α counts as certain (σ(8) = 0.99966)
+LOW = 2.0  # "minball" margins below -LOW * SATURATION / α (σ = 1.1e-7) are clamped there
+SHELLS = 4  # "minball": faces whose grid search needs more shells get a parallel brute-force scan
 
 
 def default_sharpness(points) -> float:
@@ -50,12 +53,11 @@ class PreparedFaces:
         self.generation = runtime.generation()
         self._scratch = {}
 
-    def scratch(self, tag: str, shape) -> tuple:
-        """Kernel scratch (f (real), i32) arrays of ``shape``, allocated once per prepared set:
-        only for buffers a kernel fills and nothing keeps after the call."""
-        key = (tag, tuple(shape))
+    def scratch(self, tag: str, shape, dtype) -> object:
+        """A kernel scratch array kept for this face set (one allocation per refresh, not per call)."""
+        key = (tag, tuple(shape), np.dtype(dtype))
         if key not in self._scratch:
-            self._scratch[key] = (_device.empty(shape, runtime.real_dtype()), _device.empty(shape, np.int32))
+            self._scratch[key] = _device.empty(shape, dtype)
         return self._scratch[key]
 
     def __len__(self):
@@ -136,7 +138,8 @@ class FaceProbabilities:
     sharpness : the α used.
     in_triangulation : (K,) bool, "wdt" only: F is a face of the weighted Delaunay triangulation.
     witness : (K,) "minball" only: the point (not in F) nearest F's ball centre, which sets d(F);
-        -1 when no point is within r_F + 8/α (Λ_min saturated).
+        -1 when no point is within r_F + 8/α (Λ_min saturated). When d(F) is clamped at -16/α,
+        the witness is some point that deep inside the ball, not necessarily the nearest.
 
     ``margin`` and ``witness`` are copied from the device on first access (an optimisation loop
     that only needs ``probs`` never moves them).
@@ -229,10 +232,18 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
         near_d.fill(-1)
         if K:
             grid = PointGrid(p)
-            kd2, kid = f.scratch("minball", (K, d + 1))
+            deferred = f.scratch("deferred", (K,), np.int32)
+            nd = _device.zeros((1,), np.int32)
             Kn.minball_select(grid.pts, f.dev, grid.lo, grid.h, grid.res, grid.start, grid.order,
-                              cap, d, kd2, kid, near_d)
-        args = (P, R, f.dev, near_d, alpha, cap, d, probs, margin)
+                              cap, LOW * cap, SHELLS, d, near_d, deferred, nd)
+            m = int(_device.fetch(nd)[0])
+            if m:
+                best, pick = _device.empty((m,), rdt), _device.empty((m,), np.int32)
+                Kn.minball_brute_init(grid.pts, f.dev, deferred, m, cap, d, best, pick)
+                Kn.minball_brute_d2(grid.pts, f.dev, deferred, m, d, best)
+                Kn.minball_brute_pick(grid.pts, f.dev, deferred, m, d, best, pick)
+                Kn.minball_brute_store(grid.pts, deferred, m, pick, near_d)
+        args = (P, R, f.dev, near_d, alpha, cap, LOW * cap, d, probs, margin)
         if K:
             Kn.minball_eval(*args)
         replay = (Kn.minball_eval, args, (P, R), n, d)
