@@ -58,10 +58,12 @@ def test_wdt_probabilities_classify_triangulation_faces(d):
 @pytest.mark.parametrize("shells", [4, 0])
 @pytest.mark.parametrize("d", [2, 3])
 def test_minball_margin_matches_brute_force_and_implies_delaunay(d, shells, monkeypatch):
-    """shells=0 sends every face to the parallel scan that huge balls get (rarely used otherwise)."""
+    """shells=0 sends every face to the parallel scan that huge balls get (rarely used otherwise),
+    in chunks of 7 points so that the reduction over chunks is exercised."""
     from scipy.spatial import Delaunay
 
     monkeypatch.setattr(dmesh.probabilities, "SHELLS", shells)
+    monkeypatch.setattr(dmesh.probabilities, "BRUTE_CHUNK", 7)
     rng, p, _ = _random(d, 45, seed=10 + d, weights=False)
     faces = dmesh.candidate_faces(p)
     fp = dmesh.face_probabilities(p, None, np.ones(len(p)), faces, method="minball")

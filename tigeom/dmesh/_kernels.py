@@ -259,48 +259,42 @@ def minball_select(P3: ti.types.ndarray(ndim=2), F: nd2_i32, lo: ti.types.ndarra
 
 
 @ti.kernel
-def minball_brute_init(P3: ti.types.ndarray(ndim=2), F: nd2_i32, deferred: nd_i32, m: ti.i32, cap: float,
-                       dim: ti.template(), best: ti.types.ndarray(ndim=1), pick: nd_i32):
-    """best = reach^2 = (r + cap)^2 and pick = N (none yet) for every deferred face."""
-    for k in range(m):
-        centre, rad = _face_ball(P3, F, deferred[k], dim)
-        best[k] = (rad + cap) * (rad + cap)
-        pick[k] = P3.shape[0]
-
-
-@ti.kernel
-def minball_brute_d2(P3: ti.types.ndarray(ndim=2), F: nd2_i32, deferred: nd_i32, m: ti.i32,
-                     dim: ti.template(), best: ti.types.ndarray(ndim=1)):
-    """Smallest squared distance from each deferred face's ball centre to a point not in the
-    face, within reach r + cap (``best`` holds reach^2 where none is): all (face, point) pairs in
-    parallel."""
-    for k, i in ti.ndrange(m, P3.shape[0]):
+def minball_brute(P3: ti.types.ndarray(ndim=2), F: nd2_i32, deferred: nd_i32, m: ti.i32, cap: float,
+                  chunk: ti.i32, dim: ti.template(), bd2: ti.types.ndarray(ndim=2), bid: nd2_i32):
+    """Nearest point (not in the face, within r + cap) to each deferred face's ball centre, per
+    chunk of ``chunk`` points: all (face, chunk) pairs in parallel. Row k of bd2 / bid gets each
+    chunk's best squared distance and index (-1: none), for :func:`minball_brute_reduce`. No
+    atomics and no float equality across kernels (a GPU may round one expression differently in
+    two kernels), so the choice is the same as the shell search's: the smallest (d2, index)."""
+    for k, c in ti.ndrange(m, bd2.shape[1]):
         f = deferred[k]
         centre, rad = _face_ball(P3, F, f, dim)
-        q = _pt(P3, i, 3) - centre
-        d2 = q.dot(q)
-        if not _is_vertex(F, f, i, dim) and d2 <= best[k]:
-            ti.atomic_min(best[k], d2)
+        reach = rad + cap
+        b2 = reach * reach
+        best = -1
+        for i in range(c * chunk, ti.min((c + 1) * chunk, P3.shape[0])):
+            q = _pt(P3, i, 3) - centre
+            d2 = q.dot(q)
+            if not _is_vertex(F, f, i, dim) and (d2 < b2 or (d2 == b2 and best < 0)):
+                b2 = d2
+                best = i
+        bd2[k, c] = b2
+        bid[k, c] = best
 
 
 @ti.kernel
-def minball_brute_pick(P3: ti.types.ndarray(ndim=2), F: nd2_i32, deferred: nd_i32, m: ti.i32,
-                       dim: ti.template(), best: ti.types.ndarray(ndim=1), pick: nd_i32):
-    """The smallest index attaining each deferred face's ``best`` (the same tie rule as the shell
-    search); ``pick`` starts at N, so N means no point within reach."""
-    for k, i in ti.ndrange(m, P3.shape[0]):
-        f = deferred[k]
-        centre, rad = _face_ball(P3, F, f, dim)
-        q = _pt(P3, i, 3) - centre
-        d2 = q.dot(q)
-        if not _is_vertex(F, f, i, dim) and d2 == best[k]:
-            ti.atomic_min(pick[k], i)
-
-
-@ti.kernel
-def minball_brute_store(P3: ti.types.ndarray(ndim=2), deferred: nd_i32, m: ti.i32, pick: nd_i32, out: nd_i32):
+def minball_brute_reduce(deferred: nd_i32, m: ti.i32, bd2: ti.types.ndarray(ndim=2), bid: nd2_i32,
+                         out: nd_i32):
+    """The smallest (d2, index) over the chunks of each deferred face, into out."""
     for k in range(m):
-        out[deferred[k]] = pick[k] if pick[k] < P3.shape[0] else -1
+        b2 = bd2[k, 0]
+        best = bid[k, 0]
+        for c in range(1, bd2.shape[1]):
+            i = bid[k, c]
+            if i >= 0 and (best < 0 or bd2[k, c] < b2):  # chunks ascend in index: ties keep the first
+                b2 = bd2[k, c]
+                best = i
+        out[deferred[k]] = best
 
 
 @ti.kernel

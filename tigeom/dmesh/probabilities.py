@@ -29,6 +29,7 @@ SHARPNESS_SCALE = 20.0  # default α = SHARPNESS_SCALE / (mean nearest-neighbour
 SATURATION = 8.0  # a margin of SATURATION / α counts as certain (σ(8) = 0.99966)
 LOW = 2.0  # "minball" margins below -LOW * SATURATION / α (σ = 1.1e-7) are clamped there
 SHELLS = 4  # "minball": faces whose grid search needs more shells get a parallel brute-force scan
+BRUTE_CHUNK = 1024  # points per thread in that scan
 
 
 def default_sharpness(points) -> float:
@@ -238,11 +239,10 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
                               cap, LOW * cap, SHELLS, d, near_d, deferred, nd)
             m = int(_device.fetch(nd)[0])
             if m:
-                best, pick = _device.empty((m,), rdt), _device.empty((m,), np.int32)
-                Kn.minball_brute_init(grid.pts, f.dev, deferred, m, cap, d, best, pick)
-                Kn.minball_brute_d2(grid.pts, f.dev, deferred, m, d, best)
-                Kn.minball_brute_pick(grid.pts, f.dev, deferred, m, d, best, pick)
-                Kn.minball_brute_store(grid.pts, deferred, m, pick, near_d)
+                nc = -(-n // BRUTE_CHUNK)
+                bd2, bid = _device.empty((m, nc), rdt), _device.empty((m, nc), np.int32)
+                Kn.minball_brute(grid.pts, f.dev, deferred, m, cap, BRUTE_CHUNK, d, bd2, bid)
+                Kn.minball_brute_reduce(deferred, m, bd2, bid, near_d)
         args = (P, R, f.dev, near_d, alpha, cap, LOW * cap, d, probs, margin)
         if K:
             Kn.minball_eval(*args)
