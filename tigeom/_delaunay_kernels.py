@@ -33,6 +33,12 @@ EPS_ORIENT = 1e-15  # relative error bound of an orientation determinant (Shewch
 EPS_LIFT = 1e-14  # relative error bound of a lifted determinant (weights and squares included)
 R1_2D = 0  # rings gathered and clipped nearest-first before the ring-by-ring search
 R1_3D = 1
+# 3D: gathered candidates are clipped in bands of distance (in grid cells), nearest band first:
+# near bisectors shrink the cell early, so most far candidates fail the security test
+# (band k ends at BAND0 * BAND_GROWTH**k cells, the last one is open)
+BAND0 = 0.35
+BAND_GROWTH = 1.18
+NPASS = 10
 EPS_G = 1e-9  # relative band of the fast vertex test inside which the lifted predicate decides
 # Relative slack of the security distances. Wrap as ti.f64(...) inside kernels: a bare literal
 # such as (1.0 + 1e-9) is folded in the default float type, which is f32 (1.0 + 1e-9 == 1.0), and
@@ -364,6 +370,21 @@ def _cell_of(p, lo, h, res, dim: ti.template()):
 
 
 @ti.func
+def _box_dist2(p, cell, lo, h):
+    """Squared distance from p to grid cell `cell` (3D), less a slack of 1e-6 h plus the round-off
+    of the coordinates per axis, so that it never exceeds the distance to a point filed in that
+    cell: cells at least the security distance away can be skipped."""
+    d2 = _f64(0.0)
+    for a in ti.static(range(3)):
+        c_lo = lo[a] + cell[a] * h
+        gap = ti.max(c_lo - p[a], p[a] - (c_lo + h))
+        gap -= 1e-6 * h + 1e-15 * (ti.abs(p[a]) + ti.abs(lo[a]))
+        if gap > 0:
+            d2 += gap * gap
+    return d2
+
+
+@ti.func
 def _security(R2, dw):
     """Squared distance beyond which a point cannot cut a cell of squared radius R2 (dw: the
     largest weight minus the cell's own): |d| >= R + sqrt(R^2 + dw), with a little slack."""
@@ -391,8 +412,10 @@ def _need2_3(vy: ti.template(), w, nt, dw):
 @ti.func
 def _gather(P: ti.template(), skip: ti.template(), start: ti.template(), order: ti.template(), i, pi, c, r1,
             r3, cand: ti.template(), cdist: ti.template(), w, dim: ti.template()):
-    """The points of the grid cells within Chebyshev distance r1 of cell c, sorted by distance to
-    p_i (insertion sort: a few dozen entries). Returns their count, or -1 when they overflow."""
+    """The points of the grid cells within Chebyshev distance r1 of cell c with their squared
+    distances to p_i; in 2D sorted by distance (insertion sort: a handful of entries), in 3D in
+    grid order (about 80 entries: sorting them cost more than it saved; cells3d clips them in
+    distance bands). Returns their count, or -1 when they overflow."""
     kc = cand.shape[1]
     m = 0
     for a, b, e in ti.ndrange((-r1, r1 + 1), (-r1, r1 + 1), (-r1 if ti.static(dim == 3) else 0,
@@ -406,7 +429,11 @@ def _gather(P: ti.template(), skip: ti.template(), start: ti.template(), order: 
                     if m < kc:
                         dj = _pt(P, j, dim) - pi
                         d2 = dj.dot(dj)
-                        sorted_insert(cdist, cand, w, m, d2, j)
+                        if ti.static(dim == 2):
+                            sorted_insert(cdist, cand, w, m, d2, j)
+                        else:  # 3D: the clipping loop visits them in distance bands instead
+                            cdist[w, m] = d2
+                            cand[w, m] = j
                     m += 1
     if m > kc:
         m = -1
@@ -737,16 +764,21 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             r = 0
             m = _gather(P, skip, start, order, i, pi, c, R1_3D, r3, cand, cdist, w, 3)
             if m >= 0:
-                k = 0
-                while k < m and st == 0:
-                    if cdist[w, k] < need2:
-                        nt0 = nt
-                        npl0 = npl
-                        nt, npl, st = _clip3(P, W, i, pi, cand[w, k], w, nt, npl, tri, pl, vy, flag, cl, be,
-                                             box_lo, box_hi, tcap, pcap)
-                        if st == 0 and (npl != npl0 or nt != nt0):
-                            need2 = _need2_3(vy, w, nt, wmax - W[i])
-                    k += 1
+                lo2 = _f64(-1.0)
+                for pas in range(NPASS):
+                    hi2 = (ti.f64(BAND0) * ti.pow(ti.f64(BAND_GROWTH), pas) * h) ** 2 if pas < NPASS - 1 else ti.f64(1e300)
+                    k = 0
+                    while k < m and st == 0:
+                        dk = cdist[w, k]
+                        if lo2 <= dk and dk < hi2 and dk < need2:
+                            nt0 = nt
+                            npl0 = npl
+                            nt, npl, st = _clip3(P, W, i, pi, cand[w, k], w, nt, npl, tri, pl, vy, flag, cl, be,
+                                                 box_lo, box_hi, tcap, pcap)
+                            if st == 0 and (npl != npl0 or nt != nt0):
+                                need2 = _need2_3(vy, w, nt, wmax - W[i])
+                        k += 1
+                    lo2 = hi2
                 r = R1_3D + 1
             done = m >= 0 and (R1_3D * h * ti.f64(SHRINK)) ** 2 >= need2
             while not done:
@@ -758,7 +790,8 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                         e = -r
                         while e <= r and st == 0:
                             cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
-                            if 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]:
+                            inside = 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]
+                            if inside and _box_dist2(pi, ti.Vector([cx, cy, cz]), lo, h) < need2:
                                 f = (cx * r3[1] + cy) * r3[2] + cz
                                 s = start[f]
                                 while s < start[f + 1] and st == 0:
