@@ -175,12 +175,21 @@ def _adjacency(s: np.ndarray, require_manifold: bool = False) -> np.ndarray:
     nb = -np.ones((m, k), np.int64)
     if m == 0:
         return nb
-    f = np.concatenate([np.sort(np.delete(s, c, axis=1), axis=1) for c in range(k)])
+    f = np.concatenate([np.sort(np.delete(s, c, axis=1), axis=1) for c in range(k)]).astype(np.int64)
     sid = np.tile(np.arange(m), k)
     opp = np.repeat(np.arange(k), m)
-    order = np.lexsort(f.T[::-1])
-    fs = f[order]
-    same = np.all(fs[1:] == fs[:-1], axis=1)
+    n = int(f.max()) + 1
+    if float(n) ** (k - 1) < 2.0 ** 62:  # one int64 key per facet: a 1D sort, ~3x faster than lexsort
+        key = f[:, 0]
+        for c in range(1, k - 1):
+            key = key * n + f[:, c]
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        same = ks[1:] == ks[:-1]
+    else:
+        order = np.lexsort(f.T[::-1])
+        fs = f[order]
+        same = np.all(fs[1:] == fs[:-1], axis=1)
     if require_manifold and (same[1:] & same[:-1]).any():
         name = "tets" if k == 4 else "simplices"
         raise ValueError(f"{name}: a face is shared by more than two {name} (the mesh is not a manifold)")
