@@ -2,9 +2,12 @@
 
 Each sweep runs, as Taichi kernels over the whole mesh:
 
-1. smoothing: every free interior vertex climbs the worst quality of its star (min-norm ascent
-   direction of the nearly-worst tets, backtracking, kept only if the worst tet improves); an
-   independent set of the proposals (no two on one edge, worse stars first) is applied;
+1. smoothing: every free interior vertex of a tet below quality 0.6 climbs the worst quality of
+   its star (min-norm ascent direction of the nearly-worst tets, backtracking, kept only if the
+   worst tet improves); an independent set of the proposals (no two on one edge, worse stars
+   first) is applied; up to 20 such passes per sweep, each re-proposing only where a star
+   changed (three passes per sweep left the family of tests near 25 degrees, twenty reach
+   about 30);
 2. topological passes until none applies: 2-3 flips of interior faces and removal of interior
    edges with 3..7 tets around them (3-2 and 4-4 flips are the n = 3, 4 cases; the best
    triangulation of the ring is chosen among all of them);
@@ -37,6 +40,9 @@ from ..delaunay import _adjacency
 from .quality import signed_volumes, tet_quality, validate_mesh
 
 logger = logging.getLogger(__name__)
+
+SMOOTH_ROUNDS = 20  # smoothing passes per sweep (each moves an independent set of vertices)
+ACTIVE_SINE = 0.6  # smoothing moves the vertices of tets whose quality is below this (~37 deg)
 
 
 @dataclass
@@ -161,8 +167,8 @@ def _check_fixed(fixed, n: int) -> np.ndarray:
 
 
 def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bool = True,
-                 smooth_iters: int = 4, time_limit: float | None = None, progress: bool = False,
-                 callback=None) -> ImproveResult:
+                 smooth_iters: int = 4, smooth_rounds: int = SMOOTH_ROUNDS, time_limit: float | None = None,
+                 progress: bool = False, callback=None) -> ImproveResult:
     """Improve a tetrahedral mesh without touching its boundary.
 
     Parameters
@@ -174,6 +180,9 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
     max_sweeps : upper bound on smoothing + flipping sweeps; the run stops earlier when a sweep
         (insertion included) no longer raises the worst quality.
     insert : allow vertex insertion (edge splits) when smoothing and flips stall.
+    smooth_iters, smooth_rounds : ascent steps per vertex proposal, and smoothing passes per
+        sweep. Fewer rounds are faster but stop lower: on the test family 3 rounds reach about
+        25 degrees in a third of the time that 20 rounds (the default) take to reach about 30.
     time_limit : seconds after which no new sweep starts.
     progress : a progress bar (rich) over the sweeps.
     callback : called after every sweep with the history entry (a dict).
@@ -189,6 +198,9 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
     fixed_mask = _check_fixed(fixed, len(v))
     if max_sweeps < 0:
         raise ValueError(f"max_sweeps: must be >= 0, got {max_sweeps}")
+    for name, val in (("smooth_iters", smooth_iters), ("smooth_rounds", smooth_rounds)):
+        if int(val) != val or val < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {val}")
     t = _orient_flat(v, t)
     runtime.ensure_init()
     from . import _kernels as K
@@ -226,13 +238,16 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
         K.winners(ctets, cn, key, owner, win)
         return win
 
-    def smooth(V, T):
+    def smooth(V, T, rounds):
+        """Up to ``rounds`` smoothing passes on a fixed connectivity (built once). A pass proposes
+        moves only for vertices whose star changed since their last failed proposal (a moved
+        vertex, its star's vertices, and the blocked ones): the others would propose the same
+        failed move again. Returns the new positions and the number of moves."""
         movable_mask = np.zeros(len(V), bool)
-        movable_mask[np.unique(T)] = True
+        q = qual(V, T)
+        # only vertices of tets below ACTIVE_SINE move: the rest cannot raise the worst tets
+        movable_mask[np.unique(T[q < max(ACTIVE_SINE, float(q.min()) + 1e-3)])] = True
         movable_mask[:n_in] &= ~pinned
-        movable = np.flatnonzero(movable_mask).astype(np.int32)
-        if len(movable) == 0:
-            return V, 0
         flat = T.ravel()
         order = np.argsort(flat, kind="stable")
         vt = (order // 4).astype(np.int32)
@@ -242,19 +257,39 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
         el = np.linalg.norm(V[E[:, 0]] - V[E[:, 1]], axis=1)
         deg = np.bincount(E.ravel(), minlength=len(V))
         hl = np.bincount(E.ravel(), weights=np.repeat(el, 2), minlength=len(V)) / np.maximum(deg, 1)
-        vidx = -np.ones(len(V), np.int32)
-        vidx[movable] = np.arange(len(movable), dtype=np.int32)
         Vd = _device.upload(V)
-        newpos = _device.empty((len(movable), 3), np.float64)
-        gain = _device.empty((len(movable),), np.float64)
-        qv = _device.empty((len(movable),), np.float64)
-        K.smooth_propose(Vd, _device.upload(T), _device.upload(ptr), _device.upload(vt), _device.upload(movable),
-                         _device.upload(hl[movable]), newpos, gain, qv, smooth_iters)
-        blocked = _device.zeros((len(movable),), np.int32)
-        K.smooth_block(_device.upload(E.astype(np.int32)), _device.upload(vidx), gain, qv, blocked)
-        moved = _device.zeros((1,), np.int32)
-        K.smooth_apply(Vd, _device.upload(movable), newpos, gain, blocked, moved)
-        return _device.fetch(Vd).copy(), int(_device.fetch(moved)[0])
+        Td, ptr_d, vt_d = _device.upload(T), _device.upload(ptr), _device.upload(vt)
+        Ed = _device.upload(E.astype(np.int32))
+        active = movable_mask.copy()
+        total = 0
+        for _ in range(rounds):
+            mov = np.flatnonzero(active).astype(np.int32)
+            if len(mov) == 0:
+                break
+            vidx = -np.ones(len(V), np.int32)
+            vidx[mov] = np.arange(len(mov), dtype=np.int32)
+            mov_d = _device.upload(mov)
+            newpos = _device.empty((len(mov), 3), np.float64)
+            gain = _device.empty((len(mov),), np.float64)
+            qv = _device.empty((len(mov),), np.float64)
+            K.smooth_propose(Vd, Td, ptr_d, vt_d, mov_d, _device.upload(hl[mov]), newpos, gain, qv, smooth_iters)
+            blocked = _device.zeros((len(mov),), np.int32)
+            K.smooth_block(Ed, _device.upload(vidx), gain, qv, blocked)
+            moved = _device.zeros((1,), np.int32)
+            K.smooth_apply(Vd, mov_d, newpos, gain, blocked, moved)
+            k = int(_device.fetch(moved)[0])
+            total += k
+            if k == 0:
+                break
+            g, bl = _device.fetch(gain), _device.fetch(blocked)
+            went = mov[(g > 0) & (bl == 0)]
+            active[:] = False
+            active[mov[(g > 0) & (bl != 0)]] = True
+            touched = np.zeros(len(V), bool)
+            touched[went] = True
+            active[T[touched[T].any(axis=1)].ravel()] = True
+            active &= movable_mask
+        return _device.fetch(Vd).copy(), total
 
     def topo_pass(V, T, kind, below=0.0):
         """One parallel pass of one move kind; returns the new (V, T) and the number applied."""
@@ -321,12 +356,7 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
         for sweep in range(max_sweeps):
             if time_limit is not None and time.perf_counter() - t0 > time_limit:
                 break
-            n_s = 0
-            for _ in range(3):
-                V, k = smooth(V, T)
-                n_s += k
-                if k == 0:
-                    break
+            V, n_s = smooth(V, T, int(smooth_rounds))
             counts["smooth_moves"] += n_s
             for _ in range(12):
                 V, T, a = topo_pass(V, T, "flip23")
