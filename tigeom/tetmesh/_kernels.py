@@ -456,6 +456,20 @@ def _star_q(V: ti.template(), T: ti.template(), vt_ptr: ti.template(), vt: ti.te
     return m
 
 
+@ti.func
+def _star_q_above(V: ti.template(), T: ti.template(), vt_ptr: ti.template(), vt: ti.template(), v, x, cur):
+    """Min quality over the star of v moved to x, or a value <= cur as soon as one tet is (the
+    line search only asks whether the move beats cur)."""
+    m = ti.f64(1e300)
+    s = vt_ptr[v]
+    while s < vt_ptr[v + 1]:
+        m = ti.min(m, _tet_q_at(V, T, vt[s], v, x))
+        if m <= cur:
+            s = vt_ptr[v + 1]
+        s += 1
+    return m
+
+
 @ti.kernel
 def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable: nd_i32, hlen: nd_f64,
                    newpos: nd_f64_2, gain: nd_f64, qv: nd_f64, iters: ti.i32):
@@ -482,7 +496,7 @@ def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable
                     cnt += 1
         if cnt > 0:
             cen /= cnt
-            ql = _star_q(V, T, vt_ptr, vt, v, cen)
+            ql = _star_q_above(V, T, vt_ptr, vt, v, cen, cur)
             if ql > cur:
                 cur = ql
                 x = cen
@@ -525,7 +539,7 @@ def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable
             moved = False
             for _ls in range(12):
                 y = x + step * d
-                qy = _star_q(V, T, vt_ptr, vt, v, y)
+                qy = _star_q_above(V, T, vt_ptr, vt, v, y, cur)
                 if qy > cur:
                     cur = qy
                     x = y
