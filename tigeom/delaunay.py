@@ -27,6 +27,7 @@ from itertools import combinations
 import numpy as np
 
 from . import _device, runtime
+from ._keys import decode_keys, keys_fit, row_keys, unique_keys
 from ._validate import as_array, as_points
 
 logger = logging.getLogger(__name__)
@@ -116,14 +117,11 @@ class Triangulation:
         vids = sid[order]
         # neighbours: the edges of the triangulation, as int64 keys lo * n + hi (sorting 1D keys
         # is ~10x faster than np.unique(axis=0) on rows: 4.7 s -> 0.5 s at 1e5 points in 3D)
-        a = np.concatenate([s[:, i] for i, _ in combinations(range(d + 1), 2)]).astype(np.int64)
-        b = np.concatenate([s[:, j] for _, j in combinations(range(d + 1), 2)]).astype(np.int64)
-        key = np.sort(np.minimum(a, b) * n + np.maximum(a, b))
-        key = key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key
-        lo, hi = key // n, key % n
-        src, dst = np.concatenate([lo, hi]), np.concatenate([hi, lo])
-        o = np.argsort(src * n + dst)
-        src, dst = src[o], dst[o]
+        e = np.concatenate([s[:, [a, b]] for a, b in combinations(range(d + 1), 2)])
+        e = decode_keys(unique_keys(row_keys(np.sort(e, axis=1), n)), n, 2)
+        both = np.concatenate([e, e[:, ::-1]])
+        both = both[np.argsort(row_keys(both, n))]
+        src, dst = both[:, 0], both[:, 1].copy()
         nptr = np.zeros(n + 1, np.int64)
         nptr[1:] = np.cumsum(np.bincount(src, minlength=n))
         unb = np.zeros(n, bool)
@@ -182,10 +180,8 @@ def _adjacency(s: np.ndarray, require_manifold: bool = False) -> np.ndarray:
     sid = np.tile(np.arange(m), k)
     opp = np.repeat(np.arange(k), m)
     n = int(f.max()) + 1
-    if float(n) ** (k - 1) < 2.0 ** 62:  # one int64 key per facet: a 1D sort, ~3x faster than lexsort
-        key = f[:, 0]
-        for c in range(1, k - 1):
-            key = key * n + f[:, c]
+    if keys_fit(n, k - 1):  # one int64 key per facet: a 1D sort, ~3x faster than lexsort
+        key = row_keys(f, n)
         order = np.argsort(key, kind="stable")
         ks = key[order]
         same = ks[1:] == ks[:-1]

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from .._keys import decode_keys, unique_keys
 from .._validate import as_array, as_points
 from .._progress import progress_bar
 from ..optim import Adam
@@ -49,14 +50,13 @@ def candidate_faces(points, k: int | None = None, triangulation=None) -> np.ndar
         keys.append(_face_keys(list(np.asarray(triangulation.faces).T), n))
     if not keys:
         return np.zeros((0, d), np.int64)
-    keys = np.sort(np.concatenate(keys))  # sort + neighbour test: numpy 2's hashing np.unique is ~10x slower here
-    return _decode_keys(keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys, n, d)
+    return decode_keys(unique_keys(np.concatenate(keys)), n, d)
 
 
 def _face_keys(cols, n: int) -> np.ndarray:
     """One int64 per face (vertex columns ``cols``, -1 = missing: dropped), equal for the same
-    vertex set and ordered like the sorted rows: (a n + b) n + c for a < b < c. Sorting 1D keys is
-    far faster than ``np.unique(axis=0)`` on rows. Needs n^d < 2^63 (n < 2e6 in 3D)."""
+    vertex set: :func:`tigeom._keys.row_keys` of the sorted rows, sorted here by min/max (faster
+    than np.sort along rows). Needs n^d < 2^63 (n < 2e6 in 3D)."""
     cols = [np.asarray(c, np.int64).reshape(-1) for c in cols]
     ok = np.ones(len(cols[0]), bool)
     for c in cols:
@@ -70,14 +70,6 @@ def _face_keys(cols, n: int) -> np.ndarray:
     hi = np.maximum(np.maximum(x, y), z)
     mid = x + y + z - lo - hi
     return (lo * n + mid) * n + hi
-
-
-def _decode_keys(keys: np.ndarray, n: int, d: int) -> np.ndarray:
-    out = np.empty((len(keys), d), np.int64)
-    for c in range(d - 1, -1, -1):
-        out[:, c] = keys % n
-        keys = keys // n
-    return out
 
 
 class DMesh:
