@@ -285,21 +285,29 @@ def _sos_box_vertex(P: ti.template(), W: ti.template(), i, pi, S: ti.template(),
 
 
 @ti.func
-def _is_conflict(P: ti.template(), W: ti.template(), i, pi, S: ti.template(), y, j, n, c, box_lo, box_hi,
-                 dim: ti.template()):
-    """Does bisector j (plane n.y <= c) remove the cell vertex y = intersection of planes S?"""
-    g = n.dot(y) - c
+def _conflict_tie(P: ti.template(), W: ti.template(), i, pi, S: ti.template(), j, n, box_lo, box_hi,
+                  dim: ti.template()):
+    """The exact or symbolically perturbed decision for a vertex inside the float filter's band."""
     allbis = True
     for a in ti.static(range(dim)):
         if S[a] < 0:
             allbis = False
+    res = False
+    if allbis:
+        res = conflict_exact(P, W, i, S, j, dim)
+    else:
+        res = _sos_box_vertex(P, W, i, pi, S, j, n, box_lo, box_hi, dim)
+    return res
+
+
+@ti.func
+def _is_conflict(P: ti.template(), W: ti.template(), i, pi, S: ti.template(), y, j, n, c, box_lo, box_hi,
+                 dim: ti.template()):
+    """Does bisector j (plane n.y <= c) remove the cell vertex y = intersection of planes S?"""
+    g = n.dot(y) - c
     res = g > 0
-    tol = EPS_G * (ti.abs(n).dot(ti.abs(y)) + ti.abs(c))
-    if ti.abs(g) <= tol:
-        if allbis:
-            res = conflict_exact(P, W, i, S, j, dim)
-        else:
-            res = _sos_box_vertex(P, W, i, pi, S, j, n, box_lo, box_hi, dim)
+    if ti.abs(g) <= EPS_G * (ti.abs(n).dot(ti.abs(y)) + ti.abs(c)):
+        res = _conflict_tie(P, W, i, pi, S, j, n, box_lo, box_hi, dim)
     return res
 
 
@@ -448,16 +456,30 @@ def _ring_done(st, r, rmax, h, need2):
 
 
 @ti.func
-def _emit(buf: ti.template(), counter: ti.template(), i, k, S: ti.template(), m: ti.template()):
-    """Append row (i, k, sorted S) to buf; the counter still counts rows that do not fit, so the
-    host can retry with the exact capacity."""
-    slot = ti.atomic_add(counter[0], 1)
+def _emit(buf: ti.template(), counter: ti.template(), i, k, S: ti.template(), m: ti.template(), slot, left,
+          chunk: ti.template()):
+    """Append row (i, k, sorted S) to buf. A worker reserves `chunk` rows at a time with one
+    atomic on the shared counter (on the CPU, one atomic per row cost more than the rest of the
+    emission); returns the worker's (next slot, rows left in its reservation). The counter still
+    counts reservations that do not fit, so the host can retry with the exact capacity."""
+    if left == 0:
+        slot = ti.atomic_add(counter[0], chunk)
+        left = chunk
     if slot < buf.shape[0]:
         Ss, par = _sort_small(S, m)
         buf[slot, 0] = i
         buf[slot, 1] = k
         for a in ti.static(range(m)):
             buf[slot, 2 + a] = Ss[a]
+    return slot + 1, left - 1
+
+
+@ti.func
+def _emit_close(buf: ti.template(), slot, left):
+    """Mark the unused rows of a worker's last reservation (owner -1; the host drops them)."""
+    for r in range(left):
+        if slot + r < buf.shape[0]:
+            buf[slot + r, 0] = -1
 
 
 # --------------------------------------------------------------------------- 2D cells
@@ -525,7 +547,8 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, prm: nd_f64,
             planes: nd_i32_3, vy: ti.types.ndarray(dtype=ti.f64, ndim=4), flag: nd_i32_2,
             cand: nd_i32_2, cdist: nd_f64_2,
-            status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32, cap: ti.template()):
+            status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32, cap: ti.template(),
+            chunk: ti.template()):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b) into buf.
     prm = (grid cell size, largest weight, box band): f64 scalars travel in an array."""
     # everything lives inside the parallel loop: values computed before it become global
@@ -538,6 +561,8 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
         lo = ti.Vector([glo[0], glo[1]])
         r3 = ti.Vector([res[0], res[1], res[2]])
         rmax = ti.max(r3[0], r3[1])
+        slot = 0
+        left = 0
         q = w
         while q < ids.shape[0]:
             i = ids[q]
@@ -605,10 +630,11 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                     # negative ids that must never index P (an out-of-bounds read on CUDA)
                     if a2 >= 0 and b2 >= 0:
                         if inside_box_canonical(P, W, i, ti.Vector([a2, b2]), box_lo, box_hi, band, 2):
-                            _emit(buf, counter, i, cnt, ti.Vector([a2, b2]), 2)
+                            slot, left = _emit(buf, counter, i, cnt, ti.Vector([a2, b2]), 2, slot, left, chunk)
                             cnt += 1
             count[i] = cnt
             q += nw
+        _emit_close(buf, slot, left)
 
 
 # --------------------------------------------------------------------------- 3D cells
@@ -628,12 +654,19 @@ def _clip3(P: ti.template(), W: ti.template(), i, pi, j, w, nt, npl, tri: ti.tem
     """Clip the cell of worker w (nt triangles over npl plane slots) by bisector j."""
     nc = 0
     nj, cj = _plane(P, W, i, j, pi, box_lo, box_hi, 3)
+    anj = ti.abs(nj)
+    acj = ti.abs(cj)
     for t in range(nt):
-        S = ti.Vector([pl[w, tri[w, t, 0]], pl[w, tri[w, t, 1]], pl[w, tri[w, t, 2]]])
+        # the float filter first; the vertex's planes are read only for a near tie. flag[w, t] is
+        # 0 for every live triangle between clips, so only conflicts write it
         y = ti.Vector([vy[w, t, 0], vy[w, t, 1], vy[w, t, 2]])
-        f = _is_conflict(P, W, i, pi, S, y, j, nj, cj, box_lo, box_hi, 3)
-        flag[w, t] = 1 if f else 0
+        g = nj.dot(y) - cj
+        f = g > 0
+        if ti.abs(g) <= EPS_G * (anj.dot(ti.abs(y)) + acj):
+            S = ti.Vector([pl[w, tri[w, t, 0]], pl[w, tri[w, t, 1]], pl[w, tri[w, t, 2]]])
+            f = _conflict_tie(P, W, i, pi, S, j, nj, box_lo, box_hi, 3)
         if f:
+            flag[w, t] = 1
             cl[w, nc] = t
             nc += 1
     st = 0
@@ -721,7 +754,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             tri: nd_i32_3, pl: nd_i32_2, vy: nd_f64_3, flag: nd_i32_2, cl: nd_i32_2, be: nd_i32_3,
             cand: nd_i32_2, cdist: nd_f64_2,
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32,
-            tcap: ti.template(), pcap: ti.template()):
+            tcap: ti.template(), pcap: ti.template(), chunk: ti.template()):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b, c) into buf.
     prm = (grid cell size, largest weight, box band)."""
     # everything inside the parallel loop (see cells2d)
@@ -733,6 +766,8 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
         lo = ti.Vector([glo[0], glo[1], glo[2]])
         r3 = ti.Vector([res[0], res[1], res[2]])
         rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
+        slot = 0
+        left = 0
         q = w
         while q < ids.shape[0]:
             i = ids[q]
@@ -754,6 +789,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                 tri[w, k, 0] = a
                 tri[w, k, 1] = b
                 tri[w, k, 2] = cc
+                flag[w, k] = 0
                 y, ok = _vertex3(P, W, i, pi, -1 - a, -1 - b, -1 - cc, box_lo, box_hi)
                 vy[w, k, 0] = y[0]
                 vy[w, k, 1] = y[1]
@@ -819,10 +855,11 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                     c3 = pl[w, tri[w, t, 2]]
                     if a3 >= 0 and b3 >= 0 and c3 >= 0:  # nested: `and` does not short-circuit
                         if inside_box_canonical(P, W, i, ti.Vector([a3, b3, c3]), box_lo, box_hi, band, 3):
-                            _emit(buf, counter, i, cnt, ti.Vector([a3, b3, c3]), 3)
+                            slot, left = _emit(buf, counter, i, cnt, ti.Vector([a3, b3, c3]), 3, slot, left, chunk)
                             cnt += 1
             count[i] = cnt
             q += nw
+        _emit_close(buf, slot, left)
 
 
 # --------------------------------------------------------------------------- assembly
@@ -832,90 +869,106 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
 def _contains(lst: ti.template(), off: ti.template(), cell, v: ti.template(), m: ti.template()):
     """Whether cell's list (rows off[cell] .. off[cell+1]) holds the sorted tuple v."""
     found = False
-    for row in range(off[cell], off[cell + 1]):
+    row = off[cell]
+    while row < off[cell + 1] and not found:
         same = True
         for a in ti.static(range(m)):
             if lst[row, a] != v[a]:
                 same = False
-        if same:
-            found = True
+        found = same
+        row += 1
     return found
+
+
+@ti.func
+def _seen_from(S: ti.template(), i, a: ti.template(), dim: ti.template()):
+    """Cell entry (i; S) as the cell of S[a] lists it: S without S[a], plus i, sorted."""
+    v = ti.Vector.zero(ti.i32, dim)
+    for b in ti.static(range(dim)):
+        if ti.static(b < a):
+            v[b] = S[b]
+        elif ti.static(b > a):
+            v[b - 1] = S[b]
+    v[dim - 1] = i
+    vs, par = _sort_small(v, dim)
+    return vs
 
 
 @ti.kernel
 def check_cells(lst: nd_i32_2, off: nd_i32, bad: nd_i32, dim: ti.template()):
-    """For each cell entry (i; S): every vertex of S must list (i, S minus itself) too."""
+    """Every simplex must be listed by the cells of all its vertices. An entry (i; S) of the
+    simplex's smallest vertex is looked up in the other vertices' cells; any other entry is looked
+    up in the smallest vertex's cell. A simplex missing from some cell then fails one of the two
+    lookups, with half the lookups of checking every entry against every other vertex."""
     for i in range(off.shape[0] - 1):
         for row in range(off[i], off[i + 1]):
             S = ti.Vector.zero(ti.i32, dim)
             for a in ti.static(range(dim)):
                 S[a] = lst[row, a]
-            for a in ti.static(range(dim)):
-                # the tuple seen from S[a]: (S without S[a]) plus i, sorted
-                v = ti.Vector.zero(ti.i32, dim)
-                for b in ti.static(range(dim)):
-                    if ti.static(b < a):
-                        v[b] = S[b]
-                    elif ti.static(b > a):
-                        v[b - 1] = S[b]
-                v[dim - 1] = i
-                vs, par = _sort_small(v, dim)
-                if not _contains(lst, off, S[a], vs, dim):
-                    bad[i] = 1
-                    bad[S[a]] = 1
+            if i < S[0]:
+                for a in ti.static(range(dim)):
+                    if not _contains(lst, off, S[a], _seen_from(S, i, a, dim), dim):
+                        bad[i] = 1
+                        bad[S[a]] = 1
+            elif not _contains(lst, off, S[0], _seen_from(S, i, 0, dim), dim):
+                bad[i] = 1
+                bad[S[0]] = 1
+
+
+@ti.func
+def _row_has(lst: ti.template(), r, f: ti.template(), dim: ti.template()):
+    """Whether row r of a cell list holds every entry of the face f (dim - 1 indices)."""
+    ok = True
+    for b in ti.static(range(dim - 1)):
+        hit = False
+        for c in ti.static(range(dim)):
+            if lst[r, c] == f[b]:
+                hit = True
+        if not hit:
+            ok = False
+    return ok
 
 
 @ti.kernel
-def cell_faces(lst: nd_i32_2, off: nd_i32, fcount: nd_i32, fout: nd_i32_2, foff: nd_i32, mode: ti.i32,
-               dim: ti.template()):
-    """Faces owned by each cell (the cell's point is the face's smallest index). mode 0 counts
-    them into fcount; mode 1 writes rows (face..., opposite, multiplicity) from foff."""
+def cell_faces(lst: nd_i32_2, off: nd_i32, fout: nd_i32_2, foff: nd_i32, dim: ti.template()):
+    """Faces owned by each cell (the cell's point is the face's smallest index), one row each:
+    (face..., opposite, multiplicity), at the first row of the cell list that has the face. foff
+    holds, per list row, its slot range: one slot per owned face incidence; slots of repeated
+    incidences get owner -1 and the host drops them. A face lies on two simplices of a cell at
+    most, so each scan stops at the first other row that has it."""
     for i in range(off.shape[0] - 1):
-        k = 0
         for row in range(off[i], off[i + 1]):
+            k = foff[row]
             for drop in ti.static(range(dim)):
                 # the face (i, S minus S[drop]) and its opposite vertex S[drop]
                 f = ti.Vector.zero(ti.i32, dim - 1 if dim > 1 else 1)
-                ok = True
                 for b in ti.static(range(dim)):
                     if ti.static(b < drop):
                         f[b] = lst[row, b]
                     elif ti.static(b > drop):
                         f[b - 1] = lst[row, b]
-                for b in ti.static(range(dim - 1)):
-                    if f[b] < i:
-                        ok = False
-                if ok:
-                    # first occurrence within this cell's list? count the multiplicity
+                if i < f[0]:  # S is sorted: f[0] is the face's smallest other index
                     first = True
-                    mult = 0
-                    for r2 in range(off[i], off[i + 1]):
-                        for d2 in ti.static(range(dim)):
-                            same = True
-                            g = ti.Vector.zero(ti.i32, dim - 1 if dim > 1 else 1)
-                            for b in ti.static(range(dim)):
-                                if ti.static(b < d2):
-                                    g[b] = lst[r2, b]
-                                elif ti.static(b > d2):
-                                    g[b - 1] = lst[r2, b]
-                            for b in ti.static(range(dim - 1)):
-                                if g[b] != f[b]:
-                                    same = False
-                            if same:
-                                mult += 1
-                                if r2 < row or (r2 == row and d2 < drop):
-                                    first = False
+                    r2 = off[i]
+                    while r2 < row and first:
+                        if _row_has(lst, r2, f, dim):
+                            first = False
+                        r2 += 1
                     if first:
-                        if mode == 1:
-                            o = foff[i] + k
-                            fout[o, 0] = i
-                            for b in ti.static(range(dim - 1)):
-                                fout[o, b + 1] = f[b]
-                            fout[o, dim] = lst[row, drop]
-                            fout[o, dim + 1] = mult
-                        k += 1
-        if mode == 0:
-            fcount[i] = k
+                        mult = 1
+                        r2 = row + 1
+                        while r2 < off[i + 1] and mult == 1:
+                            if _row_has(lst, r2, f, dim):
+                                mult = 2
+                            r2 += 1
+                        fout[k, 0] = i
+                        for b in ti.static(range(dim - 1)):
+                            fout[k, b + 1] = f[b]
+                        fout[k, dim] = lst[row, drop]
+                        fout[k, dim + 1] = mult
+                    else:
+                        fout[k, 0] = -1
+                    k += 1
 
 
 # --------------------------------------------------------------------------- hull completion

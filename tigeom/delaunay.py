@@ -475,8 +475,9 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
         count = _device.zeros((n,), np.int32)
         gpu = runtime.on_gpu()
         nworkers = 65536 if gpu else 64 * max(os.cpu_count() or 1, 1)
-        bufcap = int((6.5 if d == 2 else 30.0) * len(live)) + 4096
         cap = 64 if d == 2 else 128
+        chunk = 1 if gpu else 64  # rows a worker reserves per atomic (see _emit)
+        bufcap = int((6.5 if d == 2 else 30.0) * len(live)) + 4096 + min(nworkers, len(live)) * chunk
         ids = order
 
         lst_rows: list[np.ndarray] = []
@@ -492,7 +493,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
                 vy = _device.empty((nw, 2, cap, 2), np.float64)
                 flag = _device.empty((nw, cap), np.int32)
                 K.cells2d(P, Wd, skip_d, ids_d, glo, res_d, start, order_d, blo, bhi, prm,
-                          planes, vy, flag, cand, cdist, status, count, buf, counter, cap)
+                          planes, vy, flag, cand, cdist, status, count, buf, counter, cap, chunk)
             else:
                 pcap = cap
                 tri = _device.empty((nw, cap, 3), np.int32)
@@ -502,13 +503,14 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
                 cl = _device.empty((nw, cap), np.int32)
                 be = _device.empty((nw, cap, 2), np.int32)
                 K.cells3d(P, Wd, skip_d, ids_d, glo, res_d, start, order_d, blo, bhi, prm,
-                          tri, pl, vy, flag, cl, be, cand, cdist, status, count, buf, counter, cap, pcap)
+                          tri, pl, vy, flag, cl, be, cand, cdist, status, count, buf, counter, cap, pcap, chunk)
             used = int(_device.fetch(counter)[0])
             if used > bufcap:
                 bufcap = used + 1024
                 stats["retries"] += 1
                 continue
-            lst_rows.append(_device.fetch(buf, used).copy())
+            got = _device.fetch(buf, used)
+            lst_rows.append(got[got[:, 0] >= 0])
             st = _device.fetch(status)[ids]
             over = ids[(st & K.ST_OVERFLOW) != 0]
             if len(over) == 0 or cap >= 4096:
@@ -647,18 +649,17 @@ class _CellLists:
         own = first > owner
         simplices = np.column_stack([owner[own], self.lst[own]]).astype(np.int64) if own.any() else np.zeros(
             (0, d + 1), np.int64)
-        # faces owned by their smallest vertex, with multiplicity within the cell
-        fcount = _device.zeros((n,), np.int32)
-        dummy = _device.zeros((1, d + 2), np.int32)
-        if len(self.lst):
-            K.cell_faces(lst_d, off_d, fcount, dummy, _device.zeros((n,), np.int32), 0, d)
-        fc = _device.fetch(fcount).astype(np.int64)
-        foff = np.zeros(n + 1, np.int64)
-        foff[1:] = np.cumsum(fc)
+        # faces owned by their smallest vertex, with multiplicity within the cell. Row (i; S), S
+        # sorted, has a face per dropped vertex; its smallest other index is S[1] when S[0] is
+        # dropped and S[0] otherwise, so d - 1 + 1 owned incidences if i < S[0], one if S[0] < i < S[1]
+        nown = (d - 1) * (first > owner) + (self.lst[:, 1] > owner) if len(self.lst) else np.zeros(0, np.int64)
+        foff = np.zeros(len(nown) + 1, np.int64)
+        np.cumsum(nown, out=foff[1:])
         fout = _device.empty((max(int(foff[-1]), 1), d + 2), np.int32)
         if foff[-1]:
-            K.cell_faces(lst_d, off_d, fcount, fout, _device.upload(foff[:-1].astype(np.int32)), 1, d)
-        faces_rows = _device.fetch(fout, int(foff[-1])).astype(np.int64)
+            K.cell_faces(lst_d, off_d, fout, _device.upload(foff[:-1].astype(np.int32)), d)
+        faces_rows = _device.fetch(fout, int(foff[-1]))
+        faces_rows = faces_rows[faces_rows[:, 0] >= 0].astype(np.int64)
         return simplices, faces_rows
 
 
