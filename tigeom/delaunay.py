@@ -510,7 +510,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
                 stats["retries"] += 1
                 continue
             got = _device.fetch(buf, used)
-            lst_rows.append(got[got[:, 0] >= 0])
+            lst_rows.append(np.compress(got[:, 0] >= 0, got, axis=0))
             st = _device.fetch(status)[ids]
             over = ids[(st & K.ST_OVERFLOW) != 0]
             if len(over) == 0 or cap >= 4096:
@@ -587,7 +587,8 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     faces = faces if len(faces) else faces.reshape(0, d)
     lap("finish", t0)
     stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
-    return Triangulation(pts, w, simplices.astype(np.int64), hidden, faces.astype(np.int64), stats)
+    return Triangulation(pts, w, simplices.astype(np.int64, copy=False), hidden, faces.astype(np.int64, copy=False),
+                         stats)
 
 
 class _CellLists:
@@ -647,19 +648,20 @@ class _CellLists:
         first = self.lst[:, 0] if len(self.lst) else np.zeros(0, np.int32)
         owner = np.repeat(np.arange(n), np.diff(self.off))
         own = first > owner
-        simplices = np.column_stack([owner[own], self.lst[own]]).astype(np.int64) if own.any() else np.zeros(
+        simplices = np.column_stack([owner[own], self.lst[own]]) if own.any() else np.zeros(
             (0, d + 1), np.int64)
         # faces owned by their smallest vertex, with multiplicity within the cell. Row (i; S), S
         # sorted, has a face per dropped vertex; its smallest other index is S[1] when S[0] is
-        # dropped and S[0] otherwise, so d - 1 + 1 owned incidences if i < S[0], one if S[0] < i < S[1]
-        nown = (d - 1) * (first > owner) + (self.lst[:, 1] > owner) if len(self.lst) else np.zeros(0, np.int64)
-        foff = np.zeros(len(nown) + 1, np.int64)
+        # dropped and S[0] otherwise: the row owns d faces if i < S[0], one if S[0] < i < S[1]
+        nown = (self.lst[:, 1] > owner).astype(np.int32)
+        nown[own] += d - 1
+        foff = np.zeros(len(nown) + 1, np.int32)
         np.cumsum(nown, out=foff[1:])
         fout = _device.empty((max(int(foff[-1]), 1), d + 2), np.int32)
         if foff[-1]:
-            K.cell_faces(lst_d, off_d, fout, _device.upload(foff[:-1].astype(np.int32)), d)
+            K.cell_faces(lst_d, off_d, fout, _device.upload(foff[:-1]), d)
         faces_rows = _device.fetch(fout, int(foff[-1]))
-        faces_rows = faces_rows[faces_rows[:, 0] >= 0].astype(np.int64)
+        faces_rows = np.compress(faces_rows[:, 0] >= 0, faces_rows, axis=0)  # faster than a mask index
         return simplices, faces_rows
 
 
