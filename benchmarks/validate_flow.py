@@ -4,7 +4,7 @@
    diameter, against Cd 5.57953, Cl 0.010619, dp 0.117520.
 2. Sub-cell shifts of the cylinder at 20 cells per diameter: drag change.
 3. Free-stream cylinder at Re 10, 20, 40: uniform inflow, slip walls, a 40 D x 20 D channel
-   (blockage D/H = 5%), against Dennis & Chang 2.85 / 2.05 / 1.52.
+   (blockage D/H = 5%; ``--domain L H`` for another), against Dennis & Chang 2.85 / 2.05 / 1.52.
 4. Ellipses of the circle's area (aspect 1..7) in the drag2d setup, and the drag2d result
    (``--shape RUN/shape_final.npz``): does the optimised body beat every ellipse?
 
@@ -44,18 +44,23 @@ def schafer_turek(resolutions=(100, 200, 400), shifts=()):
     return rows
 
 
-def free_stream(cells_per_D=20, Ds=(40, 20)):
+DENNIS_CHANG = {10: 2.85, 20: 2.05, 40: 1.52}
+
+
+def free_stream(cells_per_D=20, Ds=(40, 20), reynolds=(10, 20, 40), max_steps=600_000):
+    """Ds: the channel's length and height in diameters (the cylinder sits 10 D from the inflow)."""
     rows = []
-    for re, ref in ((10, 2.85), (20, 2.05), (40, 1.52)):
+    for re in reynolds:
+        ref = DENNIS_CHANG[re]
         D = 1.0
         fl = Flow2D(size=(Ds[0] * D, Ds[1] * D), resolution=cells_per_D / D, viscosity=1.0 * D / re,
-                    inflow_velocity=1.0, inflow_profile="uniform", walls="slip", tol=1e-6, max_steps=600_000,
+                    inflow_velocity=1.0, inflow_profile="uniform", walls="slip", tol=1e-6, max_steps=max_steps,
                     lattice_velocity=0.05)
         v, s = shapes.circle((10 * D, Ds[1] * D / 2), D / 2, 512)
         t = time.perf_counter()
         r = fl.solve(v, s)
         cd = 2 * r.drag / (1.0 * D)
-        rows.append(dict(re=re, cd=cd, reference=ref, err=cd / ref - 1, blockage=D / (Ds[1] * D),
+        rows.append(dict(re=re, cd=cd, reference=ref, err=cd / ref - 1, blockage=D / (Ds[1] * D), domain_D=list(Ds), cells_per_D=cells_per_D,
                          steps=r.steps, converged=r.converged, seconds=time.perf_counter() - t))
         print(rows[-1], flush=True)
     return rows
@@ -103,6 +108,12 @@ def main(argv=None):
     ap.add_argument("--resolution", type=int, default=100, help="cells per unit length in part 4")
     ap.add_argument("--aspects", type=float, nargs="+", default=None,
                     help="part 4's aspect ratios (default: 1, 2, 3, 3.5 to 5.5 by 0.1, 6, 7)")
+    ap.add_argument("--domain", type=float, nargs=2, default=(40, 20), metavar=("L", "H"),
+                    help="part 3's channel length and height in diameters (blockage 1/H)")
+    ap.add_argument("--re", type=int, nargs="+", default=(10, 20, 40), choices=sorted(DENNIS_CHANG),
+                    help="part 3's Reynolds numbers")
+    ap.add_argument("--max-steps", type=int, default=600_000, help="part 3's step limit per case")
+    ap.add_argument("--cells-per-d", type=int, default=20, help="part 3's cells per diameter")
     ap.add_argument("--out", default="validation_flow.json")
     a = ap.parse_args(argv)
     if a.aspects is not None and (not a.aspects or min(a.aspects) < 1):
@@ -116,7 +127,10 @@ def main(argv=None):
     if 2 in parts:
         out["shift"] = schafer_turek(resolutions=(200,), shifts=(0.0, 0.25, 0.5, 0.75))
     if 3 in parts:
-        out["free_stream"] = free_stream()
+        if min(a.domain) < 12 or a.domain[0] < 15:
+            raise ValueError(f"--domain: the cylinder sits 10 D from the inflow; need L >= 15 and H >= 12, got {a.domain}")
+        out["free_stream"] = free_stream(cells_per_D=a.cells_per_d, Ds=tuple(a.domain), reynolds=tuple(a.re),
+                                        max_steps=a.max_steps)
     if 4 in parts:
         kw = {} if a.aspects is None else {"aspects": tuple(a.aspects)}
         out["ellipses"] = ellipses(a.shape, resolution=a.resolution, **kw)
