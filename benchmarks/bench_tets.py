@@ -39,9 +39,13 @@ def row(tag, q, seconds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="cpu")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="none: only the large run")
     ap.add_argument("--large", type=int, default=0, help="also a random mesh of about this many tets")
     ap.add_argument("--large-sweeps", type=int, default=3)
+    ap.add_argument("--large-time-limit", type=float, default=None, help="improve_tets time_limit (s) of the large run")
+    ap.add_argument("--large-mesh", default=None, help="the large mesh from an .npz (vertices, tets) instead")
+    ap.add_argument("--save-large-cube", nargs=3, metavar=("GRID", "N_INTERIOR", "FILE"), default=None,
+                    help="write cube_points(GRID, N_INTERIOR) triangulated by weighted_delaunay to FILE and exit")
     ap.add_argument("--no-ref", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -50,6 +54,16 @@ def main():
     from tigeom.tetmesh import cube_mesh, improve_tets, sphere_mesh, tet_quality
 
     rt = tigeom.init(args.arch)
+    if args.save_large_cube:
+        from tigeom.tetmesh.generate import cube_points
+
+        grid, n_int, path = int(args.save_large_cube[0]), int(args.save_large_cube[1]), args.save_large_cube[2]
+        p = cube_points(grid, n_int, seed=0)
+        tri = tigeom.weighted_delaunay(p)
+        np.savez(path, vertices=p, tets=tri.simplices.astype(np.int32))
+        print(f"{path}: {len(p)} points, {len(tri.simplices)} tets, min dihedral "
+              f"{tet_quality(p, tri.simplices).summary()['min_dihedral']:.3f} deg")
+        return
     results = {"machine": platform.processor() or platform.machine(), "backend": rt.backend, "rows": []}
     v, t = cube_mesh(2, 10, seed=0)
     improve_tets(v, t)  # compile
@@ -72,20 +86,24 @@ def main():
                 print(f"{'':10s} ratio tigeom/mmg3d: angle {rows[1]['min_dihedral'] / rows[2]['min_dihedral']:.2f}x, "
                       f"time {rows[1]['seconds'] / max(rows[2]['seconds'], 1e-9):.1f}x")
             results["rows"] += rows
-    if args.large:
-        from scipy.spatial import Delaunay
+    if args.large or args.large_mesh:
+        if args.large_mesh:  # e.g. from --save-large-cube, made where scipy/compiling is cheap
+            z = np.load(args.large_mesh)
+            p, t = z["vertices"], z["tets"]
+        else:
+            from scipy.spatial import Delaunay
 
-        n = int(args.large / 6.4)
-        p = np.random.default_rng(0).random((n, 3))
-        t = Delaunay(p).simplices
+            n = int(args.large / 6.4)
+            p = np.random.default_rng(0).random((n, 3))
+            t = Delaunay(p).simplices
         tet_quality(p, t[:10])
         t0 = time.perf_counter()
         q = tet_quality(p, t)
         tq = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = improve_tets(p, t, max_sweeps=args.large_sweeps)
+        out = improve_tets(p, t, max_sweeps=args.large_sweeps, time_limit=args.large_time_limit)
         ti = time.perf_counter() - t0
-        big = {"tets": len(t), "tet_quality_s": round(tq, 3), "tets_per_s": round(len(t) / tq),
+        big = {"mesh": args.large_mesh or "random", "tets": len(t), "tet_quality_s": round(tq, 3), "tets_per_s": round(len(t) / tq),
                "improve_s": round(ti, 2), "sweeps": out.stats["sweeps"],
                "min_dihedral_before": round(q.summary()["min_dihedral"], 2),
                "min_dihedral_after": round(out.after["min_dihedral"], 2)}

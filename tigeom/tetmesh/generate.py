@@ -163,14 +163,20 @@ def cube_mesh(grid: int = 6, n_interior: int = 400, seed: int = 0) -> tuple[np.n
     The family REFERENCE.md measures MMG3D on (min dihedral about 0.5-0.7 degrees): Delaunay
     tetrahedralisation leaves slivers between the random points and next to the planar faces.
     """
+    pts = cube_points(grid, n_interior, seed)
+    return pts, delaunay_tets(pts)
+
+
+def cube_points(grid: int = 6, n_interior: int = 400, seed: int = 0) -> np.ndarray:
+    """The points of :func:`cube_mesh`: the surface grid, then the random interior points. For
+    meshes beyond a few thousand points, triangulate them with ``tigeom.weighted_delaunay``."""
     if grid < 1 or n_interior < 0:
         raise ValueError(f"grid must be >= 1 and n_interior >= 0, got {grid}, {n_interior}")
     g = np.linspace(0.0, 1.0, grid + 1)
     P = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
     surf = P[np.any((P == 0) | (P == 1), axis=1)]
     rng = np.random.default_rng(seed)
-    pts = _with_interior(surf, n_interior, lambda c: np.ones(len(c), bool), 0.0, 1.0, 0.25 / grid, rng)
-    return pts, delaunay_tets(pts)
+    return _with_interior(surf, n_interior, lambda c: np.ones(len(c), bool), 0.0, 1.0, 0.25 / grid, rng)
 
 
 def sphere_mesh(subdivisions: int = 2, n_interior: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
