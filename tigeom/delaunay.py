@@ -655,8 +655,11 @@ class _CellLists:
         # dropped and S[0] otherwise: the row owns d faces if i < S[0], one if S[0] < i < S[1]
         nown = (self.lst[:, 1] > owner).astype(np.int32)
         nown[own] += d - 1
-        foff = np.zeros(len(nown) + 1, np.int32)
+        foff = np.zeros(len(nown) + 1, np.int64)
         np.cumsum(nown, out=foff[1:])
+        if foff[-1] >= 2 ** 31:
+            raise MemoryError(f"weighted_delaunay: {int(foff[-1])} face slots exceed the kernels' int32 indexing")
+        foff = foff.astype(np.int32)
         fout = _device.empty((max(int(foff[-1]), 1), d + 2), np.int32)
         if foff[-1]:
             K.cell_faces(lst_d, off_d, fout, _device.upload(foff[:-1]), d)
