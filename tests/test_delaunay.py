@@ -319,3 +319,14 @@ def test_device_array_path_on_cpu(monkeypatch):
         got = tigeom.weighted_delaunay(*(c if isinstance(c, tuple) else (c,)))
         check_valid(got, tol=1e-8)
         assert np.array_equal(got.simplices, ref.simplices) and np.array_equal(got.hidden, ref.hidden)
+
+
+@pytest.mark.parametrize("n", [50, 2 ** 40])  # one int64 key per row, and the lexsort path
+def test_row_groups_follow_lexicographic_order(n):
+    from tigeom.delaunay import _row_groups
+
+    rows = np.random.default_rng(0).integers(0, 50, size=(400, 4))
+    g = _row_groups(rows, n)
+    uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(g, inv.ravel())
+    assert len(_row_groups(rows[:0], n)) == 0

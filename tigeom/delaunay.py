@@ -668,44 +668,74 @@ class _CellLists:
         return simplices, faces_rows
 
 
+def _row_groups(rows: np.ndarray, n: int) -> np.ndarray:
+    """Group id of every row of indices in [0, n): equal rows share an id, and ids follow the
+    rows' lexicographic order (an int64 key sort when the rows fit one key, else lexsort)."""
+    if len(rows) == 0:
+        return np.zeros(0, np.int64)
+    if keys_fit(n, rows.shape[1]):
+        key = row_keys(rows, n)
+        o = np.argsort(key, kind="stable")
+        step = key[o[1:]] != key[o[:-1]]
+    else:
+        o = np.lexsort(rows.T[::-1])
+        step = (rows[o[1:]] != rows[o[:-1]]).any(axis=1)
+    g = np.empty(len(rows), np.int64)
+    g[o] = np.concatenate([[0], np.cumsum(step)])
+    return g
+
+
 def _complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats):
     """Add the simplices whose power centre lies outside the clipping box by gift wrapping from
-    every face that has a simplex on one side only; a face with no point beyond it is on the hull."""
+    every face that has a simplex on one side only; a face with no point beyond it is on the hull.
+
+    One kernel call per round finds the simplex beyond every open face; the host keeps the new
+    simplices and opens those of their faces that nothing closes yet (numpy on row groups)."""
+    n = P.shape[0]
     faces = faces_rows[:, :d]
     single = faces_rows[:, d + 1] == 1
-    count: dict[tuple, int] = {tuple(f): 1 for f in faces[single].tolist()}
-    front = [(tuple(f), int(o)) for f, o in zip(faces[single].tolist(), faces_rows[single, d].tolist())]
-    new_simp: set[tuple] = set()
-    new_faces: list[tuple] = []
-    while front:
-        fa = np.array([f for f, _ in front], np.int32)
-        op = np.array([o for _, o in front], np.int32)
+    known = faces[single].astype(np.int64)  # the faces seen once so far (sorted rows) ...
+    kcount = np.ones(len(known), np.int64)  # ... and how often they have been met
+    front, fopp = known, faces_rows[single, d]
+    new_s = np.zeros((0, d + 1), np.int64)
+    new_f: list[np.ndarray] = []
+    while len(front):
         out = _device.zeros((len(front),), np.int32)
-        K.gift_wrap(P, Wd, skip_d, _device.upload(fa), _device.upload(op), out, *grid, d)
-        found = _device.fetch(out, len(front)).tolist()
-        nxt = []
-        for (f, _), q in zip(front, found):
-            if q < 0:
-                continue
-            s = tuple(sorted((*f, q)))
-            if s in new_simp:
-                continue
-            new_simp.add(s)
-            for k in range(d + 1):
-                g = tuple(x for x in s if x != s[k])
-                if g in count:
-                    count[g] += 1
-                else:
-                    count[g] = 1
-                    new_faces.append(g)
-                    nxt.append((g, s[k]))
+        K.gift_wrap(P, Wd, skip_d, _device.upload(front.astype(np.int32)), _device.upload(fopp.astype(np.int32)),
+                    out, *grid, d)
+        q = _device.fetch(out, len(front)).astype(np.int64)
+        ok = q >= 0
+        s = np.sort(np.column_stack([front[ok], q[ok]]), axis=1)
+        # keep each simplex once, and only if no earlier round found it
+        g = _row_groups(np.concatenate([new_s, s]), n)
+        seen = np.zeros(int(g.max()) + 1 if len(g) else 0, bool)
+        seen[g[:len(new_s)]] = True
+        gs = g[len(new_s):]
+        _, first = np.unique(gs, return_index=True)
+        s = s[first[~seen[gs[first]]]]
+        new_s = np.concatenate([new_s, s])
+        # their faces, each with its opposite vertex: known ones are met once more, fresh ones
+        # are recorded with how often this round met them
+        fa = np.concatenate([np.delete(s, k, axis=1) for k in range(d + 1)])
+        op = s.T.reshape(-1)
+        g = _row_groups(np.concatenate([known, fa]), n)
+        slot = np.full(int(g.max()) + 1 if len(g) else 0, -1, np.int64)
+        slot[g[:len(known)]] = np.arange(len(known))
+        gf = slot[g[len(known):]]
+        hit = gf >= 0
+        np.add.at(kcount, gf[hit], 1)
+        _, ufirst, ucount = np.unique(g[len(known):][~hit], return_index=True, return_counts=True)
+        fa_new, op_new = fa[~hit][ufirst], op[~hit][ufirst]
+        known = np.concatenate([known, fa_new])
+        kcount = np.concatenate([kcount, ucount])
+        new_f.append(fa_new)
         # a face met twice in this round is closed on both sides
-        front = [(g, o) for g, o in nxt if count[g] == 1]
-    stats["wrapped"] = len(new_simp)
-    if new_simp:
-        simplices = np.concatenate([simplices, np.array(sorted(new_simp), np.int64)])
-    if new_faces:
-        faces = np.concatenate([faces, np.array(new_faces, np.int64)])
+        front, fopp = fa_new[ucount == 1], op_new[ucount == 1]
+    stats["wrapped"] = len(new_s)
+    if len(new_s):
+        simplices = np.concatenate([simplices, new_s[np.argsort(_row_groups(new_s, n), kind="stable")]])
+    if new_f:
+        faces = np.concatenate([faces, *new_f])
     return simplices, faces
 
 
