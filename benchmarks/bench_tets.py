@@ -103,14 +103,20 @@ def main():
         t0 = time.perf_counter()
         out = improve_tets(p, t, max_sweeps=args.large_sweeps, time_limit=args.large_time_limit)
         ti = time.perf_counter() - t0
+        after = row("tigeom", tet_quality(out.vertices, out.tets), ti)
         big = {"mesh": args.large_mesh or "random", "tets": len(t), "tet_quality_s": round(tq, 3), "tets_per_s": round(len(t) / tq),
-               "improve_s": round(ti, 2), "sweeps": out.stats["sweeps"],
+               "improve_s": round(ti, 2), "sweeps": out.stats["sweeps"], "time_limited": out.stats["time_limited"],
                "min_dihedral_before": round(q.summary()["min_dihedral"], 2),
-               "min_dihedral_after": round(out.after["min_dihedral"], 2)}
+               "min_dihedral_after": after["min_dihedral"], "max_dihedral_after": after["max_dihedral"],
+               "tets_outside_30_150_before": row("input", q, 0.0)["tets_outside_30_150"],
+               "tets_outside_30_150_after": after["tets_outside_30_150"], "tets_after": after["tets"],
+               # per sweep: seconds since the start and the worst tet's quality (smallest dihedral sine)
+               "history": [(h["seconds"], round(h["min_sine"], 4)) for h in out.history]}
         if not args.no_ref:
             sec, mv, mt = mmg(p, t)
-            big["mmg3d_s"] = round(sec, 2)
-            big["mmg3d_min_dihedral"] = round(tet_quality(mv, mt).summary()["min_dihedral"], 2)
+            ref = row("mmg3d", tet_quality(mv, mt), sec)
+            big.update(mmg3d_s=round(sec, 2), mmg3d_min_dihedral=ref["min_dihedral"],
+                       mmg3d_max_dihedral=ref["max_dihedral"], mmg3d_outside_30_150=ref["tets_outside_30_150"])
         print("large:", big)
         results["large"] = big
     if args.json:

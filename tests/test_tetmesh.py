@@ -108,6 +108,32 @@ def test_improve_random_cube_meshes(seed):
     assert out.after["inverted"] == 0 and out.after["flat"] == 0
 
 
+def test_time_limit_stops_inside_a_sweep(monkeypatch):
+    """The limit is checked between passes: a clock that runs out during the first sweep's
+    smoothing ends the run there with a valid, partly improved mesh, and the stats say so."""
+    import tigeom.tetmesh.improve as imp
+
+    v, t = cube_mesh(3, 60, seed=0)
+    full = improve_tets(v, t, max_sweeps=1)
+    calls = {"n": 0}
+
+    def clock():  # each reading advances a fake clock by one second
+        calls["n"] += 1
+        return float(calls["n"])
+
+    monkeypatch.setattr(imp.time, "perf_counter", clock)
+    out = improve_tets(v, t, max_sweeps=1, time_limit=4.5)
+    monkeypatch.undo()
+    assert out.stats["time_limited"] and not full.stats["time_limited"]
+    assert len(out.history) == 1 and 0 < out.history[0]["smooth_moves"] < full.history[0]["smooth_moves"]
+    assert out.stats["flip23"] + out.stats["edge_removal"] == 0  # stopped before the topological passes
+    _check_invariants(v, t, out)
+    assert out.after["min_dihedral"] > out.before["min_dihedral"]
+    none = improve_tets(v, t, time_limit=0.0)
+    assert none.stats["time_limited"] and none.history == [] and none.stats["sweeps"] == 0
+    np.testing.assert_array_equal(none.tets, t)
+
+
 def test_improve_scipy_delaunay_ball():
     from scipy.spatial import Delaunay
 
