@@ -134,6 +134,36 @@ def test_time_limit_stops_inside_a_sweep(monkeypatch):
     np.testing.assert_array_equal(none.tets, t)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_device_topology_equals_the_numpy_reference(seed):
+    from tigeom._device import fetch, upload
+    from tigeom.delaunay import _adjacency
+    from tigeom.tetmesh._topology import MeshTopology
+
+    v, t = cube_mesh(3, 60, seed=seed)
+    t = t[np.random.default_rng(seed).permutation(len(t))].astype(np.int32)  # any tet order
+    topo = MeshTopology(upload(t), len(t), len(v))
+    np.testing.assert_array_equal(fetch(topo.adjacency()), _adjacency(t.astype(np.int64)))
+    # edges: unique, sorted, each with the lowest-numbered tet that holds it
+    pairs = np.sort(t[:, [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]].reshape(-1, 2), axis=1)
+    ref, first = np.unique(pairs, axis=0, return_index=True)
+    E, etet = topo.edges()
+    np.testing.assert_array_equal(E, ref)
+    np.testing.assert_array_equal(etet, first // 6)
+    # stars: every tet of a vertex, ascending
+    ptr, vt = topo.stars()
+    for x in (0, len(v) // 2, len(v) - 1):
+        np.testing.assert_array_equal(vt[ptr[x]:ptr[x + 1]], np.flatnonzero((t == x).any(axis=1)))
+
+
+def test_face_shared_by_three_tets_is_refused():
+    v, t = cube_mesh(2, 10, seed=0)
+    a, b, c, d = t[0]
+    extra = np.array([[a, b, c, len(v)]])  # a third tet on face (a, b, c)
+    with pytest.raises(ValueError, match="shared by more than two"):
+        tigeom.tetmesh.face_adjacency(np.vstack([t, extra]))
+
+
 def test_improve_scipy_delaunay_ball():
     from scipy.spatial import Delaunay
 

@@ -17,8 +17,9 @@ A move is kept only if it raises the worst quality of the tets it replaces, so n
 made worse than the worst it replaced, none can invert, and the boundary faces (never touched:
 moves act on interior faces and edges only, boundary vertices never move) stay as they were.
 Moves that touch a common tet are resolved by priority (the worst replaced tet first, an atomic
-claim per tet), so the worst elements improve first and every pass is parallel. The host only
-rebuilds the face adjacency between passes (a sort).
+claim per tet), so the worst elements improve first and every pass is parallel. Between passes
+the vertex stars, face adjacency and edge list are rebuilt by kernels (``_topology``); the host
+compacts the tets and sorts the edges.
 
 The quality is the smallest dihedral sine of a tet (see ``_kernels``): it penalises small and
 large angles alike, and a mesh whose every tet has quality >= 0.5 has every dihedral angle
@@ -34,9 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _device, runtime
-from .._keys import row_keys
 from .._progress import progress_bar
-from ..delaunay import _adjacency
+from ._topology import MeshTopology
 from .quality import signed_volumes, tet_quality, validate_mesh
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,15 @@ def face_adjacency(t: np.ndarray) -> np.ndarray:
 
     ValueError when a face is shared by more than two tets (not a manifold mesh).
     """
-    return _adjacency(np.asarray(t), require_manifold=True)
+    t = np.asarray(t)
+    if len(t) == 0:
+        return np.zeros((0, 4), np.int64)
+    runtime.ensure_init()
+    topo = MeshTopology(_device.upload(t.astype(np.int32)), len(t), int(t.max()) + 1)
+    return _device.fetch(topo.adjacency()).astype(np.int64)
+
+
+_OTHER3 = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])  # the face opposite local vertex k
 
 
 def boundary_faces(t: np.ndarray, nb: np.ndarray | None = None) -> np.ndarray:
@@ -74,16 +82,8 @@ def boundary_faces(t: np.ndarray, nb: np.ndarray | None = None) -> np.ndarray:
     tt, kk = np.nonzero(nb < 0)
     if len(tt) == 0:
         return np.zeros((0, 3), np.int64)
-    f = np.sort(np.stack([np.delete(t[i], k) for i, k in zip(tt, kk)]), axis=1)
+    f = np.sort(np.asarray(t)[tt[:, None], _OTHER3[kk]], axis=1).astype(np.int64)
     return f[np.lexsort(f.T[::-1])]
-
-
-def _edges(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pairs = np.array([(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)])
-    e = np.sort(t[:, pairs].reshape(-1, 2), axis=1)
-    # int64 keys: ~10x faster than np.unique(axis=0) on rows, same result (stable: first occurrences)
-    _, first = np.unique(row_keys(e, int(e.max()) + 1 if len(e) else 1), return_index=True)
-    return e[first], first // 6
 
 
 def _triangulation_table(max_n: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -256,19 +256,16 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
         mov = np.flatnonzero(movable_mask).astype(np.int32)
         if len(mov) == 0:
             return V, 0
-        flat = T.ravel()
-        order = np.argsort(flat, kind="stable")
-        vt = (order // 4).astype(np.int32)
-        ptr = np.zeros(len(V) + 1, np.int32)
-        ptr[1:] = np.cumsum(np.bincount(flat, minlength=len(V)))
-        E, _ = _edges(T)
+        Td = _device.upload(T)
+        topo = MeshTopology(Td, len(T), len(V))
+        E, _ = topo.edges()
         el = np.linalg.norm(V[E[:, 0]] - V[E[:, 1]], axis=1)
         deg = np.bincount(E.ravel(), minlength=len(V))
         hl = np.bincount(E.ravel(), weights=np.repeat(el, 2), minlength=len(V)) / np.maximum(deg, 1)
         vidx = -np.ones(len(V), np.int32)
         vidx[mov] = np.arange(len(mov), dtype=np.int32)
         Vd, mov_d = _device.upload(V), _device.upload(mov)
-        star = (_device.upload(T), _device.upload(ptr), _device.upload(vt), mov_d, _device.upload(hl[mov]))
+        star = (Td, topo.ptr, topo.vt, mov_d, _device.upload(hl[mov]))
         Ed, vidx_d = _device.upload(E.astype(np.int32)), _device.upload(vidx)
         newpos = _device.empty((len(mov), 3), np.float64)
         gain = _device.empty((len(mov),), np.float64)
@@ -291,10 +288,10 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
     def topo_pass(V, T, kind, below=0.0):
         """One parallel pass of one move kind; returns the new (V, T) and the number applied."""
         m = len(T)
-        nb = face_adjacency(T.astype(np.int64)).astype(np.int32)
         Vd = _device.upload(V)
-        nbd = _device.upload(nb)
         Td0 = _device.upload(T)
+        topo = MeshTopology(Td0, m, len(V))
+        nbd = topo.adjacency()
         qd = qual_d(Vd, Td0, m)
         if kind == "flip23":
             nc = 4 * m
@@ -310,7 +307,7 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
             K.flip23_apply(Td, nbd, win, cnt)
             Vout = V
         else:
-            E, etet = _edges(T)
+            E, etet = topo.edges()
             ne = len(E)
             Ed, etd = _device.upload(E.astype(np.int32)), _device.upload(etet.astype(np.int32))
             ctets = _device.empty((ne, K.MAXRING), np.int32)
