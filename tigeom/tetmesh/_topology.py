@@ -21,6 +21,7 @@ import taichi as ti
 from .. import _device
 from .._keys import row_keys
 from .._scan import ExclusiveScan
+from .._spatial_kernels import sort_cells
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
@@ -40,18 +41,6 @@ def _star_fill(T: nd_i32_2, ptr: nd_i32, fill: nd_i32, vt: nd_i32):
         v = T[t, k]
         s = ti.atomic_add(fill[v], 1)
         vt[ptr[v] + s] = t
-
-
-@ti.kernel
-def _star_sort(ptr: nd_i32, vt: nd_i32):
-    for v in range(ptr.shape[0] - 1):
-        for i in range(ptr[v] + 1, ptr[v + 1]):
-            x = vt[i]
-            j = i - 1
-            while j >= ptr[v] and vt[j] > x:
-                vt[j + 1] = vt[j]
-                j -= 1
-            vt[j + 1] = x
 
 
 @ti.func
@@ -121,7 +110,7 @@ class MeshTopology:
         ExclusiveScan(nv).run(cnt, self.ptr, nv)
         self.vt = _device.empty((4 * m,), np.int32)
         _star_fill(Td, self.ptr, _device.zeros((nv,), np.int32), self.vt)
-        _star_sort(self.ptr, self.vt)
+        sort_cells(self.ptr, self.vt)  # the CSR segment sort of the point grid, per vertex here
 
     def adjacency(self):
         """(M, 4) int32 device array: the tet across the face opposite local vertex k, -1 on the
