@@ -162,6 +162,10 @@ def test_face_shared_by_three_tets_is_refused():
     extra = np.array([[a, b, c, len(v)]])  # a third tet on face (a, b, c)
     with pytest.raises(ValueError, match="shared by more than two"):
         tigeom.tetmesh.face_adjacency(np.vstack([t, extra]))
+    with pytest.raises(ValueError, match="tets: negative"):
+        tigeom.tetmesh.face_adjacency(t - 1)
+    with pytest.raises(ValueError, match="tets: expected"):
+        tigeom.tetmesh.face_adjacency(t[:, :3])
 
 
 def test_improve_scipy_delaunay_ball():

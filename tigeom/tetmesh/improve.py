@@ -66,8 +66,12 @@ def face_adjacency(t: np.ndarray) -> np.ndarray:
     ValueError when a face is shared by more than two tets (not a manifold mesh).
     """
     t = np.asarray(t)
+    if t.ndim != 2 or t.shape[1] != 4 or not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f"tets: expected (M, 4) integer vertex indices, got {t.dtype} {t.shape}")
     if len(t) == 0:
         return np.zeros((0, 4), np.int64)
+    if t.min() < 0:
+        raise ValueError("tets: negative vertex index")
     runtime.ensure_init()
     topo = MeshTopology(_device.upload(t.astype(np.int32)), len(t), int(t.max()) + 1)
     return _device.fetch(topo.adjacency()).astype(np.int64)
