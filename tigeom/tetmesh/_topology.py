@@ -22,11 +22,10 @@ from .. import _device
 from .._keys import row_keys
 from .._scan import ExclusiveScan
 from .._spatial_kernels import sort_cells
+from ._kernels import EDGES  # the tet's local edge numbering, shared with the move kernels
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
-
-EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 
 
 @ti.kernel
