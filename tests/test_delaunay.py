@@ -330,3 +330,41 @@ def test_row_groups_follow_lexicographic_order(n):
     uniq, inv = np.unique(rows, axis=0, return_inverse=True)
     np.testing.assert_array_equal(g, inv.ravel())
     assert len(_row_groups(rows[:0], n)) == 0
+
+
+def test_cells_recomputed_on_the_host_replace_their_rows(monkeypatch):
+    """The host's exact path: cells reported inconsistent are recomputed with rational
+    arithmetic and spliced into the kernels' CSR lists; the triangulation is the same."""
+    from tigeom.delaunay import _CellLists
+
+    rng = np.random.default_rng(3)
+    for p in (rng.random((60, 2)), rng.random((50, 3))):
+        ref = tigeom.weighted_delaunay(p)
+        orig = _CellLists.check
+        calls = []
+
+        def flag_some(self, K):
+            calls.append(1)
+            return np.array([0, 7, 19]) if len(calls) == 1 else orig(self, K)
+
+        monkeypatch.setattr(_CellLists, "check", flag_some)
+        got = tigeom.weighted_delaunay(p)
+        monkeypatch.setattr(_CellLists, "check", orig)
+        assert got.stats["cells_recomputed_exactly"] == 3
+        # the same simplices and faces (a recomputed cell lists its rows in sorted order)
+        assert canon(got.simplices) == canon(ref.simplices) and canon(got.faces) == canon(ref.faces)
+        assert len(got.simplices) == len(ref.simplices) and len(got.faces) == len(ref.faces)
+
+
+def test_cell_with_many_vertices_is_rerun_with_more_room():
+    """The centre of 300 points on a sphere has a cell with ~600 vertices, beyond the first run's
+    scratch capacity: it is rerun alone with more room, and its rows join the others'."""
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=(300, 3))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    p = np.vstack([[[0.0, 0.0, 0.0]], q])
+    tri = tigeom.weighted_delaunay(p)
+    assert tri.stats["retries"] >= 1
+    lower, hidden = lifted_lower_hull(p, np.zeros(len(p)))
+    assert canon(tri.simplices) == canon(lower) and not tri.hidden.any()
+    check_valid(tri)

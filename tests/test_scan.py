@@ -17,3 +17,15 @@ def test_exclusive_scan_matches_numpy(n):
 def test_scan_capacity_error():
     with pytest.raises(ValueError, match="capacity"):
         ExclusiveScan(4).run(np.zeros(8, np.int32), np.zeros(9, np.int32), 8)
+
+
+@pytest.mark.parametrize("n", [0, 1, 300, 70_000])
+def test_compact_rows_keeps_rows_with_a_nonnegative_first_entry(n):
+    from tigeom._scan import compact_rows
+
+    rng = np.random.default_rng(n)
+    src = rng.integers(-3, 9, size=(max(n, 1), 5)).astype(np.int32)
+    dst, k = compact_rows(src, n)
+    want = src[:n][src[:n, 0] >= 0]
+    assert k == len(want)
+    np.testing.assert_array_equal(np.asarray(dst)[:k], want)

@@ -865,6 +865,29 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
 # --------------------------------------------------------------------------- assembly
 
 
+@ti.kernel
+def scatter_rows(buf: nd_i32_2, used: ti.i32, off: nd_i32, lst: nd_i32_2, dim: ti.template()):
+    """Cell lists in CSR form: emitted row (i, k, S) of buf goes to row off[i] + k of lst."""
+    for r in range(used):
+        i = buf[r, 0]
+        if i >= 0:
+            row = off[i] + buf[r, 1]
+            for a in ti.static(range(dim)):
+                lst[row, a] = buf[r, 2 + a]
+
+
+@ti.kernel
+def row_slots(lst: nd_i32_2, off: nd_i32, own: nd_i32, nface: nd_i32, dim: ti.template()):
+    """Per cell-list row (i; S), S sorted: own = 1 when i is the simplex's smallest vertex (the
+    row that reports the simplex); nface = the face incidences it owns (faces whose smallest
+    vertex is i): dim when i < S[0], one when S[0] < i < S[1], else none."""
+    for i in range(off.shape[0] - 1):
+        for row in range(off[i], off[i + 1]):
+            o = 1 if lst[row, 0] > i else 0
+            own[row] = o
+            nface[row] = (1 if lst[row, 1] > i else 0) + o * (dim - 1)
+
+
 @ti.func
 def _contains(lst: ti.template(), off: ti.template(), cell, v: ti.template(), m: ti.template()):
     """Whether cell's list (rows off[cell] .. off[cell+1]) holds the sorted tuple v."""
@@ -930,14 +953,21 @@ def _row_has(lst: ti.template(), r, f: ti.template(), dim: ti.template()):
 
 
 @ti.kernel
-def cell_faces(lst: nd_i32_2, off: nd_i32, fout: nd_i32_2, foff: nd_i32, dim: ti.template()):
-    """Faces owned by each cell (the cell's point is the face's smallest index), one row each:
-    (face..., opposite, multiplicity), at the first row of the cell list that has the face. foff
-    holds, per list row, its slot range: one slot per owned face incidence; slots of repeated
-    incidences get owner -1 and the host drops them. A face lies on two simplices of a cell at
-    most, so each scan stops at the first other row that has it."""
+def cell_faces(lst: nd_i32_2, off: nd_i32, fout: nd_i32_2, foff: nd_i32, simp: nd_i32_2, soff: nd_i32,
+               dim: ti.template()):
+    """Simplices and faces owned by each cell (the cell's point is their smallest index).
+    Simplex rows go to simp[soff[row]] for the rows that own one (see row_slots). Faces, one row
+    each: (face..., opposite, multiplicity), at the first row of the cell list that has the face.
+    foff holds, per list row, its slot range: one slot per owned face incidence; slots of
+    repeated incidences get owner -1 (holes, compacted afterwards). A face lies on two simplices
+    of a cell at most, so each scan stops at the first other row that has it."""
     for i in range(off.shape[0] - 1):
         for row in range(off[i], off[i + 1]):
+            if lst[row, 0] > i:
+                srow = soff[row]
+                simp[srow, 0] = i
+                for a in ti.static(range(dim)):
+                    simp[srow, a + 1] = lst[row, a]
             k = foff[row]
             for drop in ti.static(range(dim)):
                 # the face (i, S minus S[drop]) and its opposite vertex S[drop]
@@ -1198,3 +1228,25 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
                 done = True
             r += 1
         out[fi] = best
+
+
+# --------------------------------------------------------------------------- orientation
+
+
+@ti.kernel
+def orient_simplices(P: nd_f64_2, s: nd_i32_2, dim: ti.template()):
+    """Swap the first two vertices of every simplex with a negative signed volume."""
+    for t in range(s.shape[0]):
+        p0 = _pt(P, s[t, 0], dim)
+        a = _pt(P, s[t, 1], dim) - p0
+        b = _pt(P, s[t, 2], dim) - p0
+        vol = _f64(0.0)
+        if ti.static(dim == 2):
+            vol = a[0] * b[1] - a[1] * b[0]
+        else:
+            c = _pt(P, s[t, 3], dim) - p0
+            vol = a.dot(b.cross(c))
+        if vol < 0:
+            tmp = s[t, 0]
+            s[t, 0] = s[t, 1]
+            s[t, 1] = tmp

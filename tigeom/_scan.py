@@ -88,3 +88,35 @@ def exclusive_scan_numpy(x: np.ndarray) -> np.ndarray:
     out = np.zeros(len(x) + 1, np.int64)
     np.cumsum(x, out=out[1:])
     return out
+
+
+@ti.kernel
+def _row_live(src: ti.types.ndarray(dtype=ti.i32, ndim=2), flag: ti.types.ndarray(dtype=ti.i32, ndim=1), n: ti.i32):
+    for r in range(n):
+        flag[r] = 1 if src[r, 0] >= 0 else 0
+
+
+@ti.kernel
+def _row_scatter(src: ti.types.ndarray(dtype=ti.i32, ndim=2), slot: ti.types.ndarray(dtype=ti.i32, ndim=1),
+                 dst: ti.types.ndarray(dtype=ti.i32, ndim=2), n: ti.i32, cols: ti.template()):
+    for r in range(n):
+        if src[r, 0] >= 0:
+            for c in ti.static(range(cols)):
+                dst[slot[r], c] = src[r, c]
+
+
+def compact_rows(src, n: int):
+    """The first ``n`` rows of the int32 device array ``src`` whose column 0 is >= 0, in order:
+    (device array of shape (k, columns), k). Rows with a negative first entry are holes."""
+    flag = _device.empty((max(n, 1),), np.int32)
+    slot = _device.empty((n + 1,), np.int32)
+    if n:
+        _row_live(src, flag, n)
+        ExclusiveScan(n).run(flag, slot, n)
+        k = int(_device.fetch(slot)[n])
+    else:
+        k = 0
+    dst = _device.empty((max(k, 1), src.shape[1]), np.int32)
+    if k:
+        _row_scatter(src, slot, dst, n, int(src.shape[1]))
+    return dst, k

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import _device, runtime
 from ._keys import decode_keys, keys_fit, row_keys, unique_keys
+from ._scan import ExclusiveScan, compact_rows
 from ._validate import as_array, as_points
 
 logger = logging.getLogger(__name__)
@@ -434,7 +435,6 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     pts, w, dup = _validate(points, weights)
     runtime.ensure_init()
     from . import _delaunay_kernels as K
-    from ._scan import ExclusiveScan
     from .spatial import build_grid, grid_params
 
     def lap(key, t0):
@@ -480,7 +480,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
         bufcap = int((6.5 if d == 2 else 30.0) * len(live)) + 4096 + min(nworkers, len(live)) * chunk
         ids = order
 
-        lst_rows: list[np.ndarray] = []
+        passes = []  # (device buffer, rows used) of every run; a cell emits in one run only
         while True:
             nw = max(1, min(nworkers, len(ids)))
             buf = _device.empty((bufcap, d + 2), np.int32)
@@ -509,8 +509,8 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
                 bufcap = used + 1024
                 stats["retries"] += 1
                 continue
-            got = _device.fetch(buf, used)
-            lst_rows.append(np.compress(got[:, 0] >= 0, got, axis=0))
+            # an overflowing cell emits nothing and is rerun with more room
+            passes.append((buf, used))
             st = _device.fetch(status)[ids]
             over = ids[(st & K.ST_OVERFLOW) != 0]
             if len(over) == 0 or cap >= 4096:
@@ -521,19 +521,10 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
 
         t0 = lap("cells", t0)
         st_all = _device.fetch(status).copy()
-        cnt_all = _device.fetch(count).copy()
-        rows = np.concatenate(lst_rows) if lst_rows else np.zeros((0, d + 2), np.int32)
-        # cells rerun after an overflow reported their entries again: keep the last run's rows
-        if len(lst_rows) > 1:
-            keep_from = np.zeros(n, np.int64)
-            lens = np.cumsum([0] + [len(r) for r in lst_rows])
-            for k, r in enumerate(lst_rows):
-                keep_from[r[:, 0]] = lens[k]
-            idx = np.arange(len(rows))
-            rows = rows[idx >= keep_from[rows[:, 0]]]
+        cells = _CellLists.from_passes(K, n, d, passes, count)
+        del passes
         exact = _Exact(pts, w)
         need_exact = set(np.flatnonzero((st_all & (K.ST_BROKEN | K.ST_OVERFLOW)) != 0).tolist())
-        cells = _CellLists(n, d, rows, cnt_all)
 
         def recompute(cells_to_do):
             live_pts = pts[live]
@@ -583,7 +574,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     # heavy points) comes out empty from the clipping, but its simplices are found by the wrapping.
     hidden = np.ones(n, bool)
     hidden[simplices.reshape(-1)] = False
-    simplices = _orient(pts, simplices)
+    simplices = _orient(K, P, simplices)
     faces = faces if len(faces) else faces.reshape(0, d)
     lap("finish", t0)
     stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
@@ -592,18 +583,27 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
 
 
 class _CellLists:
-    """Per-cell simplex lists (CSR by owner point), as the kernels produced them."""
+    """Per-cell simplex lists in CSR form by owner point, as device arrays: ``lst`` (rows, d) and
+    ``off`` (n + 1,), int32. Cells recomputed exactly on the host replace their rows."""
 
-    def __init__(self, n, d, rows, counts):
+    def __init__(self, n, d, lst, off, rows):
         self.n, self.d = n, d
-        off = np.zeros(n + 1, np.int64)
-        off[1:] = np.cumsum(counts)
-        self.off = off
-        lst = np.zeros((int(off[-1]), d), np.int32)
-        if len(rows):
-            lst[off[rows[:, 0]] + rows[:, 1]] = rows[:, 2:]
-        self.lst = lst
+        self.lst, self.off, self.rows = lst, off, rows
         self.override: dict[int, list[tuple]] = {}
+
+    @classmethod
+    def from_passes(cls, K, n, d, passes, count):
+        """Scatter the rows (i, k, S) that the cell kernels emitted to row off[i] + k."""
+        total = int(_device.fetch(count).sum(dtype=np.int64))
+        if d * total >= 2 ** 31:
+            raise MemoryError(f"weighted_delaunay: {total} cell entries exceed the kernels' int32 indexing")
+        off = _device.empty((n + 1,), np.int32)
+        ExclusiveScan(n).run(count, off, n)
+        lst = _device.empty((max(total, 1), d), np.int32)
+        for buf, used in passes:
+            if used:
+                K.scatter_rows(buf, used, off, lst, d)
+        return cls(n, d, lst, off, total)
 
     def replace(self, i, simp):
         self.override[i] = simp
@@ -611,7 +611,9 @@ class _CellLists:
     def _materialise(self):
         if not self.override:
             return
-        counts = np.diff(self.off)
+        old_off = _device.fetch(self.off).astype(np.int64)
+        old_lst = _device.fetch(self.lst, self.rows)
+        counts = np.diff(old_off)
         for i, s in self.override.items():
             counts[i] = len(s)
         off = np.zeros(self.n + 1, np.int64)
@@ -620,52 +622,50 @@ class _CellLists:
         keep = np.ones(self.n, bool)
         keep[list(self.override)] = False
         # copy untouched cells in one go
-        old_owner = np.repeat(np.arange(self.n), np.diff(self.off))
-        mask = keep[old_owner]
-        src = np.flatnonzero(mask)
-        dst = off[old_owner[src]] + (src - self.off[old_owner[src]])
-        lst[dst] = self.lst[src]
+        old_owner = np.repeat(np.arange(self.n), np.diff(old_off))
+        src = np.flatnonzero(keep[old_owner])
+        dst = off[old_owner[src]] + (src - old_off[old_owner[src]])
+        lst[dst] = old_lst[src]
         for i, s in self.override.items():
             if s:
                 lst[off[i]:off[i + 1]] = np.array(s, np.int32)
-        self.off, self.lst = off, lst
+        self.rows = len(lst)
+        self.off = _device.upload(off.astype(np.int32))
+        self.lst = _device.upload(lst if len(lst) else np.zeros((1, self.d), np.int32))
         self.override = {}
 
     def check(self, K) -> np.ndarray:
         self._materialise()
-        bad = np.zeros(self.n, np.int32)
-        if len(self.lst):
-            K.check_cells(_device.upload(self.lst), _device.upload(self.off.astype(np.int32)), bad, self.d)
-        return np.flatnonzero(bad)
+        bad = _device.zeros((self.n,), np.int32)
+        if self.rows:
+            K.check_cells(self.lst, self.off, bad, self.d)
+        return np.flatnonzero(_device.fetch(bad))
 
     def assemble(self, K):
+        """(simplices (M, d + 1), each owned by its smallest vertex, listed in cell order; face
+        rows (face..., opposite, multiplicity within the owning cell)), numpy int32."""
         self._materialise()
-        d = self.d
-        lst_d = _device.upload(self.lst)
-        off_d = _device.upload(self.off.astype(np.int32))
-        n = self.n
-        # simplices owned by their smallest vertex
-        first = self.lst[:, 0] if len(self.lst) else np.zeros(0, np.int32)
-        owner = np.repeat(np.arange(n), np.diff(self.off))
-        own = first > owner
-        simplices = np.column_stack([owner[own], self.lst[own]]) if own.any() else np.zeros(
-            (0, d + 1), np.int64)
-        # faces owned by their smallest vertex, with multiplicity within the cell. Row (i; S), S
-        # sorted, has a face per dropped vertex; its smallest other index is S[1] when S[0] is
-        # dropped and S[0] otherwise: the row owns d faces if i < S[0], one if S[0] < i < S[1]
-        nown = (self.lst[:, 1] > owner).astype(np.int32)
-        nown[own] += d - 1
-        foff = np.zeros(len(nown) + 1, np.int64)
-        np.cumsum(nown, out=foff[1:])
-        if foff[-1] >= 2 ** 31:
-            raise MemoryError(f"weighted_delaunay: {int(foff[-1])} face slots exceed the kernels' int32 indexing")
-        foff = foff.astype(np.int32)
-        fout = _device.empty((max(int(foff[-1]), 1), d + 2), np.int32)
-        if foff[-1]:
-            K.cell_faces(lst_d, off_d, fout, _device.upload(foff[:-1]), d)
-        faces_rows = _device.fetch(fout, int(foff[-1]))
-        faces_rows = np.compress(faces_rows[:, 0] >= 0, faces_rows, axis=0)  # faster than a mask index
-        return simplices, faces_rows
+        d, r = self.d, self.rows
+        if d * r >= 2 ** 31:
+            raise MemoryError(f"weighted_delaunay: {d * r} face slots exceed the kernels' int32 indexing")
+        soff = _device.empty((r + 1,), np.int32)
+        foff = _device.empty((r + 1,), np.int32)
+        ms = nf = 0
+        if r:
+            own = _device.empty((r,), np.int32)
+            nface = _device.empty((r,), np.int32)
+            K.row_slots(self.lst, self.off, own, nface, d)
+            scan = ExclusiveScan(r)
+            scan.run(own, soff, r)
+            scan.run(nface, foff, r)
+            ms = int(_device.fetch(soff)[r])
+            nf = int(_device.fetch(foff)[r])
+        simp = _device.empty((max(ms, 1), d + 1), np.int32)
+        fout = _device.empty((max(nf, 1), d + 2), np.int32)
+        if r:
+            K.cell_faces(self.lst, self.off, fout, foff, simp, soff, d)
+        faces, nfk = compact_rows(fout, nf)
+        return _device.fetch(simp, ms), _device.fetch(faces, nfk)
 
 
 def _row_groups(rows: np.ndarray, n: int) -> np.ndarray:
@@ -739,11 +739,11 @@ def _complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats):
     return simplices, faces
 
 
-def _orient(pts, s):
+def _orient(K, P, s):
+    """Simplices with positive signed volume (the first two vertices swapped where negative)."""
+    d = P.shape[1]
     if len(s) == 0:
-        return s.reshape(0, pts.shape[1] + 1)
-    vol = _signed_volumes(pts, s)
-    s = s.copy()
-    neg = vol < 0
-    s[neg, 0], s[neg, 1] = s[neg, 1].copy(), s[neg, 0].copy()
-    return s
+        return s.reshape(0, d + 1)
+    s_d = _device.upload(s.astype(np.int32))
+    K.orient_simplices(P, s_d, d)
+    return _device.fetch(s_d)
