@@ -487,7 +487,7 @@ def _emit_close(buf: ti.template(), slot, left):
 
 @ti.func
 def _clip2(P: ti.template(), W: ti.template(), i, pi, j, w, n, cur, planes: ti.template(), vy: ti.template(), flag: ti.template(),
-           box_lo, box_hi, cap: ti.template()):
+           box_lo, box_hi, cap):
     """Clip polygon `cur` of worker w (n vertices) by bisector j; returns (n, cur, status)."""
     nin = 0
     nj, cj = _plane(P, W, i, j, pi, box_lo, box_hi, 2)
@@ -547,7 +547,7 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, prm: nd_f64,
             planes: nd_i32_3, vy: ti.types.ndarray(dtype=ti.f64, ndim=4), flag: nd_i32_2,
             cand: nd_i32_2, cdist: nd_f64_2,
-            status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32, cap: ti.template(),
+            status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32, cap: ti.i32,
             chunk: ti.template()):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b) into buf.
     prm = (grid cell size, largest weight, box band): f64 scalars travel in an array."""
@@ -650,7 +650,7 @@ def _tri_has_edge(tri: ti.template(), w, t, u, v):
 @ti.func
 def _clip3(P: ti.template(), W: ti.template(), i, pi, j, w, nt, npl, tri: ti.template(), pl: ti.template(), vy: ti.template(),
            flag: ti.template(), cl: ti.template(), be: ti.template(), box_lo, box_hi,
-           tcap: ti.template(), pcap: ti.template()):
+           tcap, pcap):
     """Clip the cell of worker w (nt triangles over npl plane slots) by bisector j."""
     nc = 0
     nj, cj = _plane(P, W, i, j, pi, box_lo, box_hi, 3)
@@ -754,7 +754,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             tri: nd_i32_3, pl: nd_i32_2, vy: nd_f64_3, flag: nd_i32_2, cl: nd_i32_2, be: nd_i32_3,
             cand: nd_i32_2, cdist: nd_f64_2,
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32,
-            tcap: ti.template(), pcap: ti.template(), chunk: ti.template()):
+            tcap: ti.i32, pcap: ti.i32, chunk: ti.template()):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b, c) into buf.
     prm = (grid cell size, largest weight, box band)."""
     # everything inside the parallel loop (see cells2d)
@@ -1050,19 +1050,78 @@ def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), o, q, 
     return best, tb
 
 
+WRAP_B = 4  # cells (blocks) per edge of a block (superblock) of the wrap search's box hierarchy
+
+
+@ti.kernel
+def cell_boxes(P: nd_f64_2, start: nd_i32, order: nd_i32, box: nd_f64_2, dim: ti.template()):
+    """Bounding box (lo xyz, hi xyz) of the points filed in every grid cell; lo > hi when empty."""
+    for f in range(box.shape[0]):
+        lo = ti.Vector([ti.f64(1e300), ti.f64(1e300), ti.f64(1e300)])
+        hi = -lo
+        for s in range(start[f], start[f + 1]):
+            p = _pt(P, order[s], dim)
+            for a in ti.static(range(dim)):
+                lo[a] = ti.min(lo[a], p[a])
+                hi[a] = ti.max(hi[a], p[a])
+        if ti.static(dim == 2):
+            if start[f] < start[f + 1]:
+                lo[2] = 0.0
+                hi[2] = 0.0
+        for a in ti.static(range(3)):
+            box[f, a] = lo[a]
+            box[f, 3 + a] = hi[a]
+
+
+@ti.kernel
+def merge_boxes(fine: nd_f64_2, fres: nd_i32, coarse: nd_f64_2, cres: nd_i32):
+    """Boxes of WRAP_B^3 groups of fine boxes (grids of resolution fres -> cres)."""
+    for g in range(coarse.shape[0]):
+        gz = g % cres[2]
+        gy = (g // cres[2]) % cres[1]
+        gx = g // (cres[2] * cres[1])
+        lo = ti.Vector([ti.f64(1e300), ti.f64(1e300), ti.f64(1e300)])
+        hi = -lo
+        for a in range(gx * WRAP_B, ti.min(gx * WRAP_B + WRAP_B, fres[0])):
+            for b in range(gy * WRAP_B, ti.min(gy * WRAP_B + WRAP_B, fres[1])):
+                for c in range(gz * WRAP_B, ti.min(gz * WRAP_B + WRAP_B, fres[2])):
+                    f = (a * fres[1] + b) * fres[2] + c
+                    for e in ti.static(range(3)):
+                        lo[e] = ti.min(lo[e], fine[f, e])
+                        hi[e] = ti.max(hi[e], fine[f, 3 + e])
+        for e in ti.static(range(3)):
+            coarse[g, e] = lo[e]
+            coarse[g, 3 + e] = hi[e]
+
+
 @ti.func
-def _axis_comp(v, ax, n: ti.template()):
-    """v[ax] for a runtime axis (static unroll; no dynamic indexing of local vectors)."""
-    out = v[0]
-    for a in ti.static(range(1, n)):
-        if ax == a:
-            out = v[a]
-    return out
+def _wrap_box_open(box: ti.template(), f, n3, p03, cf3, best, tb, R2):
+    """Whether box f may hold a point in front of the face's plane (n3 . (x - p03) > 0, with
+    slack for round-off) and, once a best apex exists, inside its power sphere (centre
+    cf3 + tb n3, squared radius R2, already grown)."""
+    lo = ti.Vector([box[f, 0], box[f, 1], box[f, 2]])
+    hi = ti.Vector([box[f, 3], box[f, 4], box[f, 5]])
+    ok = lo[0] <= hi[0]
+    if ok:
+        c = 0.5 * (lo + hi)
+        e = 0.5 * (hi - lo)
+        dc = c - p03
+        an = ti.abs(n3)
+        side = n3.dot(dc) + an.dot(e)
+        if side < -ti.f64(1e-9) * an.dot(ti.abs(dc) + e + ti.abs(p03)):
+            ok = False
+        if ok and best >= 0:
+            cb = cf3 + tb * n3
+            g = ti.max(ti.max(lo - cb, cb - hi) - ti.f64(1e-12) * (ti.abs(cb) + ti.abs(lo) + ti.abs(hi)), 0.0)
+            if g.dot(g) > R2:
+                ok = False
+    return ok
 
 
 @ti.kernel
 def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32, out: nd_i32,
-              glo: nd_f64, res: nd_i32, start: nd_i32, order: nd_i32, prm: nd_f64, dim: ti.template()):
+              glo: nd_f64, res: nd_i32, start: nd_i32, order: nd_i32, prm: nd_f64,
+              cbox: nd_f64_2, bbox: nd_f64_2, bres: nd_i32, sbox: nd_f64_2, sres: nd_i32, dim: ti.template()):
     """For each face (d points) with the known simplex on the side of opp, find the point q on the
     other side whose simplex with the face has an empty power sphere (-1: a hull face).
 
@@ -1070,12 +1129,12 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
     the face's at t_q; the simplex on that side belongs to the smallest t_q. Ties are decided by
     the lifted predicate. prm = (grid cell size, largest weight).
 
-    Search: the grid is seen as columns along the axis k where |n_k| is largest; columns are
-    visited in rings of Chebyshev distance r around c_f's column, and in each column only the
-    cells that reach the front of the face's plane (a contiguous run, as n_k != 0). After ring r
-    every unvisited point is at least D = r h from c_f, so t_q >= (D^2 - wmax - pow_f) / (2 D)
-    ends the search once that exceeds the best t. A hull face (nothing in front) costs one pass
-    over the columns, not over all cells."""
+    Search: first the 3^d grid cells around c_f, for a good first apex; then every point that
+    may still beat it, through a three-level hierarchy of point bounding boxes (superblocks of
+    blocks of grid cells, WRAP_B per edge): a box is skipped when it lies behind the face's plane
+    or outside the current best's power sphere (centre c(t_b), radius^2 <= pow_f + t_b^2 + wmax).
+    Hull slivers, whose power spheres are huge, then visit only the few boxes that reach in
+    front of their plane instead of every grid column."""
     for fi in range(faces.shape[0]):  # no statements before the loop (see cells2d)
         h, wmax = prm[0], prm[1]
         r3 = ti.Vector([res[0], res[1], res[2]])
@@ -1115,118 +1174,43 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
             n = -n
         n = n / n.norm()
         K = wmax + pow_f
-        # 3-vectors (z = 0 in 2D) and the column frame: k = the axis of largest |n_k|; u, v the
-        # others (v is the unit z axis in 2D, a single cell)
         n3 = ti.Vector.zero(ti.f64, 3)
-        q3 = ti.Vector.zero(ti.f64, 3)
+        p03 = ti.Vector.zero(ti.f64, 3)
+        cf3 = ti.Vector.zero(ti.f64, 3)
         for a in ti.static(range(dim)):
             n3[a] = n[a]
-            q3[a] = p0[a]
-        kax = 0
-        for a in ti.static(range(1, dim)):
-            if ti.abs(n3[a]) > ti.abs(_axis_comp(n3, kax, 3)):
-                kax = a
-        uax = (kax + 1) % dim
-        vax = 2 if ti.static(dim == 2) else (kax + 2) % 3
-        nk = _axis_comp(n3, kax, 3)
-        nu = _axis_comp(n3, uax, 3)
-        nv = _axis_comp(n3, vax, 3)
-        c = _cell_of(cf, lo, h, r3, dim)
-        cu = _axis_comp(c, uax, 3)
-        cv = _axis_comp(c, vax, 3)
-        ru = _axis_comp(r3, uax, 3)
-        rv = _axis_comp(r3, vax, 3)
-        rk = _axis_comp(r3, kax, 3)
-        lou = _axis_comp(lo, uax, 3)
-        lov = _axis_comp(lo, vax, 3)
-        lok = _axis_comp(lo, kax, 3)
-        pu = _axis_comp(q3, uax, 3)
-        pv = _axis_comp(q3, vax, 3)
-        pk = _axis_comp(q3, kax, 3)
-        rmax = ti.max(ru, rv)
+            p03[a] = p0[a]
+            cf3[a] = cf[a]
         best = -1
         tb = _f64(0.0)
-        r = 0
-        done = False
-        while not done:
-            a = -r
-            while a <= r:
-                b = 0
-                bstep = 1
-                bend = 0
-                if ti.static(dim == 3):
-                    b = -r
-                    bend = r
-                    bstep = 1 if (ti.abs(a) == r or r == 0) else 2 * r
-                elif ti.abs(a) != r:
-                    b = 1  # 2D: only the two columns at distance r
-                while b <= bend:
-                    iu = cu + a
-                    iv = cv + b
-                    if 0 <= iu < ru and 0 <= iv < rv:
-                        # largest n.(x - p0) over the column's (u, v) extent, then the run of cells
-                        # along k that reach n.(x - p0) > 0, padded by one cell for rounding
-                        base = (nu * (lou + (iu + 0.5) * h - pu) + ti.abs(nu) * 0.5 * h
-                                + nv * (lov + (iv + 0.5) * h - pv) + ti.abs(nv) * 0.5 * h)
-                        x = (pk - base / nk - lok) / h
-                        x = ti.min(ti.max(x, -2.0), rk + 2.0)
-                        kb = ti.cast(ti.floor(x), ti.i32)
-                        k0 = 0
-                        k1 = rk - 1
-                        if nk > 0:
-                            k0 = ti.max(kb - 1, 0)
-                        else:
-                            k1 = ti.min(kb + 1, rk - 1)
-                        if best >= 0:
-                            # a better q lies inside the current best's power sphere, centre
-                            # c(tb), radius^2 <= pow_f + tb^2 + wmax: only the cells of the column
-                            # that meet that ball (padded by one cell)
-                            cb = cf + tb * n
-                            cb3 = ti.Vector.zero(ti.f64, 3)
-                            for ax in ti.static(range(dim)):
-                                cb3[ax] = cb[ax]
+        c = _cell_of(cf, lo, h, r3, dim)
+        for a, b, e in ti.ndrange((-1, 2), (-1, 2), (-1 if ti.static(dim == 3) else 0, 2 if ti.static(dim == 3) else 1)):
+            cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
+            if 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]:
+                f = (cx * r3[1] + cy) * r3[2] + cz
+                for sidx in range(start[f], start[f + 1]):
+                    q = order[sidx]
+                    if skip[q] == 0:
+                        best, tb = _wrap_candidate(P, W, F, opp[fi], q, n, p0, cf, pow_f, scale, best, tb, dim)
+        for sx, sy, sz in ti.ndrange(sres[0], sres[1], sres[2]):
+            R2 = (K + tb * tb) * ti.f64(GROW) + 1e-12 * scale
+            if _wrap_box_open(sbox, (sx * sres[1] + sy) * sres[2] + sz, n3, p03, cf3, best, tb, R2):
+                for bx in range(sx * WRAP_B, ti.min(sx * WRAP_B + WRAP_B, bres[0])):
+                    for by in range(sy * WRAP_B, ti.min(sy * WRAP_B + WRAP_B, bres[1])):
+                        for bz in range(sz * WRAP_B, ti.min(sz * WRAP_B + WRAP_B, bres[2])):
                             R2 = (K + tb * tb) * ti.f64(GROW) + 1e-12 * scale
-                            ulo = lou + iu * h
-                            vlo = lov + iv * h
-                            cbu = _axis_comp(cb3, uax, 3)
-                            cbv = _axis_comp(cb3, vax, 3)
-                            du = ti.max(ti.max(ulo - cbu, cbu - (ulo + h)), 0.0)
-                            dv = _f64(0.0)
-                            if ti.static(dim == 3):
-                                dv = ti.max(ti.max(vlo - cbv, cbv - (vlo + h)), 0.0)
-                            rem = R2 - du * du - dv * dv
-                            if rem < 0:
-                                k1 = k0 - 1
-                            else:
-                                half = ti.sqrt(rem)
-                                cbk = _axis_comp(cb3, kax, 3)
-                                xa = ti.min(ti.max((cbk - half - lok) / h, -2.0), rk + 2.0)
-                                xb = ti.min(ti.max((cbk + half - lok) / h, -2.0), rk + 2.0)
-                                k0 = ti.max(k0, ti.cast(ti.floor(xa), ti.i32) - 1)
-                                k1 = ti.min(k1, ti.cast(ti.floor(xb), ti.i32) + 1)
-                        for kk in range(k0, k1 + 1):
-                            cc = ti.Vector([0, 0, 0])
-                            for ax in ti.static(range(3)):
-                                if ax == kax:
-                                    cc[ax] = kk
-                                elif ax == uax:
-                                    cc[ax] = iu
-                                else:
-                                    cc[ax] = iv
-                            f = (cc[0] * r3[1] + cc[1]) * r3[2] + cc[2]
-                            for sidx in range(start[f], start[f + 1]):
-                                q = order[sidx]
-                                if skip[q] == 0:
-                                    best, tb = _wrap_candidate(P, W, F, opp[fi], q, n, p0, cf, pow_f,
-                                                               scale, best, tb, dim)
-                    b += bstep
-                a += 1
-            D = r * h * ti.f64(SHRINK)
-            if r > rmax:
-                done = True
-            elif best >= 0 and D > 0 and D * D > K and (D * D - K) / (2.0 * D) > tb + 1e-9 * ti.abs(tb):
-                done = True
-            r += 1
+                            if _wrap_box_open(bbox, (bx * bres[1] + by) * bres[2] + bz, n3, p03, cf3, best, tb, R2):
+                                for cx in range(bx * WRAP_B, ti.min(bx * WRAP_B + WRAP_B, r3[0])):
+                                    for cy in range(by * WRAP_B, ti.min(by * WRAP_B + WRAP_B, r3[1])):
+                                        for cz in range(bz * WRAP_B, ti.min(bz * WRAP_B + WRAP_B, r3[2])):
+                                            f = (cx * r3[1] + cy) * r3[2] + cz
+                                            R2 = (K + tb * tb) * ti.f64(GROW) + 1e-12 * scale
+                                            if _wrap_box_open(cbox, f, n3, p03, cf3, best, tb, R2):
+                                                for sidx in range(start[f], start[f + 1]):
+                                                    q = order[sidx]
+                                                    if skip[q] == 0:
+                                                        best, tb = _wrap_candidate(P, W, F, opp[fi], q, n, p0, cf,
+                                                                                   pow_f, scale, best, tb, dim)
         out[fi] = best
 
 

@@ -567,7 +567,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
         stats["retries"] += 1
 
     # hull completion: boundary faces of what the cells produced, wrapped outward
-    grid = (glo, res_d, start, order_d, up(np.array([h, wmax], np.float64)))
+    grid = (glo, res_d, start, order_d, up(np.array([h, wmax], np.float64)), *_wrap_boxes(K, P, start, order_d, res, d))
     simplices, faces = _complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats)
     t0 = lap("hull", t0)
     # hidden = no vertex. A cell that lies wholly outside the clipping box (possible next to very
@@ -683,6 +683,21 @@ def _row_groups(rows: np.ndarray, n: int) -> np.ndarray:
     g = np.empty(len(rows), np.int64)
     g[o] = np.concatenate([[0], np.cumsum(step)])
     return g
+
+
+def _wrap_boxes(K, P, start, order, res, d):
+    """The gift wrap's box hierarchy: point bounding boxes of the grid cells, of blocks of
+    WRAP_B^3 cells and of superblocks of WRAP_B^3 blocks, each with its resolution."""
+    B = K.WRAP_B
+    bres = (res + B - 1) // B
+    sres = (bres + B - 1) // B
+    cbox = _device.empty((int(np.prod(res)), 6), np.float64)
+    K.cell_boxes(P, start, order, cbox, d)
+    bbox = _device.empty((int(np.prod(bres)), 6), np.float64)
+    K.merge_boxes(cbox, _device.upload(res), bbox, _device.upload(bres))
+    sbox = _device.empty((int(np.prod(sres)), 6), np.float64)
+    K.merge_boxes(bbox, _device.upload(bres), sbox, _device.upload(sres))
+    return cbox, bbox, _device.upload(bres), sbox, _device.upload(sres)
 
 
 def _complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats):
