@@ -548,7 +548,7 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             planes: nd_i32_3, vy: ti.types.ndarray(dtype=ti.f64, ndim=4), flag: nd_i32_2,
             cand: nd_i32_2, cdist: nd_f64_2,
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32, cap: ti.i32,
-            chunk: ti.template()):
+            chunk: ti.template(), qa: ti.i32, qs: ti.i32, qlen: ti.i32):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b) into buf.
     prm = (grid cell size, largest weight, box band): f64 scalars travel in an array."""
     # everything lives inside the parallel loop: values computed before it become global
@@ -563,8 +563,9 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
         rmax = ti.max(r3[0], r3[1])
         slot = 0
         left = 0
-        q = w
-        while q < ids.shape[0]:
+        q = w * qa  # this worker's ids: q = w qa, + qs, ... up to w qa + qlen (see cells_schedule)
+        qend = ti.min(ids.shape[0], w * qa + qlen)
+        while q < qend:
             i = ids[q]
             pi = _pt(P, i, 2)
             # the box as a 4-gon: planes x-, y-, x+, y+ counter-clockwise; vertex k joins k, k+1
@@ -633,7 +634,7 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                             slot, left = _emit(buf, counter, i, cnt, ti.Vector([a2, b2]), 2, slot, left, chunk)
                             cnt += 1
             count[i] = cnt
-            q += nw
+            q += qs
         _emit_close(buf, slot, left)
 
 
@@ -754,7 +755,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             tri: nd_i32_3, pl: nd_i32_2, vy: nd_f64_3, flag: nd_i32_2, cl: nd_i32_2, be: nd_i32_3,
             cand: nd_i32_2, cdist: nd_f64_2,
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32,
-            tcap: ti.i32, pcap: ti.i32, chunk: ti.template()):
+            tcap: ti.i32, pcap: ti.i32, chunk: ti.template(), qa: ti.i32, qs: ti.i32, qlen: ti.i32):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b, c) into buf.
     prm = (grid cell size, largest weight, box band)."""
     # everything inside the parallel loop (see cells2d)
@@ -768,8 +769,9 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
         rmax = ti.max(r3[0], ti.max(r3[1], r3[2]))
         slot = 0
         left = 0
-        q = w
-        while q < ids.shape[0]:
+        q = w * qa  # this worker's ids: q = w qa, + qs, ... up to w qa + qlen (see cells_schedule)
+        qend = ti.min(ids.shape[0], w * qa + qlen)
+        while q < qend:
             i = ids[q]
             pi = _pt(P, i, 3)
             # the box: slots 0..5 are x-, x+, y-, y+, z-, z+; its 8 corners, each ordered so that
@@ -858,7 +860,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                             slot, left = _emit(buf, counter, i, cnt, ti.Vector([a3, b3, c3]), 3, slot, left, chunk)
                             cnt += 1
             count[i] = cnt
-            q += nw
+            q += qs
         _emit_close(buf, slot, left)
 
 

@@ -493,7 +493,8 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
                 vy = _device.empty((nw, 2, cap, 2), np.float64)
                 flag = _device.empty((nw, cap), np.int32)
                 K.cells2d(P, Wd, skip_d, ids_d, glo, res_d, start, order_d, blo, bhi, prm,
-                          planes, vy, flag, cand, cdist, status, count, buf, counter, cap, chunk)
+                          planes, vy, flag, cand, cdist, status, count, buf, counter, cap, chunk,
+                          *_cells_schedule(len(ids), nw, gpu))
             else:
                 pcap = cap
                 tri = _device.empty((nw, cap, 3), np.int32)
@@ -503,7 +504,8 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
                 cl = _device.empty((nw, cap), np.int32)
                 be = _device.empty((nw, cap, 2), np.int32)
                 K.cells3d(P, Wd, skip_d, ids_d, glo, res_d, start, order_d, blo, bhi, prm,
-                          tri, pl, vy, flag, cl, be, cand, cdist, status, count, buf, counter, cap, pcap, chunk)
+                          tri, pl, vy, flag, cl, be, cand, cdist, status, count, buf, counter, cap, pcap, chunk,
+                          *_cells_schedule(len(ids), nw, gpu))
             used = int(_device.fetch(counter)[0])
             if used > bufcap:
                 bufcap = used + 1024
@@ -580,6 +582,17 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
     return Triangulation(pts, w, simplices.astype(np.int64, copy=False), hidden, faces.astype(np.int64, copy=False),
                          stats)
+
+
+def _cells_schedule(m: int, nw: int, gpu: bool) -> tuple[int, int, int]:
+    """(qa, qs, qlen): worker w of the cell kernels takes ids w qa, w qa + qs, ... below
+    w qa + qlen. On a GPU neighbouring threads take neighbouring ids (strided); on the CPU each
+    worker takes one contiguous run of the grid-ordered ids, so consecutive cells share their
+    neighbours in cache."""
+    if gpu:
+        return 1, nw, m
+    per = -(-m // nw)
+    return per, 1, per
 
 
 class _CellLists:
