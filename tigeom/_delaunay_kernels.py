@@ -1097,10 +1097,10 @@ def merge_boxes(fine: nd_f64_2, fres: nd_i32, coarse: nd_f64_2, cres: nd_i32):
 
 
 @ti.func
-def _wrap_box_open(box: ti.template(), f, n3, p03, cf3, best, tb, R2):
+def _wrap_box_open(box: ti.template(), f, n3, p03, cf3, best, tb, K, scale):
     """Whether box f may hold a point in front of the face's plane (n3 . (x - p03) > 0, with
     slack for round-off) and, once a best apex exists, inside its power sphere (centre
-    cf3 + tb n3, squared radius R2, already grown)."""
+    cf3 + tb n3, squared radius at most K + tb^2 with K = wmax + pow_f, grown for round-off)."""
     lo = ti.Vector([box[f, 0], box[f, 1], box[f, 2]])
     hi = ti.Vector([box[f, 3], box[f, 4], box[f, 5]])
     ok = lo[0] <= hi[0]
@@ -1113,6 +1113,7 @@ def _wrap_box_open(box: ti.template(), f, n3, p03, cf3, best, tb, R2):
         if side < -ti.f64(1e-9) * an.dot(ti.abs(dc) + e + ti.abs(p03)):
             ok = False
         if ok and best >= 0:
+            R2 = (K + tb * tb) * ti.f64(GROW) + 1e-12 * scale
             cb = cf3 + tb * n3
             g = ti.max(ti.max(lo - cb, cb - hi) - ti.f64(1e-12) * (ti.abs(cb) + ti.abs(lo) + ti.abs(hi)), 0.0)
             if g.dot(g) > R2:
@@ -1195,19 +1196,16 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
                     if skip[q] == 0:
                         best, tb = _wrap_candidate(P, W, F, opp[fi], q, n, p0, cf, pow_f, scale, best, tb, dim)
         for sx, sy, sz in ti.ndrange(sres[0], sres[1], sres[2]):
-            R2 = (K + tb * tb) * ti.f64(GROW) + 1e-12 * scale
-            if _wrap_box_open(sbox, (sx * sres[1] + sy) * sres[2] + sz, n3, p03, cf3, best, tb, R2):
+            if _wrap_box_open(sbox, (sx * sres[1] + sy) * sres[2] + sz, n3, p03, cf3, best, tb, K, scale):
                 for bx in range(sx * WRAP_B, ti.min(sx * WRAP_B + WRAP_B, bres[0])):
                     for by in range(sy * WRAP_B, ti.min(sy * WRAP_B + WRAP_B, bres[1])):
                         for bz in range(sz * WRAP_B, ti.min(sz * WRAP_B + WRAP_B, bres[2])):
-                            R2 = (K + tb * tb) * ti.f64(GROW) + 1e-12 * scale
-                            if _wrap_box_open(bbox, (bx * bres[1] + by) * bres[2] + bz, n3, p03, cf3, best, tb, R2):
+                            if _wrap_box_open(bbox, (bx * bres[1] + by) * bres[2] + bz, n3, p03, cf3, best, tb, K, scale):
                                 for cx in range(bx * WRAP_B, ti.min(bx * WRAP_B + WRAP_B, r3[0])):
                                     for cy in range(by * WRAP_B, ti.min(by * WRAP_B + WRAP_B, r3[1])):
                                         for cz in range(bz * WRAP_B, ti.min(bz * WRAP_B + WRAP_B, r3[2])):
                                             f = (cx * r3[1] + cy) * r3[2] + cz
-                                            R2 = (K + tb * tb) * ti.f64(GROW) + 1e-12 * scale
-                                            if _wrap_box_open(cbox, f, n3, p03, cf3, best, tb, R2):
+                                            if _wrap_box_open(cbox, f, n3, p03, cf3, best, tb, K, scale):
                                                 for sidx in range(start[f], start[f + 1]):
                                                     q = order[sidx]
                                                     if skip[q] == 0:
