@@ -35,8 +35,7 @@ def schafer_turek(resolutions=(100, 200, 400), shifts=()):
             t = time.perf_counter()
             r = fl.solve(v, s)
             cd, cl = 2 * r.force / (0.2 ** 2 * 0.1)
-            off = fl.smoothing * fl.dx  # probes at the outer edge of the smoothed interface
-            p = r.pressure_at([[0.15 - off, 0.2], [0.25 + off, 0.2]])
+            p = r.pressure_at([[0.15, 0.2], [0.25, 0.2]])  # on the nominal surface
             rows.append(dict(cells_per_D=res / 10, shift_cells=sh, cd=cd, cd_err=cd / 5.57953 - 1, cl=cl,
                              dp=p[0] - p[1], dp_err=(p[0] - p[1]) / 0.11752 - 1, steps=r.steps,
                              converged=r.converged, seconds=time.perf_counter() - t))

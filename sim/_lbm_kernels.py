@@ -40,7 +40,8 @@ P_TAU = 0
 P_GX = 1  # weight of the x force in the adjoint objective (lattice units)
 P_GY = 2
 P_WIDTH = 3  # half-width of the solid-fraction ramp, cells
-N_PRM = 4
+P_RETRACT = 4  # distance of the ramp's centre inside the boundary, cells
+N_PRM = 5
 
 # box layout (int32): the cells that may have gamma > 0
 B_I0, B_I1, B_J0, B_J1 = 0, 1, 2, 3
@@ -446,10 +447,11 @@ def lam_change(lam: nd3, lamn: nd3, out: nd1):
 
 
 @ti.func
-def _ramp(d, w):
+def _ramp(d, w, c):
     """Solid fraction of a cell whose centre has signed distance d (cells, < 0 inside) and its
-    derivative: a C1 piecewise-quadratic ramp from 1 (d <= -w) to 0 (d >= w)."""
-    s = (w - d) / (2.0 * w)
+    derivative: a C1 piecewise-quadratic ramp from 1 (d <= -c - w) to 0 (d >= w - c), centred
+    c cells inside the boundary."""
+    s = (w - c - d) / (2.0 * w)
     g = 0.0
     dg = 0.0
     if s >= 1.0:
@@ -503,7 +505,7 @@ def solid_fraction(v: nd2, seg: nd_i32_2, gam: nd2, box: nd_i32_1, prm: nd1):
         d, e, t, inside = _nearest(v, seg, i + 0.5, j + 0.5)
         if inside:
             d = -d
-        g, dg = _ramp(d, w)
+        g, dg = _ramp(d, w, prm[P_RETRACT])
         gam[i, j] = g
 
 
@@ -518,7 +520,7 @@ def solid_fraction_vjp(v: nd2, seg: nd_i32_2, ggam: nd2, box: nd_i32_1, prm: nd1
         sgn = 1.0
         if inside:
             sgn = -1.0
-        _, dg = _ramp(sgn * d, w)
+        _, dg = _ramp(sgn * d, w, prm[P_RETRACT])
         if dg != 0.0 and ggam[i, j] != 0.0:
             a = seg[e, 0]
             b = seg[e, 1]

@@ -155,6 +155,9 @@ class Flow2D:
     lattice_velocity : U in lattice units (Mach number * sqrt(3)); lowered automatically when the
         flow is so viscous that the relaxation time would exceed 1.
     smoothing : half-width, in cells, of the solid-fraction ramp across the body's boundary.
+    retraction : how far, in cells, the ramp's centre lies inside the boundary (the diffuse
+        body's effective wall sits outside its half-solid level; 0.4 with the default smoothing
+        puts it on the polygon: see docs/flow.md). Between -smoothing and smoothing.
     tol : relative tolerance on the extrapolated change of the force (and on the per-step
         velocity change) that declares the flow steady.
     max_steps : step limit; a solve that reaches it warns with :class:`ConvergenceWarning`.
@@ -162,8 +165,8 @@ class Flow2D:
     """
 
     def __init__(self, size=(2.2, 0.41), resolution=100, viscosity=1e-3, inflow_velocity=0.3,
-                 inflow_profile="parabolic", walls="no-slip", *, lattice_velocity=0.06, smoothing=0.75,
-                 tol=1e-6, max_steps=200_000, check_every=200):
+                 inflow_profile="parabolic", walls="no-slip", *, lattice_velocity=0.06, smoothing=1.5,
+                 retraction=0.4, tol=1e-6, max_steps=200_000, check_every=200):
         size = as_array(size, "size")
         if size.shape != (2,) or not (size > 0).all():
             raise ValueError(f"size: expected two positive lengths (Lx, Ly), got {size.tolist()}")
@@ -186,6 +189,10 @@ class Flow2D:
         self.smoothing = as_scalar(smoothing, "smoothing")
         if not 0.25 <= self.smoothing <= 4:
             raise ValueError(f"smoothing: expected a half-width in [0.25, 4] cells, got {smoothing}")
+        self.retraction = as_scalar(retraction, "retraction")
+        if not abs(self.retraction) <= self.smoothing:
+            raise ValueError(f"retraction: expected a distance in [-smoothing, smoothing] = "
+                             f"[{-self.smoothing:g}, {self.smoothing:g}] cells, got {retraction}")
         self.tol = as_scalar(tol, "tol")
         if self.tol <= 0:
             raise ValueError(f"tol: must be > 0, got {tol}")
@@ -229,7 +236,8 @@ class Flow2D:
         """The keyword arguments that rebuild this flow (what scenes record)."""
         return dict(size=list(self.size), resolution=self.resolution, viscosity=self.viscosity,
                     inflow_velocity=self.inflow_velocity, inflow_profile=self.inflow_profile, walls=self.walls,
-                    lattice_velocity=self.lattice_velocity, smoothing=self.smoothing, tol=self.tol,
+                    lattice_velocity=self.lattice_velocity, smoothing=self.smoothing,
+                    retraction=self.retraction, tol=self.tol,
                     max_steps=self.max_steps, check_every=self.check_every)
 
     @property
@@ -269,14 +277,14 @@ class Flow2D:
         sh = (9, self.nx, self.ny)
         b = dict(f=ti.ndarray(dt, sh), fn=ti.ndarray(dt, sh), lam=None, lamn=None, msnap=ti.ndarray(dt, (2, self.nx, self.ny)),
                  gam=ti.ndarray(dt, (self.nx, self.ny)), uin=ti.ndarray(dt, (self.ny,)),
-                 prm=ti.ndarray(dt, (4,)), out=ti.ndarray(dt, (2,)), box=ti.ndarray(ti.i32, (4,)),
+                 prm=ti.ndarray(dt, (_kernels().N_PRM,)), out=ti.ndarray(dt, (2,)), box=ti.ndarray(ti.i32, (4,)),
                  bc=ti.ndarray(dt, (self.ny, 6)))
         b["uin"].from_numpy(self._inflow().astype(runtime.real_dtype()))
         self._bufs, self._gen, self._owner, self._lam_key = b, gen, None, None
         return b
 
     def _set_prm(self, b, gx=0.0, gy=0.0):
-        b["prm"].from_numpy(np.array([self.tau, gx, gy, self.smoothing], runtime.real_dtype()))
+        b["prm"].from_numpy(np.array([self.tau, gx, gy, self.smoothing, self.retraction], runtime.real_dtype()))
 
     # ------------------------------------------------------------------ geometry
 

@@ -39,11 +39,11 @@ def test_schafer_turek_at_20_cells_per_diameter_and_subcell_shift():
         out.append(res)
     cd, cl = st_cd(out[0])
     assert abs(cd / 5.57953 - 1) < 0.03, cd
-    # pressure probes at the outer edge of the smoothed interface (0.75 cells out), not inside
-    # it: measured 0.113 (-4%), see docs/validation.md
-    off = fl.smoothing * fl.dx
-    dp = out[0].pressure_at([[0.15 - off, 0.2], [0.25 + off, 0.2]])
-    assert abs((dp[0] - dp[1]) / 0.11752 - 1) < 0.06, dp
+    # pressure probes on the nominal surface (where the retracted ramp puts the effective wall):
+    # measured 0.1104 (-6.1%), the diffuse interface flattens the stagnation peak; see
+    # docs/validation.md
+    dp = out[0].pressure_at([[0.15, 0.2], [0.25, 0.2]])
+    assert abs((dp[0] - dp[1]) / 0.11752 - 1) < 0.08, dp
     assert 0 < cl < 0.03  # reference 0.0106 (the channel is slightly asymmetric); measured 0.0067
     cd_shift = st_cd(out[1])[0]
     assert abs(cd_shift / cd - 1) < 0.01, (cd, cd_shift)
@@ -60,12 +60,18 @@ def test_force_is_orientation_independent_and_symmetric(small):
     assert a.residuals.shape[1] == 4 and a.residuals[-1, 0] == a.steps
 
 
-def test_solid_fraction_integrates_to_the_polygon_area(small):
-    v, s = small_body()
-    gam = small.solid_fraction(v, s)
-    assert gam.min() >= 0 and gam.max() <= 1
-    area = abs(shapes.area_centroid(v, s)[0])
-    assert abs(gam.sum() * small.dx ** 2 / area - 1) < 0.02
+def test_solid_fraction_integrates_to_the_retracted_area():
+    """The ramp is centred ``retraction`` cells inside the boundary: on a circle of radius R the
+    solid fraction integrates to pi (R - c)^2 plus the ramp's curvature term pi w^2 / 6 (Steiner's
+    formula for a ramp symmetric about the offset curve), all in cells."""
+    v, s = shapes.circle((0.3, 0.15), 0.07, 400)
+    for c, w in ((0.0, 1.5), (0.4, 1.5), (-0.5, 1.0), (0.0, 0.75)):
+        fl = Flow2D(size=(0.6, 0.3), resolution=50, viscosity=0.02, inflow_velocity=1.0, smoothing=w, retraction=c)
+        gam = fl.solid_fraction(v, s)
+        assert gam.min() >= 0 and gam.max() <= 1
+        R = 0.07 / fl.dx
+        expect = np.pi * (R - c) ** 2 + np.pi * w ** 2 / 6
+        assert abs(gam.sum() / expect - 1) < 0.005, (c, w, gam.sum(), expect)
 
 
 @pytest.mark.parametrize("kind", ["vertex", "scale", "translate_x", "translate_y"])
@@ -157,6 +163,8 @@ def test_bad_input():
         Flow2D(inflow_profile="plug")
     with pytest.raises(ValueError, match="walls"):
         Flow2D(walls="sticky")
+    with pytest.raises(ValueError, match="retraction"):
+        Flow2D(smoothing=1.0, retraction=1.5)
     with pytest.raises(ValueError, match="size"):
         Flow2D(size=(1.0, -1.0))
     with pytest.raises(ValueError, match="grad_force"):
