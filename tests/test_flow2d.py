@@ -44,7 +44,7 @@ def test_schafer_turek_at_20_cells_per_diameter_and_subcell_shift():
     # docs/validation.md
     dp = out[0].pressure_at([[0.15, 0.2], [0.25, 0.2]])
     assert abs((dp[0] - dp[1]) / 0.11752 - 1) < 0.08, dp
-    assert 0 < cl < 0.03  # reference 0.0106 (the channel is slightly asymmetric); measured 0.0067
+    assert 0 < cl < 0.03  # reference 0.0106 (the channel is slightly asymmetric); measured 0.0059
     cd_shift = st_cd(out[1])[0]
     assert abs(cd_shift / cd - 1) < 0.01, (cd, cd_shift)
 
