@@ -293,7 +293,8 @@ class Flow2D:
         vl = v / self.dx
         used = np.unique(s)
         lo, hi = vl[used].min(axis=0), vl[used].max(axis=0)
-        margin = 2.0 + self.smoothing
+        outer = self.smoothing - self.retraction  # the ramp's outer edge, cells outside the polygon
+        margin = 2.0 + outer
         for ax, n, name in ((0, self.nx, "x"), (1, self.ny, "y")):
             if lo[ax] < margin or hi[ax] > n - margin:
                 raise ValueError(
@@ -306,7 +307,7 @@ class Flow2D:
             raise ValueError(f"resolution: {self.resolution:g} cells per unit length is too coarse for the body: "
                              f"its smallest extent is {ext.min():.2f} cells and its area {area:.2f} cells^2 "
                              "(need at least 3 cells and 6 cells^2)")
-        pad = self.smoothing + 1.0
+        pad = outer + 1.0
         box = np.array([max(int(np.floor(lo[0] - pad)), 1), min(int(np.ceil(hi[0] + pad)) + 1, self.nx - 1),
                         max(int(np.floor(lo[1] - pad)), 0), min(int(np.ceil(hi[1] + pad)) + 1, self.ny)],
                        np.int32)

@@ -64,9 +64,9 @@ def test_solid_fraction_integrates_to_the_retracted_area():
     """The ramp is centred ``retraction`` cells inside the boundary: on a circle of radius R the
     solid fraction integrates to pi (R - c)^2 plus the ramp's curvature term pi w^2 / 6 (Steiner's
     formula for a ramp symmetric about the offset curve), all in cells."""
-    v, s = shapes.circle((0.3, 0.15), 0.07, 400)
-    for c, w in ((0.0, 1.5), (0.4, 1.5), (-0.5, 1.0), (0.0, 0.75)):
-        fl = Flow2D(size=(0.6, 0.3), resolution=50, viscosity=0.02, inflow_velocity=1.0, smoothing=w, retraction=c)
+    v, s = shapes.circle((0.4, 0.3), 0.07, 400)
+    for c, w in ((0.0, 1.5), (0.4, 1.5), (-0.5, 1.0), (0.0, 0.75), (-4.0, 4.0)):
+        fl = Flow2D(size=(0.8, 0.6), resolution=50, viscosity=0.02, inflow_velocity=1.0, smoothing=w, retraction=c)
         gam = fl.solid_fraction(v, s)
         assert gam.min() >= 0 and gam.max() <= 1
         R = 0.07 / fl.dx
