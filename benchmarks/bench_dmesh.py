@@ -20,7 +20,7 @@ import numpy as np
 
 import tigeom
 from tigeom import dmesh
-from tigeom.dmesh import losses, shapes
+from tigeom.dmesh import losses, sampling
 
 
 def _synced(fn):
@@ -34,12 +34,12 @@ def step_time(n: int, repeats: int = 5) -> dict:
     """Median step time, its parts (each timed with a device sync, so they add up to a little more
     than the step) and the candidate refresh after a warm-up (the first build compiles)."""
     rng = np.random.default_rng(0)
-    real = shapes.torus_samples(n, rng=rng)
+    real = sampling.torus_samples(n, rng=rng)
     lo, hi = real.min(0), real.max(0)
     imag = rng.uniform(lo, hi, (n // 2, 3))
     pts = np.concatenate([real, imag])
     reals = np.r_[np.ones(n), np.zeros(n // 2)]
-    tg = losses.Targets(shapes.torus_samples(2 * n, rng=rng))
+    tg = losses.Targets(sampling.torus_samples(2 * n, rng=rng))
     m = dmesh.DMesh(pts, reals)
 
     def one():
@@ -70,19 +70,19 @@ def step_time(n: int, repeats: int = 5) -> dict:
 def accuracy() -> list[dict]:
     rows = []
     for name in ("B", "i", "&"):
-        polys = shapes.glyph_outlines(name)
-        s = shapes.sample_polylines(polys, 4000, 0)
+        polys = sampling.glyph_outlines(name)
+        s = sampling.sample_polylines(polys, 4000, 0)
         t = time.perf_counter()
         r = dmesh.reconstruct(s)
         sec = time.perf_counter() - t
-        sc = shapes.chamfer_f1(r.vertices, r.faces, shapes.sample_polylines(polys, 200_000, 1))
+        sc = sampling.chamfer_f1(r.vertices, r.faces, sampling.sample_polylines(polys, 200_000, 1))
         rows.append({"shape": f"glyph {name!r}", "samples": 4000, "faces": len(r.faces), "seconds": sec, **sc})
-    for name, fn in (("torus", shapes.torus_samples), ("patch", shapes.patch_samples)):
+    for name, fn in (("torus", sampling.torus_samples), ("patch", sampling.patch_samples)):
         s = fn(20000, rng=0)
         t = time.perf_counter()
         r = dmesh.reconstruct(s)
         sec = time.perf_counter() - t
-        sc = shapes.chamfer_f1(r.vertices, r.faces, fn(400_000, rng=1), n=200_000)
+        sc = sampling.chamfer_f1(r.vertices, r.faces, fn(400_000, rng=1), n=200_000)
         rows.append({"shape": name, "samples": 20000, "faces": len(r.faces), "seconds": sec, **sc})
     return rows
 

@@ -1,4 +1,4 @@
-"""Lattice updates per second of sim.Flow2D (forward step and adjoint step) against the memory
+"""Lattice updates per second of tigeom.sim.Flow2D (forward step and adjoint step) against the memory
 roofline measured in the same process.
 
 D2Q9 in f32 moves 72 bytes per forward cell update (9 populations read, 9 written); the adjoint
@@ -19,8 +19,8 @@ import warnings
 import numpy as np
 
 import tigeom
-from sim import ConvergenceWarning, Flow2D, shapes
-from sim import _lbm_kernels as K
+from tigeom.sim import ConvergenceWarning, Flow2D, polygons
+from tigeom.sim import _lbm_kernels as K
 
 
 def copy_bandwidth(n_bytes: int, gpu: bool) -> dict:
@@ -73,7 +73,7 @@ def bench(nx: int, ny: int, steps: int) -> dict:
     dx = 1.0
     fl = Flow2D(size=(nx * dx, ny * dx), resolution=1.0, viscosity=0.05, inflow_velocity=0.05,
                 lattice_velocity=0.05, max_steps=10 ** 9)
-    v, s = shapes.circle((0.25 * nx, 0.5 * ny), 0.05 * ny, 128)
+    v, s = polygons.circle((0.25 * nx, 0.5 * ny), 0.05 * ny, 128)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a short run, only to set up the buffers
         res = fl.solve(v, s, max_steps=200)

@@ -83,7 +83,7 @@ def bench_device(vals: np.ndarray, repeat: int) -> dict:
     """Forward and vjp with the grid resident on the device."""
     import taichi as ti
 
-    from tigeom import _device
+    from tigeom._core import device as _device
     from tigeom.isosurface import _kernels as K
     from tigeom.isosurface.extract import _marcher, default_layout
 

@@ -1,4 +1,4 @@
-"""Full-size validation of sim.Flow2D (the figures of docs/validation.md).
+"""Full-size validation of tigeom.sim.Flow2D (the figures of docs/validation.md).
 
 1. Schaefer-Turek 2D-1 (Re 20): Cd, Cl and the pressure difference at 10, 20 and 40 cells per
    diameter, against Cd 5.57953, Cl 0.010619, dp 0.117520.
@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 import tigeom
-from sim import ConvergenceWarning, Flow2D, shapes
+from tigeom.sim import ConvergenceWarning, Flow2D, polygons
 
 ST = dict(size=(2.2, 0.41), viscosity=1e-3, inflow_velocity=0.3, inflow_profile="parabolic")
 
@@ -31,7 +31,7 @@ def schafer_turek(resolutions=(100, 200, 400), shifts=()):
     for res in resolutions:
         for sh in shifts or (0.0,):
             fl = Flow2D(resolution=res, tol=1e-6, max_steps=400_000, **ST)
-            v, s = shapes.circle((0.2 + sh * fl.dx, 0.2 + 0.7 * sh * fl.dx), 0.05, 512)
+            v, s = polygons.circle((0.2 + sh * fl.dx, 0.2 + 0.7 * sh * fl.dx), 0.05, 512)
             t = time.perf_counter()
             r = fl.solve(v, s)
             cd, cl = 2 * r.force / (0.2 ** 2 * 0.1)
@@ -55,7 +55,7 @@ def free_stream(cells_per_D=20, Ds=(40, 20), reynolds=(10, 20, 40), max_steps=60
         fl = Flow2D(size=(Ds[0] * D, Ds[1] * D), resolution=cells_per_D / D, viscosity=1.0 * D / re,
                     inflow_velocity=1.0, inflow_profile="uniform", walls="slip", tol=1e-6, max_steps=max_steps,
                     lattice_velocity=0.05)
-        v, s = shapes.circle((10 * D, Ds[1] * D / 2), D / 2, 512)
+        v, s = polygons.circle((10 * D, Ds[1] * D / 2), D / 2, 512)
         t = time.perf_counter()
         r = fl.solve(v, s)
         cd = 2 * r.drag / (1.0 * D)
@@ -72,8 +72,8 @@ def ellipses(shape_file=None, resolution=100, aspects=(1, 2, 3) + FINE_ASPECTS +
     """Ellipses of the drag2d body's area and centroid (the circle of diameter 0.1 at (0.3, 0.2)),
     each flow started from the previous one's and converged to 1e-6; then the drag2d shape."""
     fl = Flow2D(resolution=resolution, tol=1e-6, **ST)
-    circle_v, circle_s = shapes.circle((0.3, 0.2), 0.05, 256)
-    area, cen = shapes.area_centroid(circle_v, circle_s)
+    circle_v, circle_s = polygons.circle((0.3, 0.2), 0.05, 256)
+    area, cen = polygons.area_centroid(circle_v, circle_s)
     dref = 2 * np.sqrt(area / np.pi)
     state = {"warm": False}
 
@@ -84,11 +84,11 @@ def ellipses(shape_file=None, resolution=100, aspects=(1, 2, 3) + FINE_ASPECTS +
 
     rows = []
     for a in aspects:
-        rows.append(dict(body=f"ellipse {a:g}", aspect=float(a), cd=cd(*shapes.equal_area_ellipse(cen, area, a, 256))))
+        rows.append(dict(body=f"ellipse {a:g}", aspect=float(a), cd=cd(*polygons.equal_area_ellipse(cen, area, a, 256))))
         print(rows[-1], flush=True)
     if shape_file:
         z = np.load(shape_file)
-        a2, c2 = shapes.area_centroid(z["vertices"], z["segments"])
+        a2, c2 = polygons.area_centroid(z["vertices"], z["segments"])
         rows.append(dict(body="drag2d optimum", aspect=float(np.ptp(z["vertices"][:, 0]) / np.ptp(z["vertices"][:, 1])),
                          cd=cd(z["vertices"], z["segments"]), area_rel=a2 / area, centroid=c2.tolist()))
         best = min(r["cd"] for r in rows if r["body"].startswith("ellipse"))

@@ -33,8 +33,8 @@ import warnings
 import numpy as np
 
 import tigeom
-from sim import Flow2D, shapes
-from sim.flow2d import ConvergenceWarning
+from tigeom.sim import Flow2D, polygons
+from tigeom.sim.flow2d import ConvergenceWarning
 from tigeom.scene import Scene
 
 from . import plotting
@@ -83,17 +83,17 @@ class Drag2D(Scene):
         self.nodes = np.column_stack([X.ravel(), Y.ravel()])
         D = float(c["diameter"])
         if c["body"] == "circle":
-            v, s = shapes.circle(c["center"], D / 2, 256)
+            v, s = polygons.circle(c["center"], D / 2, 256)
         elif c["body"] == "square":
             a = D / 2
             cx, cy = c["center"]
             v = np.array([[cx - a, cy - a], [cx + a, cy - a], [cx + a, cy + a], [cx - a, cy + a]])
-            s = shapes.ring(4)
+            s = polygons.ring(4)
         else:
             raise ValueError(f"body: expected 'circle' or 'square', got {c['body']!r}")
         # the body keeps the area and centroid of the given polygon (so ellipses of that area are a
         # fair comparison): its distance field's extraction is corrected to them first
-        self.area0, self.centroid0 = shapes.area_centroid(v, s)
+        self.area0, self.centroid0 = polygons.area_centroid(v, s)
         self.phi = self._constrain(self._sdf(v, s))
         curve = self._extract()
         self.dref = 2.0 * np.sqrt(self.area0 / np.pi)  # diameter of the equal-area circle
@@ -113,7 +113,7 @@ class Drag2D(Scene):
     # ------------------------------------------------------------------ geometry
 
     def _sdf(self, v, s):
-        return shapes.signed_distance(self.nodes, v, s).reshape(self.shape)
+        return polygons.signed_distance(self.nodes, v, s).reshape(self.shape)
 
     def _extract(self, phi=None):
         phi = self.phi if phi is None else phi
@@ -145,7 +145,7 @@ class Drag2D(Scene):
 
     def _nearest(self, curve):
         """(distance, segment, parameter) of every design node's nearest point on ``curve``."""
-        return shapes.nearest_on_segments(self.nodes, curve.vertices, curve.segments)
+        return polygons.nearest_on_segments(self.nodes, curve.vertices, curve.segments)
 
     def _extend(self, curve, d, near=None):
         """Extend a per-vertex normal velocity to every design node: the value at the nearest
@@ -179,7 +179,7 @@ class Drag2D(Scene):
         for _ in range(4):
             curve = self._extract(out)
             V, S = curve.vertices, curve.segments
-            area, cen = shapes.area_centroid(V, S)
+            area, cen = polygons.area_centroid(V, S)
             seg = np.linalg.norm(V[S[:, 1]] - V[S[:, 0]], axis=1)
             mid = 0.5 * (V[S[:, 1]] + V[S[:, 0]])
             L, M1 = seg.sum(), (mid * seg[:, None]).sum(axis=0)
@@ -257,7 +257,7 @@ class Drag2D(Scene):
         stalled = len(self.cd_hist) > pat and (self.cd_hist[-pat - 1] - self.cd_hist[-1]) < float(
             c["stop_rel"]) * self.cd_hist[-1]
         converged = self.step_len < float(c["min_step_cells"]) * self.flow.dx or stalled
-        area = shapes.area_centroid(curve.vertices, curve.segments)[0]
+        area = polygons.area_centroid(curve.vertices, curve.segments)[0]
         return {"cd": self._cd(drag if res is not None else drag_acc), "cd_best": self._cd(drag_acc),
                 "accepted": float(accepted), "infeasible": float(res is None),
                 "step_cells": self.step_len / self.flow.dx, "flow_steps": res.steps if res is not None else 0,
@@ -300,7 +300,7 @@ class Drag2D(Scene):
             ell, skipped = {}, {}
             warm = False
             for asp in self.config["compare_aspects"]:
-                v, s = shapes.equal_area_ellipse(self.centroid0, self.area0, float(asp), 256)
+                v, s = polygons.equal_area_ellipse(self.centroid0, self.area0, float(asp), 256)
                 try:  # each ellipse starts from the previous one's flow, converged to eval_tol
                     ell[f"{float(asp):g}"] = self._cd(self.flow.solve(v, s, tol=tol, warm_start=warm).drag)
                     warm = True
@@ -320,7 +320,7 @@ class Drag2D(Scene):
         plotting.loss_curve(history, ["cd", "cd_best"], self.out / "drag.png", log=False,
                             title="drag2d: drag coefficient per iteration")
         xs = curve.vertices[:, 0]
-        area, cen = shapes.area_centroid(curve.vertices, curve.segments)
+        area, cen = polygons.area_centroid(curve.vertices, curve.segments)
         return {"cd_initial": cd0, "cd_final": cd1, "drag_initial": f_init.drag, "drag_final": f_final.drag,
                 "drag_reduction": 1.0 - cd1 / cd0, "cd_ellipses": ell,
                 "beats_every_compared_ellipse": bool(cd1 < min(ell.values())) if ell else None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from tigeom import dmesh, io
-from tigeom.dmesh import shapes
+from tigeom.dmesh import sampling
 from tigeom.scene import Scene
 
 from . import plotting
@@ -46,7 +46,7 @@ class _PointCloudScene(Scene):
         samples, ref, polys = self.make(name, np.random.default_rng(int(c["seed"])))
         res = dmesh.reconstruct(samples, seed=int(c["seed"]), iterations=int(c["dmesh_iterations"]),
                                 resolution=float(c["resolution"]) or None, stages=int(c["stages"]))
-        score = shapes.chamfer_f1(res.vertices, res.faces, ref, n=int(c["eval_points"]), tau=float(c["f1_tau"]))
+        score = sampling.chamfer_f1(res.vertices, res.faces, ref, n=int(c["eval_points"]), tau=float(c["f1_tau"]))
         fp = res.mesh.probabilities()
         self.results[name] = {"vertices": res.vertices, "faces": res.faces, "samples": samples,
                               "prob_faces": res.mesh.faces, "probs": fp.probs,
@@ -111,9 +111,9 @@ class PointCloud2D(_PointCloudScene):
     dim = 2
 
     def make(self, name, rng):
-        polys = shapes.glyph_outlines(name)
-        samples = shapes.sample_polylines(polys, int(self.config["samples"]), rng)
-        ref = shapes.sample_polylines(polys, 200_000, rng)
+        polys = sampling.glyph_outlines(name)
+        samples = sampling.sample_polylines(polys, int(self.config["samples"]), rng)
+        ref = sampling.sample_polylines(polys, 200_000, rng)
         return samples, ref, polys
 
     def write(self, name, r, polys):
@@ -136,9 +136,9 @@ class PointCloud3D(_PointCloudScene):
     def make(self, name, rng):
         n = int(self.config["samples"])
         if name == "torus":
-            return shapes.torus_samples(n, rng=rng), shapes.torus_samples(400_000, rng=rng), None
+            return sampling.torus_samples(n, rng=rng), sampling.torus_samples(400_000, rng=rng), None
         if name == "patch":
-            return shapes.patch_samples(n, rng=rng), shapes.patch_samples(400_000, rng=rng), None
+            return sampling.patch_samples(n, rng=rng), sampling.patch_samples(400_000, rng=rng), None
         raise ValueError(f"targets: unknown 3D target {name!r}; expected 'torus' or 'patch'")
 
     def write(self, name, r, polys):

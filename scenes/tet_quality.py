@@ -87,7 +87,7 @@ class TetQualityScene(Scene):
             self.seconds[name] = float(state["seconds"][i])
 
     def finish(self, history):
-        from sim import TetElasticity
+        from tigeom.sim import TetElasticity
 
         figures, panels = {}, []
         for name, (v0, t0) in self.inputs.items():

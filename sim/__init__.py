@@ -1,16 +1,20 @@
-"""sim: differentiable physics linked to tigeom's geometry.
+"""tigeom.sim: differentiable physics linked to tigeom's geometry.
 
-Depends on tigeom, never the other way round.
+Depends on the geometry (public names and tigeom._core), never the other way round.
 
 - :class:`Flow2D`: steady 2D channel flow around polygonal bodies (lattice Boltzmann), the
   force on the body and its exact gradient with respect to the vertices (discrete adjoint).
 - :class:`TetElasticity`: linear elasticity on tets (CG iterations, condition number, stable
   explicit time step): what mesh quality does to a simulation.
-- :mod:`sim.shapes`: polygons (circles, ellipses) and their signed distance.
+- :mod:`tigeom.sim.polygons`: polygons (circles, ellipses) and their signed distance.
 """
 
-from . import shapes
+if __name__ != "tigeom.sim":  # the folder installs as tigeom.sim; a bare `import sim` is not this package
+    raise ImportError("sim/ is the package tigeom.sim: use `import tigeom.sim`")
+
+
+from . import polygons
 from .fem import StaticSolve, TetElasticity
 from .flow2d import ConvergenceWarning, Flow2D, FlowResult
 
-__all__ = ["Flow2D", "FlowResult", "ConvergenceWarning", "shapes", "TetElasticity", "StaticSolve"]
+__all__ = ["Flow2D", "FlowResult", "ConvergenceWarning", "polygons", "TetElasticity", "StaticSolve"]

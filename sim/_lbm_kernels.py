@@ -264,16 +264,6 @@ def velocity_change(f: nd3, msnap: nd3, out: nd1):
         msnap[1, i, j] = by
 
 
-@ti.kernel
-def macroscopic(f: nd3, rho: nd2, u: nd3):
-    nx, ny = f.shape[1], f.shape[2]
-    for i, j in ti.ndrange(nx, ny):
-        r, mx, my = _moments(f, i, j)
-        rho[i, j] = r
-        u[0, i, j] = mx / r
-        u[1, i, j] = my / r
-
-
 # --------------------------------------------------------------------------- adjoint
 
 
@@ -434,13 +424,17 @@ def adj_gamma(lam: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip
 
 
 @ti.kernel
-def lam_change(lam: nd3, lamn: nd3, out: nd1):
-    nx, ny = lam.shape[1], lam.shape[2]
+def gamma_change(ggam: nd2, gprev: nd2, box: nd_i32_1, out: ti.types.ndarray(dtype=ti.f64, ndim=1)):
+    """out[0] = sum (ggam - gprev)^2, out[1] = sum ggam^2 over the body's box, in f64; then
+    gprev = ggam. The adjoint's convergence test, without bringing the gradient to the host."""
     out[0] = 0.0
     out[1] = 0.0
-    for k, i, j in ti.ndrange(9, nx, ny):
-        out[0] += (lamn[k, i, j] - lam[k, i, j]) ** 2
-        out[1] += lamn[k, i, j] ** 2
+    for i, j in ti.ndrange((box[0], box[1]), (box[2], box[3])):
+        a = ti.cast(ggam[i, j], ti.f64)
+        b = ti.cast(gprev[i, j], ti.f64)
+        out[0] += (a - b) ** 2
+        out[1] += a * a
+        gprev[i, j] = ggam[i, j]
 
 
 # --------------------------------------------------------------------------- solid fraction

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tigeom import _device, runtime
-from tigeom._validate import as_scalar
-from tigeom.tetmesh.quality import validate_mesh
+from tigeom import runtime
+from tigeom._core import device as _device
+from tigeom._core.validate import as_scalar
+from tigeom.tetmesh import validate_mesh
 
 
 @dataclass

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tigeom import runtime
-from tigeom._validate import as_array, as_index_array, as_scalar
+from tigeom._core import device as _device
+from tigeom._core.validate import as_array, as_index_array, as_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -263,8 +264,6 @@ class Flow2D:
         return int(self.nx * self.ny * (4 * 9 + 4) * runtime.real_dtype().itemsize)
 
     def _buffers(self):
-        import taichi as ti
-
         gen = runtime.generation()
         if self._bufs is not None and self._gen == gen:
             return self._bufs
@@ -273,12 +272,12 @@ class Flow2D:
         if avail is not None and need > 0.8 * avail:
             raise ValueError(f"resolution: a {self.nx} x {self.ny} grid needs {need / 2**30:.2f} GiB, more than "
                              f"80% of the {avail / 2**30:.2f} GiB available on {runtime.config().backend}")
-        dt = ti.f64 if runtime.real_dtype() == np.float64 else ti.f32
+        rd = runtime.real_dtype()
         sh = (9, self.nx, self.ny)
-        b = dict(f=ti.ndarray(dt, sh), fn=ti.ndarray(dt, sh), lam=None, lamn=None, msnap=ti.ndarray(dt, (2, self.nx, self.ny)),
-                 gam=ti.ndarray(dt, (self.nx, self.ny)), uin=ti.ndarray(dt, (self.ny,)),
-                 prm=ti.ndarray(dt, (_kernels().N_PRM,)), out=ti.ndarray(dt, (2,)), box=ti.ndarray(ti.i32, (4,)),
-                 bc=ti.ndarray(dt, (self.ny, 6)))
+        nd = _device.ndarray
+        b = dict(f=nd(rd, sh), fn=nd(rd, sh), lam=None, lamn=None, msnap=nd(rd, (2, self.nx, self.ny)),
+                 gam=nd(rd, (self.nx, self.ny)), uin=nd(rd, (self.ny,)), prm=nd(rd, (_kernels().N_PRM,)),
+                 out=nd(rd, (2,)), box=nd(np.int32, (4,)), bc=nd(rd, (self.ny, 6)))
         b["uin"].from_numpy(self._inflow().astype(runtime.real_dtype()))
         self._bufs, self._gen, self._owner, self._lam_key = b, gen, None, None
         return b
@@ -322,18 +321,13 @@ class Flow2D:
         return b["gam"].to_numpy().astype(np.float64)
 
     def _upload_body(self, b, vl, s, box):
-        import taichi as ti
-
         K = _kernels()
         rd = runtime.real_dtype()
         b["box"].from_numpy(box)
         b["gam"].fill(0)
         self._set_prm(b)
-        dt = ti.f64 if rd == np.float64 else ti.f32
-        b["v"] = ti.ndarray(dt, vl.shape)
-        b["v"].from_numpy(vl.astype(rd))
-        b["seg"] = ti.ndarray(ti.i32, s.shape)
-        b["seg"].from_numpy(s.astype(np.int32))
+        b["v"] = _reuse(b.get("v"), vl.astype(rd))
+        b["seg"] = _reuse(b.get("seg"), s.astype(np.int32))
         K.solid_fraction(b["v"], b["seg"], b["gam"], b["box"], b["prm"])
 
     # ------------------------------------------------------------------ forward
@@ -409,8 +403,6 @@ class Flow2D:
     # ------------------------------------------------------------------ adjoint
 
     def _adjoint(self, res: FlowResult, g: np.ndarray, tol=None, max_steps=None) -> np.ndarray:
-        import taichi as ti
-
         K = _kernels()
         b = self._buffers()
         rd = runtime.real_dtype()
@@ -422,24 +414,24 @@ class Flow2D:
             self._owner = res._token
         gl = np.asarray(g, float) * self.force_scale
         self._set_prm(b, gl[0], gl[1])
-        dt = ti.f64 if rd == np.float64 else ti.f32
         if b["lam"] is None:
-            b["lam"] = ti.ndarray(dt, (9, self.nx, self.ny))
-            b["lamn"] = ti.ndarray(dt, (9, self.nx, self.ny))
+            for name in ("lam", "lamn"):
+                b[name] = _device.ndarray(rd, (9, self.nx, self.ny))
+            for name in ("ggam", "gprev"):
+                b[name] = _device.ndarray(rd, (self.nx, self.ny))
+            b["gout"] = _device.ndarray(np.float64, (2,))
         key = tuple(gl / max(np.abs(gl).max(), 1e-300))
         if self._lam_key is None or not np.allclose(key, self._lam_key):
             b["lam"].fill(0)
-        box = res.box
-        ggam = ti.ndarray(dt, (self.nx, self.ny))
+        ggam = b["ggam"]
         ggam.fill(0)
+        b["gprev"].fill(0)
         slip = int(self.walls == "slip")
         t0 = time.perf_counter()
         n = 0
-        prev = None
         deltas = []
         converged = False
         hist = []
-        sl = (slice(box[0], box[1]), slice(box[2], box[3]))
         while n < max_steps:
             chunk = min(self.check_every, max_steps - n)
             for _ in range(chunk // 2):  # two steps per launch, ending in b["lam"]
@@ -451,19 +443,18 @@ class Flow2D:
             n += chunk
             K.adj_bc_terms(b["lam"], b["f"], b["uin"], b["bc"])
             K.adj_gamma(b["lam"], b["f"], b["gam"], b["box"], b["prm"], b["bc"], slip, ggam)
-            cur = ggam.to_numpy()[sl].astype(np.float64)
-            if not np.all(np.isfinite(cur)):
+            K.gamma_change(ggam, b["gprev"], b["box"], b["gout"])
+            diff2, norm2 = (float(x) for x in b["gout"].to_numpy())
+            if not (np.isfinite(diff2) and np.isfinite(norm2)):
                 raise FloatingPointError(f"FlowResult.vjp: the adjoint iteration diverged after {n} steps")
-            if prev is not None:
-                scale = max(np.linalg.norm(cur), 1e-300)
-                deltas.append(float(np.linalg.norm(cur - prev) / scale))
+            if n > chunk:  # the first check only fills gprev
+                deltas.append(float(np.sqrt(diff2) / max(np.sqrt(norm2), 1e-300)))
                 hist.append((n, deltas[-1]))
                 if len(deltas) >= 2 and _extrapolated_done(deltas, tol):
                     converged = True
                     break
-            prev = cur
         self._lam_key = key
-        gv = ti.ndarray(dt, res.vertices.shape)
+        gv = _device.ndarray(rd, res.vertices.shape)
         gv.fill(0)
         K.solid_fraction_vjp(b["v"], b["seg"], ggam, b["box"], b["prm"], gv)
         out = gv.to_numpy().astype(np.float64) / self.dx
@@ -475,6 +466,14 @@ class Flow2D:
                           f"{deltas[-1] if deltas else float('nan'):.2e}, tolerance {tol:g})",
                           ConvergenceWarning, stacklevel=3)
         return out
+
+
+def _reuse(buf, arr: np.ndarray):
+    """A Taichi ndarray holding ``arr``: ``buf`` when its shape and dtype fit, else a new one."""
+    if buf is None or tuple(buf.shape) != arr.shape or _device.ti_dtype(arr.dtype) != buf.dtype:
+        buf = _device.ndarray(arr.dtype, arr.shape)
+    buf.from_numpy(np.ascontiguousarray(arr))
+    return buf
 
 
 def _extrapolated_done(deltas: list, tol: float) -> bool:

@@ -1,12 +1,7 @@
-import os
-
-import numpy as np
 import pytest
+from helpers import ARCH
 
 import tigeom
-
-# TIGEOM_TEST_ARCH=cuda runs the suite on a GPU (CI has none and uses the CPU)
-ARCH = os.environ.get("TIGEOM_TEST_ARCH", "cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -15,8 +10,3 @@ def _runtime():
     the runtime; re-initialising with the same arguments is free."""
     tigeom.init(arch=ARCH, precision="f64", seed=0)
     yield
-
-
-def grid(n, lo=-1.0, hi=1.0, dim=3):
-    x = np.linspace(lo, hi, n)
-    return x[1] - x[0], np.meshgrid(*([x] * dim), indexing="ij")

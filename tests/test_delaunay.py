@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from scipy.spatial import ConvexHull
 
 import tigeom
-from tigeom.delaunay import _Exact, _exact_cell, weighted_delaunay
+from tigeom.delaunay import weighted_delaunay
+from tigeom.delaunay.exact import Exact, exact_cell
+from tigeom.delaunay.simplices import signed_volumes
 
 
 def canon(s):
@@ -31,7 +33,7 @@ def check_valid(tri, tol=1e-9):
     p, w, s = tri.points, tri.weights, tri.simplices
     d = p.shape[1]
     assert s.dtype == np.int64 and s.shape[1] == d + 1
-    vol = tigeom.delaunay._signed_volumes(p, s)
+    vol = signed_volumes(p, s)
     assert np.all(vol > 0), "every simplex positively oriented and not flat"
     used = np.unique(s)
     live = np.flatnonzero(~tri.hidden)
@@ -173,12 +175,12 @@ def test_exact_fallback_agrees_with_kernels():
     p = rng.random((25, 2))
     w = rng.random(25) * 0.01
     tri = tigeom.weighted_delaunay(p, w)
-    ex = _Exact(p, w)
+    ex = Exact(p, w)
     box_lo, box_hi = p.min(0) - 10.0, p.max(0) + 10.0
     for i in range(25):
         cand = np.argsort(((p - p[i]) ** 2).sum(1), kind="stable")
         cand = cand[cand != i]
-        simp = _exact_cell(i, ex, cand, box_lo, box_hi, 0.0, w.max())
+        simp = exact_cell(i, ex, cand, box_lo, box_hi, 0.0, w.max())
         if simp is None:
             assert tri.hidden[i]
             continue
@@ -252,14 +254,14 @@ def test_conflict_predicate_matches_exact_on_ties(d):
     exact rational predicate."""
     import taichi as ti
 
-    from tigeom import _device
-    from tigeom import _delaunay_kernels as K
+    from tigeom._core import device as _device
+    from tigeom.delaunay import _kernels as K
 
     tigeom.runtime.ensure_init()
     rng = np.random.default_rng(3)
     p = np.round(rng.random((12, d)) * 2) / 2
     w = np.zeros(12)
-    ex = _Exact(p, w)
+    ex = Exact(p, w)
     tuples = []
     for _ in range(400):
         t = rng.choice(12, d + 2, replace=False)
@@ -323,7 +325,7 @@ def test_device_array_path_on_cpu(monkeypatch):
 
 @pytest.mark.parametrize("n", [50, 2 ** 40])  # one int64 key per row, and the lexsort path
 def test_row_groups_follow_lexicographic_order(n):
-    from tigeom.delaunay import _row_groups
+    from tigeom.delaunay.hull import _row_groups
 
     rows = np.random.default_rng(0).integers(0, 50, size=(400, 4))
     g = _row_groups(rows, n)
@@ -335,21 +337,21 @@ def test_row_groups_follow_lexicographic_order(n):
 def test_cells_recomputed_on_the_host_replace_their_rows(monkeypatch):
     """The host's exact path: cells reported inconsistent are recomputed with rational
     arithmetic and spliced into the kernels' CSR lists; the triangulation is the same."""
-    from tigeom.delaunay import _CellLists
+    from tigeom.delaunay.assembly import CellLists
 
     rng = np.random.default_rng(3)
     for p in (rng.random((60, 2)), rng.random((50, 3))):
         ref = tigeom.weighted_delaunay(p)
-        orig = _CellLists.check
+        orig = CellLists.check
         calls = []
 
         def flag_some(self, K):
             calls.append(1)
             return np.array([0, 7, 19]) if len(calls) == 1 else orig(self, K)
 
-        monkeypatch.setattr(_CellLists, "check", flag_some)
+        monkeypatch.setattr(CellLists, "check", flag_some)
         got = tigeom.weighted_delaunay(p)
-        monkeypatch.setattr(_CellLists, "check", orig)
+        monkeypatch.setattr(CellLists, "check", orig)
         assert got.stats["cells_recomputed_exactly"] == 3
         # the same simplices and faces (a recomputed cell lists its rows in sorted order)
         assert canon(got.simplices) == canon(ref.simplices) and canon(got.faces) == canon(ref.faces)

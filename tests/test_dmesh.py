@@ -8,7 +8,7 @@ import pytest
 
 import tigeom
 from tigeom import dmesh
-from tigeom.dmesh import losses, shapes
+from tigeom.dmesh import losses, sampling
 
 EPS = 1e-7  # small enough that no arg-min choice switches inside the step (near ties exist)
 
@@ -288,11 +288,11 @@ def _segments_cross(v, e):
 
 
 def test_reconstruct_glyph_with_holes_and_two_components():
-    polys = shapes.glyph_outlines("i8")  # 'i': two components; '8': two holes
-    samples = shapes.sample_polylines(polys, 1500, 0)
-    ref = shapes.sample_polylines(polys, 20000, 1)
+    polys = sampling.glyph_outlines("i8")  # 'i': two components; '8': two holes
+    samples = sampling.sample_polylines(polys, 1500, 0)
+    ref = sampling.sample_polylines(polys, 20000, 1)
     res = dmesh.reconstruct(samples, iterations=20, resolution=1 / 64)
-    score = shapes.chamfer_f1(res.vertices, res.faces, ref, n=20000)
+    score = sampling.chamfer_f1(res.vertices, res.faces, ref, n=20000)
     assert score["chamfer"] < 0.002, score
     assert score["f1"] > 0.9, score
     assert not _segments_cross(res.vertices, res.faces)
@@ -301,10 +301,10 @@ def test_reconstruct_glyph_with_holes_and_two_components():
 def test_reconstruct_torus_meets_the_accuracy_target():
     from scipy.spatial import Delaunay
 
-    samples = shapes.torus_samples(8000, rng=0)
-    ref = shapes.torus_samples(40000, rng=1)
+    samples = sampling.torus_samples(8000, rng=0)
+    ref = sampling.torus_samples(40000, rng=1)
     res = dmesh.reconstruct(samples, iterations=15)
-    score = shapes.chamfer_f1(res.vertices, res.faces, ref, n=30000)
+    score = sampling.chamfer_f1(res.vertices, res.faces, ref, n=30000)
     assert score["chamfer"] < 0.004, score
     # every extracted triangle is a Delaunay face of the points, so none intersect
     pts = res.mesh.points

@@ -1,9 +1,9 @@
-"""sim.TetElasticity against dense linear algebra, and its figures on a sliver."""
+"""tigeom.sim.TetElasticity against dense linear algebra, and its figures on a sliver."""
 
 import numpy as np
 import pytest
 
-from sim import TetElasticity
+from tigeom.sim import TetElasticity
 from tigeom.tetmesh import cube_mesh
 
 

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from sim import ConvergenceWarning, Flow2D, shapes
+from tigeom.sim import ConvergenceWarning, Flow2D, polygons
 
 ST = dict(size=(2.2, 0.41), viscosity=1e-3, inflow_velocity=0.3, inflow_profile="parabolic")
 
@@ -25,7 +25,7 @@ def small_body(scale=1.0, shift=(0.0, 0.0), n=20):
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     r = 0.06 * scale * (1 + 0.15 * np.cos(3 * t))
     v = np.column_stack([0.22 + shift[0] + 1.2 * r * np.cos(t), 0.155 + shift[1] + r * np.sin(t)])
-    return v, shapes.ring(n)
+    return v, polygons.ring(n)
 
 
 def test_schafer_turek_at_20_cells_per_diameter_and_subcell_shift():
@@ -33,7 +33,7 @@ def test_schafer_turek_at_20_cells_per_diameter_and_subcell_shift():
     fl = Flow2D(resolution=200, tol=1e-5, **ST)
     out = []
     for sh in (0.0, 0.5):
-        v, s = shapes.circle((0.2 + sh * fl.dx, 0.2 + 0.7 * sh * fl.dx), 0.05, 256)
+        v, s = polygons.circle((0.2 + sh * fl.dx, 0.2 + 0.7 * sh * fl.dx), 0.05, 256)
         res = fl.solve(v, s)
         assert res.converged
         out.append(res)
@@ -64,7 +64,7 @@ def test_solid_fraction_integrates_to_the_retracted_area():
     """The ramp is centred ``retraction`` cells inside the boundary: on a circle of radius R the
     solid fraction integrates to pi (R - c)^2 plus the ramp's curvature term pi w^2 / 6 (Steiner's
     formula for a ramp symmetric about the offset curve), all in cells."""
-    v, s = shapes.circle((0.4, 0.3), 0.07, 400)
+    v, s = polygons.circle((0.4, 0.3), 0.07, 400)
     for c, w in ((0.0, 1.5), (0.4, 1.5), (-0.5, 1.0), (0.0, 0.75), (-4.0, 4.0)):
         fl = Flow2D(size=(0.8, 0.6), resolution=50, viscosity=0.02, inflow_velocity=1.0, smoothing=w, retraction=c)
         gam = fl.solid_fraction(v, s)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import tigeom
-from conftest import ARCH, grid
+from helpers import ARCH, grid
 from mesh_checks import (assert_closed_curves, assert_closed_oriented_manifold, assert_edge_manifold, euler,
                          face_areas)
 
@@ -216,26 +216,50 @@ def test_2d_level_on_nodes():
 
 # ----------------------------------------------------------------------------------- gradients
 
-def _fd_check(extract, f, seed, n_nodes=12, eps=1e-6):
+def _fd_check(extract, f, seed, n_near=10, n_far=6, eps=1e-6):
+    """The vjp against central differences at random grid nodes: nodes at an end of a vertex's
+    grid edge (near the surface) and nodes with no vertex on any of their edges (away from it),
+    chosen without looking at the gradient, so a gradient that is wrongly zero near the surface
+    or wrongly nonzero away from it fails. Every node away from the surface must get exactly 0."""
     rng = np.random.default_rng(seed)
     s = extract(f)
     g = rng.standard_normal(s.vertices.shape)
     grad = s.vjp(g)
-    # probe nodes that carry surface vertices (others have zero gradient)
-    edges_nodes = np.unique(np.concatenate([s._vedge // f.ndim, s._vedge // f.ndim + 1]))
-    probes = rng.choice(np.flatnonzero(np.abs(grad.ravel()) > 0), size=n_nodes, replace=False)
+    # vertex v lies on the grid edge from flat node vedge // dim along axis vedge % dim
+    dim = f.ndim
+    strides = np.array([int(np.prod(f.shape[k + 1:])) for k in range(dim)])
+    node, axis = s._vedge // dim, s._vedge % dim
+    near = np.unique(np.concatenate([node, node + strides[axis]]))
+    far = np.setdiff1d(np.arange(f.size), near)
+    assert len(near) >= n_near and len(far) >= n_far
+    assert np.all(grad.ravel()[far] == 0.0)
+    probes = np.concatenate([rng.choice(near, n_near, replace=False), rng.choice(far, n_far, replace=False)])
+    elems = lambda r: r.faces if hasattr(r, "faces") else r.segments  # noqa: E731
     for idx in probes:
         fp = f.copy().ravel()
         fm = f.copy().ravel()
         fp[idx] += eps
         fm[idx] -= eps
         sp, sm = extract(fp.reshape(f.shape)), extract(fm.reshape(f.shape))
-        elems = lambda r: r.faces if hasattr(r, "faces") else r.segments  # noqa: E731
         assert elems(sp).shape == elems(s).shape == elems(sm).shape  # same topology
         fd = ((sp.vertices - sm.vertices) * g).sum() / (2 * eps)
         assert abs(fd - grad.ravel()[idx]) <= 1e-6 * max(1.0, abs(fd)), (idx, fd, grad.ravel()[idx])
-    # nodes away from the surface get exactly zero
-    assert grad.size > len(edges_nodes)
+
+
+def test_fd_check_catches_a_gradient_that_is_wrongly_zero(monkeypatch):
+    """The check above can fail: a vjp that drops one node's contribution is caught."""
+    h, f = sphere(10)
+    orig = tigeom.isosurface.Surface.vjp
+
+    def broken(self, grad_vertices):
+        out = orig(self, grad_vertices).ravel()
+        node = self._vedge // 3
+        out[node] = 0.0  # lose the first endpoint of every vertex edge
+        return out.reshape(self._values.shape)
+
+    monkeypatch.setattr(tigeom.isosurface.Surface, "vjp", broken)
+    with pytest.raises(AssertionError):
+        _fd_check(lambda v: tigeom.marching_cubes(v, spacing=h, origin=-1), f, 0)
 
 
 def test_vjp_matches_central_differences_3d():

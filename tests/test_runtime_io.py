@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import tigeom
-from conftest import ARCH
+from helpers import ARCH
 from tigeom import io, runtime
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import tigeom  # noqa: F401  (the conftest fixture initialises the runtime)
-from tigeom._scan import ExclusiveScan, exclusive_scan_numpy
+from tigeom._core.scan import ExclusiveScan, exclusive_scan_numpy
 
 
 @pytest.mark.parametrize("n", [1, 5, 256, 257, 1000, 65536 + 3, 300_000])
@@ -21,7 +21,7 @@ def test_scan_capacity_error():
 
 @pytest.mark.parametrize("n", [0, 1, 300, 70_000])
 def test_compact_rows_keeps_rows_with_a_nonnegative_first_entry(n):
-    from tigeom._scan import compact_rows
+    from tigeom._core.scan import compact_rows
 
     rng = np.random.default_rng(n)
     src = rng.integers(-3, 9, size=(max(n, 1), 5)).astype(np.int32)

@@ -93,7 +93,7 @@ def test_cli_errors(tmp_path, capsys):
 def test_drag2d_lowers_drag_keeps_area_and_records_flow(tmp_path):
     import warnings
 
-    from sim import ConvergenceWarning, Flow2D
+    from tigeom.sim import ConvergenceWarning, Flow2D
 
     cfg = tmp_path / "d.toml"
     cfg.write_text("resolution = 60\nflow_tol = 1e-4\nadjoint_tol = 1e-3\ncompare_aspects = [3.0, 4.0]\n"
@@ -120,15 +120,15 @@ def test_drag2d_level_set_step_keeps_the_curve_area_and_centroid(tmp_path):
     """The pieces of drag2d's design update: the start is corrected to the polygon's area and
     centroid; re-distancing leaves the extracted curve bit-identical; the velocity extension
     reproduces the boundary values; the Newton correction restores area and centroid after a step."""
-    from sim import shapes
+    from tigeom.sim import polygons
 
     cls = scene.load("drag2d")
     cfg = scene.resolve_config(cls, resolution=60, design_spacing=0.008)
     sc = cls(cfg, tmp_path)
-    v, s = shapes.circle(cfg["center"], cfg["diameter"] / 2, 256)
-    area, cen = shapes.area_centroid(v, s)
+    v, s = polygons.circle(cfg["center"], cfg["diameter"] / 2, 256)
+    area, cen = polygons.area_centroid(v, s)
     c0 = sc._extract()
-    a0, m0 = shapes.area_centroid(c0.vertices, c0.segments)
+    a0, m0 = polygons.area_centroid(c0.vertices, c0.segments)
     assert abs(a0 / area - 1) < 1e-8 and np.abs(m0 - cen).max() < 1e-9
     # re-distancing: far values change, the curve does not
     phi_bad = np.where(np.abs(sc.phi) > 2 * sc.h, 5.0 * sc.phi, sc.phi)
@@ -140,14 +140,14 @@ def test_drag2d_level_set_step_keeps_the_curve_area_and_centroid(tmp_path):
     # extension: a linear function of the boundary position is reproduced at each node's nearest point
     d = c0.vertices[:, 0] - cen[0]
     ext = sc._extend(c0, d)
-    _, k, t = shapes.nearest_on_segments(sc.nodes, c0.vertices, c0.segments)
+    _, k, t = polygons.nearest_on_segments(sc.nodes, c0.vertices, c0.segments)
     p = (1 - t)[:, None] * c0.vertices[c0.segments[k, 0]] + t[:, None] * c0.vertices[c0.segments[k, 1]]
     np.testing.assert_allclose(ext.ravel(), p[:, 0] - cen[0], atol=1e-12)
     # a step that stretches the body along x, then the correction
     stretch = sc._extend(c0, np.abs(d))  # outward at both ends
     moved = sc._constrain(sc.phi - 0.5 * sc.h * stretch / np.abs(d).max())
     c2 = sc._extract(moved)
-    a2, m2 = shapes.area_centroid(c2.vertices, c2.segments)
+    a2, m2 = polygons.area_centroid(c2.vertices, c2.segments)
     assert abs(a2 / area - 1) < 1e-6 and np.abs(m2 - cen).max() < 1e-7
     assert np.ptp(c2.vertices[:, 0]) > np.ptp(c0.vertices[:, 0]) + 0.2 * sc.h  # it did stretch
     for key, bad in (("eval_tol", 0.0), ("flow_tol_factor", float("nan")), ("step_cells", -1.0)):

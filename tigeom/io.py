@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import as_index_array, as_points
+from ._core.validate import as_index_array, as_points
 
 SURFACE_FORMATS = (".obj", ".ply", ".stl", ".off")
 VOLUME_FORMATS = (".msh", ".vtu", ".mesh", ".vtk", ".xdmf", ".med", ".inp")

@@ -5,7 +5,7 @@
 >>> res = tigeom.dmesh.reconstruct(samples)       # res.vertices, res.faces
 """
 
-from . import losses, shapes
+from . import losses, sampling
 from .losses import Loss, Targets, expected_chamfer, face_quality, real_consistency
 from .model import DMesh, candidate_faces
 from .probabilities import FaceProbabilities, PreparedFaces, default_sharpness, face_probabilities
@@ -13,4 +13,4 @@ from .reconstruct import Reconstruction, reconstruct
 
 __all__ = ["face_probabilities", "FaceProbabilities", "default_sharpness", "candidate_faces", "DMesh",
            "reconstruct", "Reconstruction", "expected_chamfer", "real_consistency", "face_quality", "Loss",
-           "Targets", "PreparedFaces", "losses", "shapes"]
+           "Targets", "PreparedFaces", "losses", "sampling"]

@@ -13,7 +13,7 @@ kernels read the (N, dim) arrays directly and work on 3-vectors with z = 0 in 2D
 
 import taichi as ti
 
-from .._spatial_kernels import _cell, _flat, knn_into, sorted_insert
+from .._core.gridfuncs import cell_index, flat_index, knn_into, sorted_insert
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd2_i32 = ti.types.ndarray(dtype=ti.i32, ndim=2)
@@ -228,7 +228,7 @@ def minball_select(P3: ti.types.ndarray(ndim=2), F: nd2_i32, lo: ti.types.ndarra
         centre, rad = _face_ball(P3, F, f, dim)
         reach = rad + cap
         deep = ti.max(rad - low, 0.0)
-        cell = _cell(centre, lov, h, r3)
+        cell = cell_index(centre, lov, h, r3)
         best = -1
         bd2 = reach * reach
         s = 0
@@ -239,7 +239,7 @@ def minball_select(P3: ti.types.ndarray(ndim=2), F: nd2_i32, lo: ti.types.ndarra
                 while e <= s:
                     cc = cell + ti.Vector([da, db, e])
                     if 0 <= cc[0] < r3[0] and 0 <= cc[1] < r3[1] and 0 <= cc[2] < r3[2]:
-                        fl = _flat(cc, r3)
+                        fl = flat_index(cc, r3)
                         for t in range(start[fl], start[fl + 1]):
                             i = order[t]
                             q = _pt(P3, i, 3) - centre

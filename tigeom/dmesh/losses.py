@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _device, runtime
-from .._validate import as_array, as_points, as_scalar
-from ..spatial import NearestIndex, PointGrid, _pad3, bounding_box, spacing
+from .. import runtime
+from .._core import device as _device
+from .._core.validate import as_array, as_points, as_scalar
+from ..spatial import NearestIndex, PointGrid, bounding_box, pad3, spacing
 from .probabilities import FaceProbabilities, _nd, prepare_faces
 
 # quadrature points of a face (barycentric rows): 4 per edge, 4 per triangle
@@ -76,18 +77,18 @@ def _summed(acc) -> np.ndarray:
     return acc.to_numpy().astype(np.float64).sum(axis=0)
 
 
-def _probs_arg(probs, K: int):
+def _probs_arg(probs, nf: int):
     """``(probs (K,) float64, kernel array with a gradient)`` of a ``probs`` argument: an array
     (checked, uploaded), or a :class:`FaceProbabilities` whose device copy is used as it is (no
     check or upload: a loss inside an optimisation loop should be given ``fp``, not ``fp.probs``)."""
     on_device = probs._device_probs() if isinstance(probs, FaceProbabilities) else None
     if on_device is not None:
-        if len(probs.probs) != K:
-            raise ValueError(f"probs: expected {K} values (one per face), got {len(probs.probs)}")
+        if len(probs.probs) != nf:
+            raise ValueError(f"probs: expected {nf} values (one per face), got {len(probs.probs)}")
         return probs.probs, on_device
     pr = as_array(probs.probs if isinstance(probs, FaceProbabilities) else probs, "probs", ndim=1)
-    if len(pr) != K:
-        raise ValueError(f"probs: expected {K} values (one per face), got {len(pr)}")
+    if len(pr) != nf:
+        raise ValueError(f"probs: expected {nf} values (one per face), got {len(pr)}")
     if len(pr) and (pr.min() < 0 or pr.max() > 1):
         raise ValueError(f"probs: must lie in [0, 1], got range [{pr.min():.6g}, {pr.max():.6g}]")
     return pr, _nd(np.concatenate([pr, [0.0]]).astype(runtime.real_dtype()), True)
@@ -101,7 +102,7 @@ def _mesh_inputs(points, faces, probs):
     return p, f, pr, PR
 
 
-def _backward_fn(kernels, grads_of, n, d, K):
+def _backward_fn(kernels, grads_of, n, d, nf):
     """Replays ``kernels`` [(kernel, args, acc, acc_grad)] in reverse mode."""
 
     def backward(g):
@@ -119,7 +120,7 @@ def _backward_fn(kernels, grads_of, n, d, K):
                 return np.zeros(shape)
             return nd.grad.to_numpy().reshape(-1)[:int(np.prod(shape))].astype(np.float64).reshape(shape)
 
-        return get("points", (n, d)), get("probs", (K,)), get("reals", (n,))
+        return get("points", (n, d)), get("probs", (nf,)), get("reals", (n,))
 
     return backward
 
@@ -157,19 +158,19 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
         Targets(targets.points if isinstance(targets, Targets) else targets)
     if tg.dim != d:
         raise ValueError(f"targets: expected {d}D points like points, got {tg.dim}D")
-    K = len(f)
+    nf = len(f)
     rdt = runtime.real_dtype()
     P = _nd(p.astype(rdt), True)
     grads_of = {"points": P, "probs": PR}
-    if K == 0:
+    if nf == 0:
         raise ValueError("faces: the mesh has no faces, the Chamfer distance to it is undefined")
-    from . import _kernels as Kn
+    from . import _kernels as K
 
     bary = BARY[d]
     M = len(bary)
     F = f.dev
     B = _device.upload(bary.astype(rdt))
-    p3d = _device.upload(_pad3(p).astype(rdt))
+    p3d = _device.upload(pad3(p).astype(rdt))
     # only the likely faces (p >= min_prob) enter either direction; the rest change the loss by
     # less than min_prob times their share and would dominate the cost (most candidates are unlikely)
     keep = np.flatnonzero(pr >= min_prob).astype(np.int32)
@@ -182,38 +183,32 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
     args1 = None
     if Kk:
         X = _device.empty((Kk * M, 3), rdt)
-        Kn.face_samples(p3d, F, keep_d, B, d, X)
+        K.face_samples(p3d, F, keep_d, B, d, X)
         # mesh -> targets: nearest target of every quadrature point, found on the device
-        from .. import _spatial_kernels as Ks
-
         reach = float(reach if reach is not None else tg.diagonal * 0.05)
-        g = tg.grid
-        near = _device.empty((Kk * M, 1), np.int32)
-        near.fill(-1)
-        Ks.knn(g.pts, X, 0, reach, g.lo, g.h, g.res, g.start, g.order, _device.empty((Kk * M, 1), rdt), near,
-               _device.empty((Kk * M,), np.int32))
+        near = tg.grid.nearest_on_device(X, Kk * M, reach)
         tol = float(tolerance if tolerance is not None else tg.spacing)
         args1 = (P, F, keep_d, PR, B, tg.array, near, reach, tol, d, acc1)
-        Kn.mesh_to_target(*args1)
+        K.mesh_to_target(*args1)
         # targets -> mesh: candidate faces of each target from its nearest samples of likely
         # faces (a grid over the samples, built where they are; they lie in the points' box)
         lo, hi = bounding_box(p)
-        grid = PointGrid.on_device(X, Kk * M, _pad3(lo[None])[0], _pad3(hi[None])[0])
+        grid = PointGrid.on_device(X, Kk * M, pad3(lo[None])[0], pad3(hi[None])[0])
         kd2, kid = tg.scratch()
-        Kn.knn_faces(grid.pts, tg.grid.pts, keep_d, M, grid.lo, grid.h, grid.res, grid.start, grid.order, p3d, F,
+        K.knn_faces(grid.pts, tg.grid.pts, keep_d, M, grid.lo, grid.h, grid.res, grid.start, grid.order, p3d, F,
                      d, kd2, kid, cand)
     num = float(_summed(acc1)[0])
     miss2 = float(miss if miss is not None else tg.spacing) ** 2
     acc2 = _slots()
     args2 = (P, F, PR, tg.array, cand, miss2, d, K_NEAREST, acc2)
-    Kn.target_to_mesh(*args2)
+    K.target_to_mesh(*args2)
     tm = float(_summed(acc2)) / T
     mt = num / tg.measure
-    kernels = [(Kn.target_to_mesh, args2, acc2, [1.0 / T])]
+    kernels = [(K.target_to_mesh, args2, acc2, [1.0 / T])]
     if args1 is not None:
-        kernels.append((Kn.mesh_to_target, args1, acc1, [1.0 / tg.measure, 0.0]))
+        kernels.append((K.mesh_to_target, args1, acc1, [1.0 / tg.measure, 0.0]))
     return Loss(value=mt + tm, terms={"mesh_to_target": mt, "target_to_mesh": tm},
-                _backward=_backward_fn(kernels, grads_of, n, d, K))
+                _backward=_backward_fn(kernels, grads_of, n, d, nf))
 
 
 def real_consistency(reals, faces, probs) -> Loss:
@@ -243,22 +238,22 @@ def face_quality(points, faces, probs, scale: float | None = None) -> Loss:
 
 
 def _face_sum(kind, r, p, f, PR, d, scale=1.0) -> Loss:
-    from . import _kernels as Kn
+    from . import _kernels as K
 
     rdt = runtime.real_dtype()
-    K = len(f)
+    nf = len(f)
     n = len(r) if r is not None else len(p)
-    if K == 0:
+    if nf == 0:
         zero = (np.zeros((n, d)), np.zeros(0), np.zeros(n))
         return Loss(0.0, {kind: 0.0}, lambda g: zero)
     acc = _slots()
     F = f.dev
     if kind == "consistency":
         R = _nd(r.astype(rdt), True)
-        args, grads_of, kernel = (R, F, PR, d, acc), {"reals": R, "probs": PR}, Kn.real_consistency
+        args, grads_of, kernel = (R, F, PR, d, acc), {"reals": R, "probs": PR}, K.real_consistency
     else:
         P = _nd(p.astype(rdt), True)
-        args, grads_of, kernel = (P, F, PR, float(scale), d, acc), {"points": P, "probs": PR}, Kn.face_quality
+        args, grads_of, kernel = (P, F, PR, float(scale), d, acc), {"points": P, "probs": PR}, K.face_quality
     kernel(*args)
-    value = float(_summed(acc)) / K
-    return Loss(value, {kind: value}, _backward_fn([(kernel, args, acc, [1.0 / K])], grads_of, n, d, K))
+    value = float(_summed(acc)) / nf
+    return Loss(value, {kind: value}, _backward_fn([(kernel, args, acc, [1.0 / nf])], grads_of, n, d, nf))

@@ -8,9 +8,9 @@ from typing import Callable
 
 import numpy as np
 
-from .._keys import decode_keys, unique_keys
-from .._validate import as_array, as_points
-from .._progress import progress_bar
+from .._core.keys import decode_keys, unique_keys
+from .._core.validate import as_array, as_points
+from .._core.progress import progress_bar
 from ..optim import Adam
 from ..spatial import PointGrid
 from .probabilities import (SATURATION, FaceProbabilities, PreparedFaces, default_sharpness,
@@ -99,7 +99,6 @@ class DMesh:
         self.sharpness = float(sharpness) if sharpness is not None else default_sharpness(p)
         self.k = k
         self._faces = PreparedFaces(np.zeros((0, self.dim), np.int64), n, self.dim)
-        self._tri = None
         self.refresh()
 
     @property
@@ -123,8 +122,7 @@ class DMesh:
             return None
         from ..delaunay import weighted_delaunay
 
-        self._tri = weighted_delaunay(self.points, self.weights)
-        return self._tri
+        return weighted_delaunay(self.points, self.weights)
 
     def refresh(self) -> None:
         """Recompute the candidate faces at the current positions (and prune the hopeless ones)."""

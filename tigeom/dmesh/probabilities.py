@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _device, runtime
-from .._validate import as_array, as_index_array, as_points, as_scalar
+from .. import runtime
+from .._core import device as _device
+from .._core.validate import as_array, as_index_array, as_points, as_scalar
 from ..spatial import PointGrid, spacing
 
 METHODS = ("wdt", "minball")
@@ -85,10 +86,6 @@ def prepare_faces(faces, n: int, d: int) -> PreparedFaces:
             return faces
         faces = faces.rows
     return PreparedFaces(faces, n, d)
-
-
-def _check_faces(faces, n: int, d: int) -> np.ndarray:
-    return faces.rows if isinstance(faces, PreparedFaces) else _check_rows(faces, n, d)
 
 
 def validate_inputs(points, weights, reals, faces, method="minball", sharpness=None):
@@ -221,36 +218,36 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
     alpha = default_sharpness(p) if sharpness is None else sharpness
     cap = SATURATION / alpha
     rdt = runtime.real_dtype()
-    K = len(f)
+    nf = len(f)
     P = _nd(p.astype(rdt), True)
     R = _nd(r.astype(rdt), True)
-    probs = _nd(np.zeros(max(K, 1), rdt), True)
-    margin = _nd(np.zeros(max(K, 1), rdt), True)
-    from . import _kernels as Kn
+    probs = _nd(np.zeros(max(nf, 1), rdt), True)
+    margin = _nd(np.zeros(max(nf, 1), rdt), True)
+    from . import _kernels as K
 
     if method == "minball":
-        near_d = _device.empty((max(K, 1),), np.int32)
+        near_d = _device.empty((max(nf, 1),), np.int32)
         near_d.fill(-1)
-        if K:
+        if nf:
             grid = PointGrid(p)
-            deferred = f.scratch("deferred", (K,), np.int32)
+            deferred = f.scratch("deferred", (nf,), np.int32)
             nd = _device.zeros((1,), np.int32)
-            Kn.minball_select(grid.pts, f.dev, grid.lo, grid.h, grid.res, grid.start, grid.order,
+            K.minball_select(grid.pts, f.dev, grid.lo, grid.h, grid.res, grid.start, grid.order,
                               cap, LOW * cap, SHELLS, d, near_d, deferred, nd)
             m = int(_device.fetch(nd)[0])
             if m:
                 nc = -(-n // BRUTE_CHUNK)
                 bd2, bid = _device.empty((m, nc), rdt), _device.empty((m, nc), np.int32)
-                Kn.minball_brute(grid.pts, f.dev, deferred, m, cap, BRUTE_CHUNK, d, bd2, bid)
-                Kn.minball_brute_reduce(deferred, m, bd2, bid, near_d)
+                K.minball_brute(grid.pts, f.dev, deferred, m, cap, BRUTE_CHUNK, d, bd2, bid)
+                K.minball_brute_reduce(deferred, m, bd2, bid, near_d)
         args = (P, R, f.dev, near_d, alpha, cap, LOW * cap, d, probs, margin)
-        if K:
-            Kn.minball_eval(*args)
-        replay = (Kn.minball_eval, args, (P, R), n, d)
+        if nf:
+            K.minball_eval(*args)
+        replay = (K.minball_eval, args, (P, R), n, d)
         in_tri = None
 
         def witness():
-            return _device.fetch(near_d, K).astype(np.int64)
+            return _device.fetch(near_d, nf).astype(np.int64)
     else:
         if triangulation is None:
             from ..delaunay import weighted_delaunay
@@ -263,33 +260,33 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
         s0, s1, in_tri = _face_simplices(tri.simplices, f.rows)
         cells = tri.power_cells()
         S = tri.simplices.astype(np.int32) if len(tri.simplices) else np.zeros((1, d + 1), np.int32)
-        sel = np.zeros((max(K, 1), d), np.int32)
+        sel = np.zeros((max(nf, 1), d), np.int32)
         dev = [f.dev] + [_device.upload(x) for x in (S, s0, s1)]
-        if K:
-            sel_d = _device.empty((K, d), np.int32)
-            Kn.wdt_select(_device.upload(p.astype(rdt)), _device.upload(w.astype(rdt)), dev[0], dev[1], dev[2],
+        if nf:
+            sel_d = _device.empty((nf, d), np.int32)
+            K.wdt_select(_device.upload(p.astype(rdt)), _device.upload(w.astype(rdt)), dev[0], dev[1], dev[2],
                           dev[3], *[_device.upload(x.astype(np.int32)) for x in
                                     (cells.neighbor_ptr, cells.neighbors, cells.vertex_ptr, cells.vertex_ids)],
                           d, sel_d)
-            sel = _device.fetch(sel_d, K).astype(np.int32)
+            sel = _device.fetch(sel_d, nf).astype(np.int32)
         args = (P, W, R, *dev, _device.upload(sel), alpha, cap, d, probs, margin)
-        if K:
-            Kn.wdt_eval(*args)
-        replay = (Kn.wdt_eval, args, (P, W, R), n, d)
+        if nf:
+            K.wdt_eval(*args)
+        replay = (K.wdt_eval, args, (P, W, R), n, d)
         witness = None
-    return FaceProbabilities(probs=probs.to_numpy()[:K].astype(np.float64),
-                             margin=lambda: margin.to_numpy()[:K].astype(np.float64), sharpness=float(alpha),
+    return FaceProbabilities(probs=probs.to_numpy()[:nf].astype(np.float64),
+                             margin=lambda: margin.to_numpy()[:nf].astype(np.float64), sharpness=float(alpha),
                              method=method, in_triangulation=in_tri, witness=witness, _replay=replay)
 
 
 def _face_simplices(simplices: np.ndarray, faces: np.ndarray):
     """For each face: its one or two simplices (s0, s1; -1 when absent) and whether it is a face
     of the triangulation at all."""
-    K, d = faces.shape
-    s0 = -np.ones(max(K, 1), np.int32)
-    s1 = -np.ones(max(K, 1), np.int32)
-    if K == 0 or len(simplices) == 0:
-        return s0, s1, np.zeros(K, bool)
+    nf, d = faces.shape
+    s0 = -np.ones(max(nf, 1), np.int32)
+    s1 = -np.ones(max(nf, 1), np.int32)
+    if nf == 0 or len(simplices) == 0:
+        return s0, s1, np.zeros(nf, bool)
     m = len(simplices)
     sf = np.concatenate([np.sort(np.delete(simplices, c, axis=1), axis=1) for c in range(d + 1)])
     sid = np.tile(np.arange(m), d + 1)
@@ -302,7 +299,7 @@ def _face_simplices(simplices: np.ndarray, faces: np.ndarray):
     lo = np.searchsorted(ks, kf, "left")
     hi = np.searchsorted(ks, kf, "right")
     has = hi > lo
-    s0[:K][has] = sid[lo[has]]
+    s0[:nf][has] = sid[lo[has]]
     two = hi - lo >= 2
-    s1[:K][two] = sid[lo[two] + 1]
+    s1[:nf][two] = sid[lo[two] + 1]
     return s0, s1, has

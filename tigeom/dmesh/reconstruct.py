@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from .._validate import as_points
+from .._core.validate import as_points
 from ..spatial import NearestIndex
 from . import losses
 from .model import DMesh

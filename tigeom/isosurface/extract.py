@@ -14,8 +14,9 @@ from functools import cached_property
 
 import numpy as np
 
-from .. import _device, runtime
-from .._validate import as_array, as_scalar, as_vector
+from .. import runtime
+from .._core import device as _device
+from .._core.validate import as_array, as_scalar, as_vector
 from . import tables
 
 logger = logging.getLogger(__name__)
@@ -24,9 +25,9 @@ _MAX_NODES = 2**31 - 1
 
 
 def _kernels():
-    from . import _kernels as k  # imported lazily: defining kernels imports taichi
+    from . import _kernels as K  # imported lazily: defining kernels imports taichi
 
-    return k
+    return K
 
 
 class _Marcher:
@@ -47,7 +48,7 @@ class _Marcher:
     def _buffers(self, shape: tuple, sweep: int, S: int):
         key = (shape, sweep, S)
         if key not in self._scratch:
-            from .._scan import ExclusiveScan
+            from .._core.scan import ExclusiveScan
 
             self._scratch.clear()  # keep one grid's scratch at a time
             nch = -(-shape[sweep] // S)
@@ -66,19 +67,19 @@ class _Marcher:
 
         Raises ValueError when ``vals`` holds NaN or infinite values (checked by the count pass).
         """
-        k = _kernels()
+        K = _kernels()
         rdt = runtime.real_dtype()
         b = self._buffers(shape, sweep, S)
         if self.dim == 3:
-            count, emit_v, emit_e = k.count3, k.emit_vertices3, k.emit_triangles3
+            count, emit_v, emit_e = K.count3, K.emit_vertices3, K.emit_triangles3
         else:
-            count, emit_v, emit_e = k.count2, k.emit_vertices2, k.emit_segments2
+            count, emit_v, emit_e = K.count2, K.emit_vertices2, K.emit_segments2
         b["flags"].fill(0)  # [non-finite values, snapped vertices]
         count(vals, level, sweep, S, self.count, b["cnt"], b["flags"])
         R = b["R"]
         # one scan over [vertex counts | element counts]: base[R] = V, base[2R] = V + T
         b["scan"].run(b["cnt"], b["base"], 2 * R)
-        k.gather_totals(b["base"], R, b["flags"], b["totals"])
+        K.gather_totals(b["base"], R, b["flags"], b["totals"])
         V, VT, nbad = (int(x) for x in _device.fetch(b["totals"])[:3])  # the only host sync
         if nbad:
             raise ValueError(f"values: contains {nbad} NaN or infinite value(s)"
@@ -263,10 +264,10 @@ class _IsoResult:
         axis = (self._vedge % self.dim).astype(np.int64)
         gaxis = np.ascontiguousarray(g[np.arange(len(g)), axis], dtype=self._values.dtype)
         eps = (1e-12 if self._values.dtype == np.float64 else 1e-6) * max(1.0, float(np.abs(self._values).max()))
-        k = _kernels()
+        K = _kernels()
         runtime.ensure_init()
         out_k = _device.upload(out)
-        k.vertex_vjp(_device.upload(self._values.ravel()), _device.upload(self._vedge), len(self._vedge),
+        K.vertex_vjp(_device.upload(self._values.ravel()), _device.upload(self._vedge), len(self._vedge),
                      _device.upload(gaxis), _device.upload(self._strides()),
             _device.upload(self.spacing.astype(self._values.dtype)), self.dim, self.level, eps, out_k)
         return _device.fetch(out_k).reshape(self._values.shape).astype(np.float64)
@@ -277,10 +278,10 @@ class _IsoResult:
         interpolated along the vertex's edge). Points toward ``values > level``."""
         if len(self.vertices) == 0:
             return np.zeros((0, self.dim))
-        k = _kernels()
+        K = _kernels()
         runtime.ensure_init()
         out = _device.empty((len(self.vertices), self.dim), self._values.dtype)
-        k.vertex_normals(_device.upload(self._values.ravel()), _device.upload(self._vedge),
+        K.vertex_normals(_device.upload(self._values.ravel()), _device.upload(self._vedge),
                          _device.upload(np.array(self._values.shape, np.int32)), _device.upload(self._strides()),
                          _device.upload(self.spacing.astype(self._values.dtype)), self.dim, self.level, out)
         return _device.fetch(out).astype(np.float64)

@@ -1,8 +1,9 @@
-"""Tetrahedral meshes: quality measures, boundary-preserving improvement, test meshes."""
+"""Tetrahedral meshes: quality measures, boundary-preserving improvement, topology, test meshes."""
 
-from .generate import cube_mesh, delaunay_tets, sphere_mesh
-from .improve import ImproveResult, boundary_faces, face_adjacency, improve_tets
-from .quality import TetQuality, tet_quality
+from .generate import cube_mesh, cube_points, sphere_mesh
+from .improve import ImproveResult, improve_tets
+from .quality import TetQuality, signed_volumes, tet_quality, validate_mesh
+from .topology import boundary_faces, face_adjacency
 
 __all__ = ["TetQuality", "tet_quality", "improve_tets", "ImproveResult", "face_adjacency", "boundary_faces",
-           "cube_mesh", "sphere_mesh", "delaunay_tets"]
+           "cube_mesh", "cube_points", "sphere_mesh", "validate_mesh", "signed_volumes"]

@@ -23,7 +23,6 @@ v3 = ti.types.vector(3, ti.f64)
 EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 OTHER = ((2, 3), (1, 3), (1, 2), (0, 3), (0, 2), (0, 1))  # the two vertices off each edge
 DEG = 57.29577951308232  # degrees per radian
-Q_REGULAR = 0.9428090415820634  # sin(acos(1/3))
 
 
 @ti.func

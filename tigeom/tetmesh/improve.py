@@ -17,9 +17,10 @@ A move is kept only if it raises the worst quality of the tets it replaces, so n
 made worse than the worst it replaced, none can invert, and the boundary faces (never touched:
 moves act on interior faces and edges only, boundary vertices never move) stay as they were.
 Moves that touch a common tet are resolved by priority (the worst replaced tet first, an atomic
-claim per tet), so the worst elements improve first and every pass is parallel. Between passes
-the vertex stars, face adjacency and edge list are rebuilt by kernels (``_topology``); the host
-compacts the tets and sorts the edges.
+claim per tet), so the worst elements improve first and every pass is parallel. The mesh stays on
+the device for the whole run; between passes the vertex stars, face adjacency and edge list are
+rebuilt by kernels (:mod:`.topology`) and the tets are compacted by a scan; the host sorts the
+edges.
 
 The quality is the smallest dihedral sine of a tet (see ``_kernels``): it penalises small and
 large angles alike, and a mesh whose every tet has quality >= 0.5 has every dihedral angle
@@ -34,9 +35,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _device, runtime
-from .._progress import progress_bar
-from ._topology import MeshTopology
+from .. import runtime
+from .._core import device as _device
+from .._core.progress import progress_bar
+from .._core.scan import compact_rows, copy_rows, count_positive, min_value
+from .topology import MeshTopology, boundary_faces, face_adjacency
 from .quality import signed_volumes, tet_quality, validate_mesh
 
 logger = logging.getLogger(__name__)
@@ -57,37 +60,7 @@ class ImproveResult:
     stats: dict = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- topology (numpy)
-
-
-def face_adjacency(t: np.ndarray) -> np.ndarray:
-    """(M, 4): the tet across the face opposite local vertex k, -1 on the boundary.
-
-    ValueError when a face is shared by more than two tets (not a manifold mesh).
-    """
-    t = np.asarray(t)
-    if t.ndim != 2 or t.shape[1] != 4 or not np.issubdtype(t.dtype, np.integer):
-        raise ValueError(f"tets: expected (M, 4) integer vertex indices, got {t.dtype} {t.shape}")
-    if len(t) == 0:
-        return np.zeros((0, 4), np.int64)
-    if t.min() < 0:
-        raise ValueError("tets: negative vertex index")
-    runtime.ensure_init()
-    topo = MeshTopology(_device.upload(t.astype(np.int32)), len(t), int(t.max()) + 1)
-    return _device.fetch(topo.adjacency()).astype(np.int64)
-
-
-_OTHER3 = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])  # the face opposite local vertex k
-
-
-def boundary_faces(t: np.ndarray, nb: np.ndarray | None = None) -> np.ndarray:
-    """Boundary triangles (faces of one tet), sorted per row and lexicographically."""
-    nb = face_adjacency(t) if nb is None else nb
-    tt, kk = np.nonzero(nb < 0)
-    if len(tt) == 0:
-        return np.zeros((0, 3), np.int64)
-    f = np.sort(np.asarray(t)[tt[:, None], _OTHER3[kk]], axis=1).astype(np.int64)
-    return f[np.lexsort(f.T[::-1])]
+# --------------------------------------------------------------------------- helpers
 
 
 def _triangulation_table(max_n: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -208,201 +181,268 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
             raise ValueError(f"{name}: must be an integer >= 1, got {val}")
     t = _orient_flat(v, t)
     runtime.ensure_init()
-    from . import _kernels as K
-
     t0 = time.perf_counter()
-    nb0 = face_adjacency(t)
-    bfaces0 = boundary_faces(t, nb0)
+    bfaces0 = boundary_faces(t)
     vol0 = float(signed_volumes(v, t).sum())
-    n_in = len(v)
-    boundary = np.zeros(n_in, bool)
-    boundary[bfaces0.ravel()] = True
-    pinned = boundary | fixed_mask
+    pinned = np.zeros(len(v), bool)
+    pinned[bfaces0.ravel()] = True
+    pinned |= fixed_mask
     before = tet_quality(v, t).summary()
-    tab, tab_off = _triangulation_table(7)
-    tab_d, tab_off_d = _device.upload(tab), _device.upload(tab_off)
-    V = v.copy()
-    T = t.astype(np.int32)
-    counts = {"smooth_moves": 0, "flip23": 0, "edge_removal": 0, "splits": 0}
-    history: list[dict] = []
-    eps = 1e-9
+    run = _Improver(v, t, pinned, int(smooth_iters), time_limit, t0)
+    history = run.sweeps(max_sweeps, int(smooth_rounds), insert, progress, callback)
+    V, T = run.result()
+    _verify(v, V, T, bfaces0, vol0, pinned)
+    after = tet_quality(V, T).summary()
+    stats = dict(run.counts, seconds=round(time.perf_counter() - t0, 3), sweeps=len(history),
+                 inserted_vertices=int(len(V) - len(v)), time_limited=run.limited)
+    return ImproveResult(V, T, before, after, history, stats)
 
-    limited = [False]  # set once the time limit cut the run short
 
-    def out_of_time():
-        limited[0] = limited[0] or (time_limit is not None and time.perf_counter() - t0 > time_limit)
-        return limited[0]
+class _Improver:
+    """The mesh on the device for the whole run: vertices ``Vd`` (nv, 3) float64 and tets ``Td``
+    (m, 4) int32 kernel arrays. A pass builds its scratch on the device, applies the winning
+    moves there and compacts the tets there; what comes back to the host per pass is a few
+    counts, the per-tet qualities once per smoothing and per sweep, and the edge list (sorted on
+    the host by int64 key, which fixes the priority order of edge moves)."""
 
-    def qual_d(Vd, Td, m):
-        q = _device.empty((m,), np.float64)
-        K.qualities(Vd, Td, q)
+    EPS = 1e-9
+
+    def __init__(self, v: np.ndarray, t: np.ndarray, pinned: np.ndarray, smooth_iters: int,
+                 time_limit: float | None, t0: float):
+        from . import _kernels as K
+
+        self.K = K
+        self.n_in = len(v)
+        # a copy: on the CPU an upload is the array itself, and the passes move vertices in place
+        self.Vd, self.nv = _device.upload(np.array(v, np.float64, copy=True)), len(v)
+        self.Td, self.m = _device.upload(t.astype(np.int32)), len(t)
+        self.pinned_d = _device.upload(pinned.astype(np.int32))
+        self.smooth_iters = smooth_iters
+        self.time_limit, self.t0 = time_limit, t0
+        self.limited = False  # set once the time limit cut the run short
+        tab, tab_off = _triangulation_table(7)
+        self.tab_d, self.tab_off_d = _device.upload(tab), _device.upload(tab_off)
+        self.counts = {"smooth_moves": 0, "flip23": 0, "edge_removal": 0, "splits": 0}
+
+    # ----------------------------------------------------------------- helpers
+
+    def out_of_time(self) -> bool:
+        self.limited = self.limited or (self.time_limit is not None
+                                        and time.perf_counter() - self.t0 > self.time_limit)
+        return self.limited
+
+    def qualities(self):
+        q = _device.empty((self.m,), np.float64)
+        self.K.qualities(self.Vd, self.Td, q)
         return q
 
-    def qual(V, T):
-        return _device.fetch(qual_d(_device.upload(V), _device.upload(T), len(T))).copy()
+    def _padded_tets(self, extra: int):
+        Tb = _device.empty((self.m + extra, 4), np.int32)
+        Tb.fill(-1)
+        copy_rows(self.Td, Tb, self.m)
+        return Tb
 
-    def resolve(ctets, cn, key, nc, m):
-        """Winners among nc candidates over m tets: each holds every tet it claimed."""
-        owner = _device.upload(np.full(m, -1, np.int64))
+    def _resolve(self, ctets, cn, key, nc: int):
+        """Winners among nc candidates over the m tets: each holds every tet it claimed."""
+        owner = _device.empty((self.m,), np.int64)
+        owner.fill(-1)
         win = _device.empty((nc,), np.int32)
-        K.claim(ctets, cn, key, owner)
-        K.winners(ctets, cn, key, owner, win)
+        self.K.claim(ctets, cn, key, owner)
+        self.K.winners(ctets, cn, key, owner, win)
         return win
 
-    def smooth(V, T, rounds):
-        """Up to ``rounds`` smoothing passes on a fixed connectivity (built and uploaded once);
-        stops early when a pass moves nothing. Returns the new positions and the number of moves."""
-        movable_mask = np.zeros(len(V), bool)
-        q = qual(V, T)
-        # only vertices of tets below ACTIVE_SINE move: the rest cannot raise the worst tets
-        movable_mask[np.unique(T[q < max(ACTIVE_SINE, float(q.min()) + 1e-3)])] = True
-        movable_mask[:n_in] &= ~pinned
-        mov = np.flatnonzero(movable_mask).astype(np.int32)
-        if len(mov) == 0:
-            return V, 0
-        Td = _device.upload(T)
-        topo = MeshTopology(Td, len(T), len(V))
+    def _commit(self, Tb, cnt) -> None:
+        """The tets written into ``Tb`` (``cnt`` rows used, holes marked -1), compacted."""
+        used = int(_device.fetch(cnt)[0])
+        self.Td, self.m = compact_rows(Tb, used)
+
+    # ----------------------------------------------------------------- smoothing
+
+    def _movable(self):
+        """Free vertices of tets below ACTIVE_SINE (or near the worst): the rest cannot raise the
+        worst tets. Host index array, ascending."""
+        q = _device.fetch(self.qualities(), self.m)
+        T = _device.fetch(self.Td, self.m)
+        mask = np.zeros(self.nv, bool)
+        mask[np.unique(T[q < max(ACTIVE_SINE, float(q.min()) + 1e-3)])] = True
+        mask[:self.n_in] &= ~(_device.fetch(self.pinned_d) != 0)
+        return np.flatnonzero(mask).astype(np.int32)
+
+    def _half_lengths(self, topo, mov):
+        """Mean length of the edges at each movable vertex (the ascent's step scale)."""
         E, _ = topo.edges()
+        V = _device.fetch(self.Vd, self.nv)  # once per sweep: numpy's norm keeps the step sizes bit-stable
         el = np.linalg.norm(V[E[:, 0]] - V[E[:, 1]], axis=1)
-        deg = np.bincount(E.ravel(), minlength=len(V))
-        hl = np.bincount(E.ravel(), weights=np.repeat(el, 2), minlength=len(V)) / np.maximum(deg, 1)
-        vidx = -np.ones(len(V), np.int32)
+        Ed = _device.upload(E.astype(np.int32))
+        deg = np.bincount(E.ravel(), minlength=self.nv)
+        hl = np.bincount(E.ravel(), weights=np.repeat(el, 2), minlength=self.nv) / np.maximum(deg, 1)
+        vidx = -np.ones(self.nv, np.int32)
         vidx[mov] = np.arange(len(mov), dtype=np.int32)
-        Vd, mov_d = _device.upload(V), _device.upload(mov)
-        star = (Td, topo.ptr, topo.vt, mov_d, _device.upload(hl[mov]))
-        Ed, vidx_d = _device.upload(E.astype(np.int32)), _device.upload(vidx)
+        return Ed, _device.upload(vidx), _device.upload(hl[mov])
+
+    def smooth(self, rounds: int) -> int:
+        """Up to ``rounds`` smoothing passes on a fixed connectivity; stops early when a pass
+        moves nothing. Returns the number of moves."""
+        mov = self._movable()
+        if len(mov) == 0:
+            return 0
+        K = self.K
+        topo = MeshTopology(self.Td, self.m, self.nv)
+        Ed, vidx_d, hl_d = self._half_lengths(topo, mov)
+        mov_d = _device.upload(mov)
+        star = (self.Td, topo.ptr, topo.vt, mov_d, hl_d)
         newpos = _device.empty((len(mov), 3), np.float64)
         gain = _device.empty((len(mov),), np.float64)
         qv = _device.empty((len(mov),), np.float64)
         total = 0
         for _ in range(rounds):
-            if out_of_time():
+            if self.out_of_time():
                 break
-            K.smooth_propose(Vd, *star, newpos, gain, qv, smooth_iters)
+            K.smooth_propose(self.Vd, *star, newpos, gain, qv, self.smooth_iters)
             blocked = _device.zeros((len(mov),), np.int32)
             K.smooth_block(Ed, vidx_d, gain, qv, blocked)
             moved = _device.zeros((1,), np.int32)
-            K.smooth_apply(Vd, mov_d, newpos, gain, blocked, moved)
+            K.smooth_apply(self.Vd, mov_d, newpos, gain, blocked, moved)
             k = int(_device.fetch(moved)[0])
             total += k
             if k == 0:
                 break
-        return _device.fetch(Vd).copy(), total
+        return total
 
-    def topo_pass(V, T, kind, below=0.0):
-        """One parallel pass of one move kind; returns the new (V, T) and the number applied."""
-        m = len(T)
-        Vd = _device.upload(V)
-        Td0 = _device.upload(T)
-        topo = MeshTopology(Td0, m, len(V))
-        nbd = topo.adjacency()
-        qd = qual_d(Vd, Td0, m)
-        if kind == "flip23":
-            nc = 4 * m
-            ctets = _device.empty((nc, 2), np.int32)
-            cn = _device.empty((nc,), np.int32)
-            key = _device.empty((nc,), np.int64)
-            Tb = np.full((m + nc // 2 + 1, 4), -1, np.int32)
-            Tb[:m] = T
-            Td = _device.upload(Tb)
-            K.flip23_candidates(Vd, Td, nbd, qd, ctets, cn, key, eps)
-            win = resolve(ctets, cn, key, nc, m)
-            cnt = _device.upload(np.array([m], np.int32))
-            K.flip23_apply(Td, nbd, win, cnt)
-            Vout = V
-        else:
-            E, etet = topo.edges()
-            ne = len(E)
-            Ed, etd = _device.upload(E.astype(np.int32)), _device.upload(etet.astype(np.int32))
-            ctets = _device.empty((ne, K.MAXRING), np.int32)
-            cn = _device.empty((ne,), np.int32)
-            key = _device.empty((ne,), np.int64)
-            if kind == "edge":
-                cinfo = _device.empty((ne, 1), np.int32)
-                Tb = np.full((m + 6 * ne // 5 + 8, 4), -1, np.int32)  # an n-ring gives n - 4 extra tets
-                Tb[:m] = T
-                Td = _device.upload(Tb)
-                K.edge_removal_candidates(Vd, Td, nbd, qd, Ed, etd, tab_d, tab_off_d, ctets, cn, cinfo, key, eps)
-                win = resolve(ctets, cn, key, ne, m)
-                cnt = _device.upload(np.array([m], np.int32))
-                K.edge_removal_apply(Td, nbd, Ed, etd, tab_d, win, cinfo, cnt)
-                Vout = V
-            else:  # split
-                cpos = _device.empty((ne, 3), np.float64)
-                K.split_candidates(Vd, Td0, nbd, qd, Ed, etd, ctets, cn, cpos, key, below, eps)
-                win = resolve(ctets, cn, key, ne, m)
-                nwin = int(_device.fetch(win).sum())
-                if nwin == 0:
-                    return V, T, 0
-                Tb = np.full((m + K.MAXRING * nwin, 4), -1, np.int32)
-                Tb[:m] = T
-                Vb = np.zeros((len(V) + nwin, 3))
-                Vb[:len(V)] = V
-                Td, Vbd = _device.upload(Tb), _device.upload(Vb)
-                cnt = _device.upload(np.array([m], np.int32))
-                vcnt = _device.upload(np.array([len(V)], np.int32))
-                K.split_apply(Vbd, Td, nbd, Ed, etd, win, cpos, cnt, vcnt)
-                Vout = _device.fetch(Vbd).copy()
-        used = int(_device.fetch(cnt)[0])
-        Tn = _device.fetch(Td)[:used]
-        Tn = Tn[Tn[:, 0] >= 0].copy()
-        return Vout, Tn, int(_device.fetch(win).sum())
+    # ----------------------------------------------------------------- topological passes
 
-    best = qual(V, T).min()
-    stall = 0
-    with progress_bar(progress, max_sweeps, "improve_tets") as advance:
-        for sweep in range(max_sweeps):
-            if out_of_time():
+    def flip23(self) -> int:
+        """One parallel pass of 2-3 flips over every interior face; the number applied."""
+        K, m = self.K, self.m
+        topo = MeshTopology(self.Td, m, self.nv)
+        nbd, qd = topo.adjacency(), self.qualities()
+        nc = 4 * m
+        ctets = _device.empty((nc, 2), np.int32)
+        cn = _device.empty((nc,), np.int32)
+        key = _device.empty((nc,), np.int64)
+        Tb = self._padded_tets(nc // 2 + 1)
+        K.flip23_candidates(self.Vd, Tb, nbd, qd, ctets, cn, key, self.EPS)
+        win = self._resolve(ctets, cn, key, nc)
+        cnt = _device.upload(np.array([m], np.int32))
+        K.flip23_apply(Tb, nbd, win, cnt)
+        self._commit(Tb, cnt)
+        return count_positive(win, nc)
+
+    def _edge_scratch(self, topo):
+        E, etet = topo.edges()
+        ne = len(E)
+        Ed, etd = _device.upload(E.astype(np.int32)), _device.upload(etet.astype(np.int32))
+        ctets = _device.empty((ne, self.K.MAXRING), np.int32)
+        cn = _device.empty((ne,), np.int32)
+        key = _device.empty((ne,), np.int64)
+        return ne, Ed, etd, ctets, cn, key
+
+    def edge_removal(self) -> int:
+        """One parallel pass of interior edge removals (3-2 and 4-4 flips included)."""
+        K, m = self.K, self.m
+        topo = MeshTopology(self.Td, m, self.nv)
+        nbd, qd = topo.adjacency(), self.qualities()
+        ne, Ed, etd, ctets, cn, key = self._edge_scratch(topo)
+        cinfo = _device.empty((ne, 1), np.int32)
+        Tb = self._padded_tets(6 * ne // 5 + 8)  # an n-ring gives n - 4 extra tets
+        K.edge_removal_candidates(self.Vd, Tb, nbd, qd, Ed, etd, self.tab_d, self.tab_off_d, ctets, cn, cinfo, key,
+                                  self.EPS)
+        win = self._resolve(ctets, cn, key, ne)
+        cnt = _device.upload(np.array([m], np.int32))
+        K.edge_removal_apply(Tb, nbd, Ed, etd, self.tab_d, win, cinfo, cnt)
+        self._commit(Tb, cnt)
+        return count_positive(win, ne)
+
+    def split(self, below: float) -> int:
+        """Vertex insertion on interior edges of the tets below quality ``below``."""
+        K, m = self.K, self.m
+        topo = MeshTopology(self.Td, m, self.nv)
+        nbd, qd = topo.adjacency(), self.qualities()
+        ne, Ed, etd, ctets, cn, key = self._edge_scratch(topo)
+        cpos = _device.empty((ne, 3), np.float64)
+        K.split_candidates(self.Vd, self.Td, nbd, qd, Ed, etd, ctets, cn, cpos, key, below, self.EPS)
+        win = self._resolve(ctets, cn, key, ne)
+        nwin = count_positive(win, ne)
+        if nwin == 0:
+            return 0
+        Tb = self._padded_tets(K.MAXRING * nwin)
+        Vb = _device.zeros((self.nv + nwin, 3), np.float64)
+        copy_rows(self.Vd, Vb, self.nv)
+        cnt = _device.upload(np.array([m], np.int32))
+        vcnt = _device.upload(np.array([self.nv], np.int32))
+        K.split_apply(Vb, Tb, nbd, Ed, etd, win, cpos, cnt, vcnt)
+        self.Vd, self.nv = Vb, self.nv + nwin
+        self._commit(Tb, cnt)
+        return nwin
+
+    # ----------------------------------------------------------------- driver
+
+    def flips(self) -> None:
+        """2-3 flips and edge removals until a round applies none (at most 12 rounds)."""
+        for _ in range(12):
+            if self.out_of_time():
                 break
-            V, n_s = smooth(V, T, int(smooth_rounds))
-            counts["smooth_moves"] += n_s
-            for _ in range(12):
-                if out_of_time():
-                    break
-                V, T, a = topo_pass(V, T, "flip23")
-                V, T, b = topo_pass(V, T, "edge")
-                counts["flip23"] += a
-                counts["edge_removal"] += b
-                if a + b == 0:
-                    break
-            q = qual(V, T)
-            qmin = float(q.min())
-            split = 0
-            if insert and qmin <= best + 1e-6 and not out_of_time():
-                # stalled: insert vertices on edges of the worst tets (the worst 1% or below 0.5)
-                below = max(float(np.quantile(q, 0.01)), min(0.5, qmin + 1e-3))
-                V, T, split = topo_pass(V, T, "split", below)
-                counts["splits"] += split
-                qmin = float(qual(V, T).min())
-            entry = {"sweep": sweep, "min_sine": qmin, "tets": len(T), "vertices": len(V), "smooth_moves": n_s,
-                     "splits": split, "seconds": round(time.perf_counter() - t0, 3)}
-            history.append(entry)
-            if callback is not None:
-                callback(entry)
-            advance(f"improve_tets min sine {qmin:.3f}")
-            if out_of_time():
+            a = self.flip23()
+            b = self.edge_removal()
+            self.counts["flip23"] += a
+            self.counts["edge_removal"] += b
+            if a + b == 0:
                 break
-            if qmin > best + 1e-6:
-                best = qmin
-                stall = 0
-            else:
-                stall += 1
-                if stall >= 2:
-                    break
 
-    # drop vertices no tet uses among the inserted ones (input vertices keep their indices)
-    used = np.zeros(len(V), bool)
-    used[T.ravel()] = True
-    keep = np.concatenate([np.arange(n_in), n_in + np.flatnonzero(used[n_in:])])
-    remap = -np.ones(len(V), np.int64)
-    remap[keep] = np.arange(len(keep))
-    V = V[keep]
-    T = remap[T.astype(np.int64)]
-    _verify(v, V, T, bfaces0, vol0, pinned)
-    after = tet_quality(V, T).summary()
-    stats = dict(counts, seconds=round(time.perf_counter() - t0, 3), sweeps=len(history),
-                 inserted_vertices=int(len(V) - n_in), time_limited=limited[0])
-    return ImproveResult(V, T, before, after, history, stats)
+    def sweep(self, rounds: int, insert: bool, best: float) -> dict:
+        """Smoothing, flips and, when the worst quality stalled, insertion: the history entry."""
+        n_s = self.smooth(rounds)
+        self.counts["smooth_moves"] += n_s
+        self.flips()
+        q = _device.fetch(self.qualities(), self.m)
+        qmin = float(q.min())
+        split = 0
+        if insert and qmin <= best + 1e-6 and not self.out_of_time():
+            # stalled: insert vertices on edges of the worst tets (the worst 1% or below 0.5)
+            split = self.split(max(float(np.quantile(q, 0.01)), min(0.5, qmin + 1e-3)))
+            self.counts["splits"] += split
+            qmin = min_value(self.qualities(), self.m)
+        return {"min_sine": qmin, "tets": self.m, "vertices": self.nv, "smooth_moves": n_s, "splits": split,
+                "seconds": round(time.perf_counter() - self.t0, 3)}
+
+    def sweeps(self, max_sweeps: int, rounds: int, insert: bool, progress: bool, callback) -> list[dict]:
+        """Sweeps until the worst quality stops rising for two sweeps, or the limits."""
+        history: list[dict] = []
+        best = min_value(self.qualities(), self.m)
+        stall = 0
+        with progress_bar(progress, max_sweeps, "improve_tets") as advance:
+            for sweep in range(max_sweeps):
+                if self.out_of_time():
+                    break
+                entry = {"sweep": sweep, **self.sweep(rounds, insert, best)}
+                history.append(entry)
+                if callback is not None:
+                    callback(entry)
+                qmin = entry["min_sine"]
+                advance(f"improve_tets min sine {qmin:.3f}")
+                if self.out_of_time():
+                    break
+                if qmin > best + 1e-6:
+                    best = qmin
+                    stall = 0
+                else:
+                    stall += 1
+                    if stall >= 2:
+                        break
+        return history
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mesh on the host, without inserted vertices that no tet uses (input vertices keep
+        their indices)."""
+        V = _device.fetch(self.Vd, self.nv).copy()
+        T = _device.fetch(self.Td, self.m).astype(np.int64)
+        used = np.zeros(len(V), bool)
+        used[T.ravel()] = True
+        n_in = self.n_in
+        keep = np.concatenate([np.arange(n_in), n_in + np.flatnonzero(used[n_in:])])
+        remap = -np.ones(len(V), np.int64)
+        remap[keep] = np.arange(len(keep))
+        return V[keep], remap[T]
 
 
 def _verify(v_in, V, T, bfaces0, vol0, pinned):

@@ -7,13 +7,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _device, runtime
-from .._validate import as_index_array, as_points
+from .. import runtime
+from .._core import device as _device
+from .._core.validate import as_index_array, as_points
 
 logger = logging.getLogger(__name__)
-
-KEYS = ("volume", "min_dihedral", "max_dihedral", "radius_ratio", "mean_ratio", "amips", "min_sine")
-
 
 def validate_mesh(vertices, tets, *, reorient: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Checked ``(vertices (N, 3) float64, tets (M, 4) int64)``; negative tets reoriented with a warning.

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _device, runtime
-from ._validate import as_points
+from .. import runtime
+from .._core import device as _device
+from .._core.validate import as_points
 
 
-def _pad3(x: np.ndarray) -> np.ndarray:
+def pad3(x: np.ndarray) -> np.ndarray:
     if x.shape[1] == 3:
         return x
     return np.column_stack([x, np.zeros(len(x), x.dtype)])
@@ -25,7 +26,7 @@ class PointGrid:
     def __init__(self, points: np.ndarray, per_cell: float = 2.0):
         runtime.ensure_init()
         rdt = runtime.real_dtype()
-        p3 = _pad3(np.asarray(points, np.float64)).astype(rdt)
+        p3 = pad3(np.asarray(points, np.float64)).astype(rdt)
         self._build(_device.upload(p3), len(p3), *grid_params(p3, per_cell))
 
     @classmethod
@@ -47,17 +48,31 @@ class PointGrid:
         # queries keep the k best by (distance, index), so the order inside a cell does not matter
         self.start, self.order = build_grid(self.pts, self.n, self.lo, h, res, sort=False)
 
+    def nearest_on_device(self, queries3, n: int, reach: float):
+        """Index (int32 kernel array (n, 1)) of the nearest grid point within ``reach`` of each of
+        the first n rows of the kernel array ``queries3`` (n, 3), -1 where none is that close.
+        Nothing leaves the device."""
+        from . import _kernels as K
+
+        rdt = runtime.real_dtype()
+        near = _device.empty((n, 1), np.int32)
+        near.fill(-1)
+        if n:
+            K.knn(self.pts, queries3, 0, float(min(reach, 1e30)), self.lo, self.h, self.res, self.start, self.order,
+                  _device.empty((n, 1), rdt), near, _device.empty((n,), np.int32))
+        return near
+
     def knn(self, k: int, queries: np.ndarray | None = None, reach: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest grid points within ``reach`` of every query, ascending: ``(index (Q, k)
         int64, distance (Q, k))``, -1 / inf where fewer exist. ``queries=None`` queries the
         grid's own points, each skipping itself."""
-        from . import _spatial_kernels as K
+        from . import _kernels as K
 
         rdt = runtime.real_dtype()
         if queries is None:
             q3, nq, self_q = self.pts, self.n, 1
         else:
-            q3 = _device.upload(_pad3(np.asarray(queries, np.float64)).astype(rdt))
+            q3 = _device.upload(pad3(np.asarray(queries, np.float64)).astype(rdt))
             nq, self_q = len(queries), 0
         k = int(k)
         kd2 = _device.zeros((nq, k), rdt)
@@ -134,20 +149,20 @@ def build_grid(pts3, n: int, lo, h: float, res, sort: bool = True):
     ``order[start[f]:start[f + 1]]``, in ascending index order (deterministic) with ``sort``, in
     the order the parallel fill left them otherwise.
     """
-    from . import _scan
-    from . import _spatial_kernels as K
+    from .._core.scan import ExclusiveScan, sort_segments
+    from . import _kernels as K
 
     ncell = int(np.prod(_device.fetch(res) if not isinstance(res, np.ndarray) else res))
     counts = _device.zeros((ncell,), np.int32)
     cell_of = _device.empty((n,), np.int32)
     K.count_cells(pts3, lo, h, res, counts, cell_of)
     start = _device.empty((ncell + 1,), np.int32)
-    _scan.ExclusiveScan(ncell).run(counts, start, ncell)
+    ExclusiveScan(ncell).run(counts, start, ncell)
     cursor = _device.zeros((ncell,), np.int32)
     order = _device.empty((n,), np.int32)
     K.fill_cells(cell_of, start, cursor, order)
     if sort:
-        K.sort_cells(start, order)
+        sort_segments(start, order)
     return start, order
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import as_points
+from .._core.validate import as_points
 
 
 def glyph_outlines(text: str, size: float = 1.0, family: str = "DejaVu Sans") -> list[np.ndarray]:

@@ -1,4 +1,5 @@
-"""Exclusive prefix sum over int32 Taichi ndarrays, portable across CPU and CUDA.
+"""Device array primitives, portable across CPU and CUDA: the exclusive prefix sum over int32
+kernel arrays, row compaction, per-segment sorts, row copies and small reductions.
 
 Blocked two-level scan: per-block sums (parallel over blocks), a scan of the block sums (the
 same routine, recursively, until one block remains), then a per-block scan seeded with the
@@ -9,7 +10,7 @@ block offsets. Deterministic, no atomics, one code path on every arch.
 import numpy as np
 import taichi as ti
 
-from . import _device
+from . import device as _device
 
 _BLOCK = 256
 
@@ -120,3 +121,76 @@ def compact_rows(src, n: int):
     if k:
         _row_scatter(src, slot, dst, n, int(src.shape[1]))
     return dst, k
+
+
+@ti.kernel
+def sort_segments(start: ti.types.ndarray(dtype=ti.i32, ndim=1), order: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    """Sort each CSR segment ``order[start[f]:start[f + 1]]`` ascending in place (insertion sort:
+    segments hold a handful), so that the order no longer depends on atomics."""
+    for f in range(start.shape[0] - 1):
+        for a in range(start[f] + 1, start[f + 1]):
+            v = order[a]
+            b = a - 1
+            while b >= start[f]:  # not `and order[b] > v`: no short-circuit, order[-1] at f = 0
+                if order[b] > v:
+                    order[b + 1] = order[b]
+                    b -= 1
+                else:
+                    break
+            order[b + 1] = v
+
+
+# --------------------------------------------------------------------------- small device primitives
+
+
+@ti.kernel
+def _copy_rows_i32(src: ti.types.ndarray(dtype=ti.i32, ndim=2), dst: ti.types.ndarray(dtype=ti.i32, ndim=2),
+                   n: ti.i32, cols: ti.template()):
+    for r in range(n):
+        for c in ti.static(range(cols)):
+            dst[r, c] = src[r, c]
+
+
+@ti.kernel
+def _copy_rows_f64(src: ti.types.ndarray(dtype=ti.f64, ndim=2), dst: ti.types.ndarray(dtype=ti.f64, ndim=2),
+                   n: ti.i32, cols: ti.template()):
+    for r in range(n):
+        for c in ti.static(range(cols)):
+            dst[r, c] = src[r, c]
+
+
+def copy_rows(src, dst, n: int) -> None:
+    """``dst[:n] = src[:n]`` for int32 or float64 (rows, columns) kernel arrays, on the device."""
+    if not n:
+        return
+    is_int = np.issubdtype(src.dtype, np.integer) if isinstance(src, np.ndarray) else src.dtype == ti.i32
+    (_copy_rows_i32 if is_int else _copy_rows_f64)(src, dst, n, int(src.shape[1]))
+
+
+@ti.kernel
+def _count_positive(x: ti.types.ndarray(dtype=ti.i32, ndim=1), n: ti.i32, out: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    for i in range(n):
+        if x[i] > 0:
+            ti.atomic_add(out[0], 1)
+
+
+def count_positive(x, n: int) -> int:
+    """How many of the first n entries of an int32 kernel array are > 0 (one int comes back)."""
+    out = _device.zeros((1,), np.int32)
+    if n:
+        _count_positive(x, n, out)
+    return int(_device.fetch(out)[0])
+
+
+@ti.kernel
+def _min_f64(x: ti.types.ndarray(dtype=ti.f64, ndim=1), n: ti.i32, out: ti.types.ndarray(dtype=ti.f64, ndim=1)):
+    for i in range(n):
+        ti.atomic_min(out[0], x[i])
+
+
+def min_value(x, n: int) -> float:
+    """Smallest of the first n entries of a float64 kernel array (inf when n is 0)."""
+    out = _device.upload(np.array([np.inf]))
+    if n:
+        _min_f64(x, n, out)
+    return float(_device.fetch(out)[0])

@@ -20,7 +20,7 @@ that disagree are recomputed with exact rational arithmetic (see ``delaunay._exa
 
 import taichi as ti
 
-from ._spatial_kernels import sorted_insert
+from .._core.gridfuncs import sorted_insert
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
@@ -749,6 +749,32 @@ def _clip3(P: ti.template(), W: ti.template(), i, pi, j, w, nt, npl, tri: ti.tem
     return nt, npl, st
 
 
+@ti.func
+def _box_cell3(P: ti.template(), W: ti.template(), i, pi, w, tri: ti.template(), pl: ti.template(),
+               vy: ti.template(), flag: ti.template(), box_lo, box_hi):
+    """Worker w's cell of point i starts as the box: plane slots 0..5 are x-, x+, y-, y+, z-, z+;
+    its 8 corners, each ordered so that the outward normals have a positive determinant (a
+    consistent dual orientation)."""
+    for k in range(6):
+        pl[w, k] = -1 - k
+    for k in range(8):
+        sx, sy, sz = k & 1, (k >> 1) & 1, (k >> 2) & 1
+        a, b, cc = sx, 2 + sy, 4 + sz
+        sgn = (1 if sx == 1 else -1) * (1 if sy == 1 else -1) * (1 if sz == 1 else -1)
+        if sgn < 0:
+            tmp = b
+            b = cc
+            cc = tmp
+        tri[w, k, 0] = a
+        tri[w, k, 1] = b
+        tri[w, k, 2] = cc
+        flag[w, k] = 0
+        y, ok = _vertex3(P, W, i, pi, -1 - a, -1 - b, -1 - cc, box_lo, box_hi)
+        vy[w, k, 0] = y[0]
+        vy[w, k, 1] = y[1]
+        vy[w, k, 2] = y[2]
+
+
 @ti.kernel
 def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res: nd_i32,
             start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, prm: nd_f64,
@@ -774,28 +800,9 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
         while q < qend:
             i = ids[q]
             pi = _pt(P, i, 3)
-            # the box: slots 0..5 are x-, x+, y-, y+, z-, z+; its 8 corners, each ordered so that
-            # the outward normals have a positive determinant (a consistent dual orientation)
-            for k in range(6):
-                pl[w, k] = -1 - k
+            _box_cell3(P, W, i, pi, w, tri, pl, vy, flag, box_lo, box_hi)
             npl = 6
             nt = 8
-            for k in range(8):
-                sx, sy, sz = k & 1, (k >> 1) & 1, (k >> 2) & 1
-                a, b, cc = sx, 2 + sy, 4 + sz
-                sgn = (1 if sx == 1 else -1) * (1 if sy == 1 else -1) * (1 if sz == 1 else -1)
-                if sgn < 0:
-                    tmp = b
-                    b = cc
-                    cc = tmp
-                tri[w, k, 0] = a
-                tri[w, k, 1] = b
-                tri[w, k, 2] = cc
-                flag[w, k] = 0
-                y, ok = _vertex3(P, W, i, pi, -1 - a, -1 - b, -1 - cc, box_lo, box_hi)
-                vy[w, k, 0] = y[0]
-                vy[w, k, 1] = y[1]
-                vy[w, k, 2] = y[2]
             st = 0
             need2 = _need2_3(vy, w, nt, wmax - W[i])
             c = _cell_of(pi, lo, h, r3, 3)

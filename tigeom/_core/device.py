@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import runtime
+from .. import runtime
 
 _TI_TYPES = {}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tigeom._validate import as_array, as_index_array
+from tigeom._core.validate import as_array, as_index_array
 
 
 def ring(n: int) -> np.ndarray:

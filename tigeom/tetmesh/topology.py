@@ -1,4 +1,8 @@
-"""Tet-mesh topology built by kernels: vertex stars, face adjacency and the edge list.
+"""Tet-mesh topology built by kernels: vertex stars, face adjacency, the edge list and the
+boundary triangles.
+
+Public: :func:`face_adjacency` and :func:`boundary_faces` (numpy in and out). Inside the part,
+:class:`MeshTopology` keeps a connectivity on the device for the improvement passes.
 
 Every improvement pass changes the connectivity, so these are rebuilt many times per sweep; at
 1e6 tets numpy sorts over 4e6 faces and 6e6 edges made the passes host-bound. Here:
@@ -11,17 +15,16 @@ Every improvement pass changes the connectivity, so these are rebuilt many times
 * an edge belongs to the lowest-numbered tet that holds it (the first match in a sorted star);
   the owners write the edges through a scan, and the host sorts the ~M edges by key.
 
-The results equal the numpy versions (`delaunay._adjacency`, the sort-based edge list): same
-rows, same order.
+The results equal numpy sort-based versions (same rows, same order; tests compare them).
 """
 
 import numpy as np
 import taichi as ti
 
-from .. import _device
-from .._keys import row_keys
-from .._scan import ExclusiveScan
-from .._spatial_kernels import sort_cells
+from .. import runtime
+from .._core import device as _device
+from .._core.keys import row_keys
+from .._core.scan import ExclusiveScan, sort_segments
 from ._kernels import EDGES  # the tet's local edge numbering, shared with the move kernels
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
@@ -109,7 +112,7 @@ class MeshTopology:
         ExclusiveScan(nv).run(cnt, self.ptr, nv)
         self.vt = _device.empty((4 * m,), np.int32)
         _star_fill(Td, self.ptr, _device.zeros((nv,), np.int32), self.vt)
-        sort_cells(self.ptr, self.vt)  # the CSR segment sort of the point grid, per vertex here
+        sort_segments(self.ptr, self.vt)  # each vertex's star, ascending
 
     def adjacency(self):
         """(M, 4) int32 device array: the tet across the face opposite local vertex k, -1 on the
@@ -139,3 +142,33 @@ class MeshTopology:
     def stars(self) -> tuple[np.ndarray, np.ndarray]:
         """The star CSR on the host: ptr (nv + 1,) and the tets, ascending per vertex."""
         return _device.fetch(self.ptr).copy(), _device.fetch(self.vt).copy()
+
+
+def face_adjacency(t: np.ndarray) -> np.ndarray:
+    """(M, 4): the tet across the face opposite local vertex k, -1 on the boundary.
+
+    ValueError when a face is shared by more than two tets (not a manifold mesh).
+    """
+    t = np.asarray(t)
+    if t.ndim != 2 or t.shape[1] != 4 or not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f"tets: expected (M, 4) integer vertex indices, got {t.dtype} {t.shape}")
+    if len(t) == 0:
+        return np.zeros((0, 4), np.int64)
+    if t.min() < 0:
+        raise ValueError("tets: negative vertex index")
+    runtime.ensure_init()
+    topo = MeshTopology(_device.upload(t.astype(np.int32)), len(t), int(t.max()) + 1)
+    return _device.fetch(topo.adjacency()).astype(np.int64)
+
+
+_OTHER3 = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])  # the face opposite local vertex k
+
+
+def boundary_faces(t: np.ndarray, nb: np.ndarray | None = None) -> np.ndarray:
+    """Boundary triangles (faces of one tet), sorted per row and lexicographically."""
+    nb = face_adjacency(t) if nb is None else nb
+    tt, kk = np.nonzero(nb < 0)
+    if len(tt) == 0:
+        return np.zeros((0, 3), np.int64)
+    f = np.sort(np.asarray(t)[tt[:, None], _OTHER3[kk]], axis=1).astype(np.int64)
+    return f[np.lexsort(f.T[::-1])]

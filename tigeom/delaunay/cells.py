@@ -1,0 +1,203 @@
+"""The parallel power-cell pass: every live point's cell is clipped by the kernels, cells that
+overflowed their scratch are rerun with more room, and the host certifies the result (each
+simplex reported by all its cells) and recomputes disagreeing cells with exact arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import logging
+import os
+import time
+
+import numpy as np
+
+from .. import runtime
+from .._core import device as _device
+from ..spatial import build_grid, grid_params
+from .assembly import CellLists
+from .exact import Exact, exact_cell
+
+logger = logging.getLogger("tigeom.delaunay")
+
+
+class Laps:
+    """Wall time of the named steps, into ``stats["seconds"]`` (device synchronised first)."""
+
+    def __init__(self, stats: dict):
+        self.stats = stats
+        self.t0 = time.perf_counter()
+
+    def __call__(self, key: str) -> None:
+        runtime.sync()
+        t1 = time.perf_counter()
+        self.stats["seconds"][key] = round(t1 - self.t0, 4)
+        self.t0 = t1
+
+
+@dataclass
+class CellSetup:
+    """The inputs of the cell pass, on the host and as kernel arrays: points in grid order."""
+
+    pts: np.ndarray        # (n, d) float64
+    w: np.ndarray          # (n,) weights
+    live: np.ndarray       # indices of the points that are no duplicate
+    h: float               # grid cell size
+    res: np.ndarray        # grid resolution (3,) int32
+    order: np.ndarray      # live indices in grid order (int32, host)
+    wmax: float
+    P: object              # kernel arrays: points, weights, duplicate flags,
+    Wd: object
+    skip_d: object
+    start: object          # the grid's CSR cell starts, ...
+    order_d: object        # ... its point order (global indices), ...
+    glo: object            # ... its origin (d,) ...
+    res_d: object          # ... and resolution
+
+    @property
+    def n(self) -> int:
+        return self.pts.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.pts.shape[1]
+
+
+def prepare(pts: np.ndarray, w: np.ndarray, dup: np.ndarray) -> CellSetup:
+    """Upload the points and sort the live ones into a uniform grid."""
+    n, d = pts.shape
+    live = np.flatnonzero(~dup)
+    p3 = np.zeros((n, 3))
+    p3[:, :d] = pts
+    lo, h, res = grid_params(p3[live], 2.0 if d == 2 else 3.0)
+    up = _device.upload
+    start, order_live = build_grid(up(p3[live]), len(live), up(lo), h, up(res))
+    order = live.astype(np.int32)[_device.fetch(order_live)]  # grid order, global indices
+    return CellSetup(pts, w, live, h, res, order, float(w[live].max()), up(pts), up(w), up(dup.astype(np.int32)),
+                     start, up(order), up(lo[:d].copy()), up(res))
+
+
+def schedule(m: int, nw: int, gpu: bool) -> tuple[int, int, int]:
+    """(qa, qs, qlen): worker w of the cell kernels takes ids w qa, w qa + qs, ... below
+    w qa + qlen. On a GPU neighbouring threads take neighbouring ids (strided); on the CPU each
+    worker takes one contiguous run of the grid-ordered ids, so consecutive cells share their
+    neighbours in cache."""
+    if gpu:
+        return 1, nw, m
+    per = -(-m // nw)
+    return per, 1, per
+
+
+def _launch(K, s: CellSetup, ids, nw, cap, chunk, blo, bhi, prm, status, count, buf, counter) -> None:
+    """One launch of the 2D or 3D cell kernel over the cells ``ids`` with ``nw`` workers."""
+    d = s.d
+    gpu = runtime.on_gpu()
+    ids_d = _device.upload(ids.astype(np.int32))
+    ncand = 192 if d == 2 else 256
+    cand = _device.empty((nw, ncand), np.int32)
+    cdist = _device.empty((nw, ncand), np.float64)
+    common = (s.P, s.Wd, s.skip_d, ids_d, s.glo, s.res_d, s.start, s.order_d, blo, bhi, prm)
+    if d == 2:
+        planes = _device.empty((nw, 2, cap), np.int32)
+        vy = _device.empty((nw, 2, cap, 2), np.float64)
+        flag = _device.empty((nw, cap), np.int32)
+        K.cells2d(*common, planes, vy, flag, cand, cdist, status, count, buf, counter, cap, chunk,
+                  *schedule(len(ids), nw, gpu))
+    else:
+        tri = _device.empty((nw, cap, 3), np.int32)
+        pl = _device.empty((nw, cap), np.int32)
+        vy = _device.empty((nw, cap, 3), np.float64)
+        flag = _device.empty((nw, cap), np.int32)
+        cl = _device.empty((nw, cap), np.int32)
+        be = _device.empty((nw, cap, 2), np.int32)
+        K.cells3d(*common, tri, pl, vy, flag, cl, be, cand, cdist, status, count, buf, counter, cap, cap, chunk,
+                  *schedule(len(ids), nw, gpu))
+
+
+def clip_cells(K, s: CellSetup, box_lo, box_hi, band: float, stats: dict):
+    """Run the cell kernels until no cell overflows its scratch: ``(passes, status, count)``,
+    passes being the (device buffer, rows used) of every run (a cell emits in one run only)."""
+    n, d = s.n, s.d
+    up = _device.upload
+    blo, bhi = up(box_lo), up(box_hi)
+    prm = up(np.array([s.h, s.wmax, band], np.float64))
+    status = _device.zeros((n,), np.int32)
+    count = _device.zeros((n,), np.int32)
+    gpu = runtime.on_gpu()
+    nworkers = 65536 if gpu else 64 * max(os.cpu_count() or 1, 1)
+    cap = 64 if d == 2 else 128
+    chunk = 1 if gpu else 64  # rows a worker reserves per atomic (see _emit)
+    bufcap = int((6.5 if d == 2 else 30.0) * len(s.live)) + 4096 + min(nworkers, len(s.live)) * chunk
+    ids = s.order
+    passes = []
+    while True:
+        nw = max(1, min(nworkers, len(ids)))
+        buf = _device.empty((bufcap, d + 2), np.int32)
+        counter = _device.zeros((1,), np.int32)
+        _launch(K, s, ids, nw, cap, chunk, blo, bhi, prm, status, count, buf, counter)
+        used = int(_device.fetch(counter)[0])
+        if used > bufcap:
+            bufcap = used + 1024
+            stats["retries"] += 1
+            continue
+        # an overflowing cell emits nothing and is rerun with more room
+        passes.append((buf, used))
+        st = _device.fetch(status)[ids]
+        over = ids[(st & K.ST_OVERFLOW) != 0]
+        if len(over) == 0 or cap >= 4096:
+            break
+        ids = over
+        cap *= 2
+        stats["retries"] += 1
+    return passes, status, count
+
+
+def certify(K, s: CellSetup, cells: CellLists, status_all: np.ndarray, box_lo, box_hi, band: float,
+            check: bool, stats: dict) -> None:
+    """Recompute exactly the cells the kernels flagged (broken or overflowing) and, with
+    ``check``, those that disagree with a neighbour, until all agree."""
+    exact = Exact(s.pts, s.w)
+    live_pts = s.pts[s.live]
+
+    def recompute(todo):
+        for i in sorted(todo):
+            dist = ((live_pts - s.pts[i]) ** 2).sum(1)
+            cand = s.live[np.argsort(dist, kind="stable")]
+            cand = cand[cand != i]
+            simp = exact_cell(i, exact, cand, box_lo, box_hi, band, s.wmax)
+            cells.replace(i, simp or [])
+        stats["exact_cells"] += len(todo)
+
+    need_exact = set(np.flatnonzero((status_all & (K.ST_BROKEN | K.ST_OVERFLOW)) != 0).tolist())
+    if need_exact:
+        recompute(need_exact)
+    if not check:
+        return
+    for _ in range(4):
+        bad = cells.check(K)
+        if not len(bad):
+            return
+        logger.info("weighted_delaunay: %d cells disagree with a neighbour; recomputing them exactly", len(bad))
+        recompute(set(bad.tolist()))
+    bad = cells.check(K)
+    if len(bad):
+        raise RuntimeError(f"weighted_delaunay: {len(bad)} power cells stay inconsistent after exact "
+                           "recomputation; please report this input")
+
+
+def cell_pass(K, s: CellSetup, margin: float, check: bool, stats: dict, laps: Laps):
+    """Clip, certify and assemble every cell inside the bounding box plus ``margin``:
+    ``(simplices, face rows)`` (see :meth:`CellLists.assemble`)."""
+    box_lo = s.pts[s.live].min(0) - margin
+    box_hi = s.pts[s.live].max(0) + margin
+    ext = s.pts[s.live].max(0) - s.pts[s.live].min(0)
+    band = 1e-7 * float(ext.max() + 2 * margin)
+    passes, status, count = clip_cells(K, s, box_lo, box_hi, band, stats)
+    laps("cells")
+    status_all = _device.fetch(status).copy()
+    cells = CellLists.from_passes(K, s.n, s.d, passes, count)
+    del passes
+    certify(K, s, cells, status_all, box_lo, box_hi, band, check, stats)
+    laps("check")
+    simplices, faces_rows = cells.assemble(K)
+    laps("assemble")
+    return simplices, faces_rows

@@ -1,0 +1,233 @@
+"""Weighted Delaunay (regular) triangulation in 2D and 3D: the public entry point and its results.
+
+>>> tri = weighted_delaunay(points, weights)       # points (N, 2|3), weights (N,) or None
+>>> tri.simplices, tri.faces, tri.hidden
+>>> tri.neighbors                                   # (M, d+1) adjacency, -1 on the hull
+>>> cells = tri.power_cells()                       # per point: neighbours and cell vertices
+
+Algorithm (docs/delaunay.md): every point's power cell is clipped, in parallel, from a box
+around the data by the power bisectors of its grid neighbours, visited ring by ring until a
+security radius proves that no further point can cut it. Cell vertices made of bisectors name
+the simplices. Decisions near a tie use the lifted predicate on input coordinates with a
+floating-point filter and symbolic perturbation of the weights, so all cells agree. The host
+then certifies the result: each simplex must be reported by all its d + 1 cells; cells that
+disagree are recomputed with exact rational arithmetic. Simplices whose power centre falls
+outside the box (thin ones on the convex hull) are added by gift wrapping from the boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from .. import runtime
+from .._core import device as _device
+from .._core.keys import decode_keys, row_keys, unique_keys
+from .._core.validate import as_array, as_points
+from .cells import Laps, cell_pass, prepare
+from .hull import complete_hull, orient, wrap_boxes
+from .simplices import adjacency, orthocenters, signed_volumes
+
+__all__ = ["weighted_delaunay", "Triangulation", "PowerCells"]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class PowerCells:
+    """The power diagram, cell by cell, in CSR form.
+
+    ``neighbors[neighbor_ptr[i]:neighbor_ptr[i+1]]``: the points whose cells share a facet with
+    point i's cell (its neighbours in the triangulation), sorted. ``vertex_ids[vertex_ptr[i]:
+    vertex_ptr[i+1]]``: rows of ``vertices`` (the power centres of the simplices around i) that
+    are the finite corners of i's cell. ``unbounded[i]``: the cell is infinite (i on the hull).
+    Hidden points have empty cells.
+    """
+
+    neighbor_ptr: np.ndarray
+    neighbors: np.ndarray
+    vertex_ptr: np.ndarray
+    vertex_ids: np.ndarray
+    vertices: np.ndarray
+    unbounded: np.ndarray
+
+    def cell(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(neighbour indices, cell vertex coordinates) of point i."""
+        nb = self.neighbors[self.neighbor_ptr[i]:self.neighbor_ptr[i + 1]]
+        return nb, self.vertices[self.vertex_ids[self.vertex_ptr[i]:self.vertex_ptr[i + 1]]]
+
+
+@dataclass(frozen=True, eq=False)
+class Triangulation:
+    """A regular triangulation: numpy arrays, float64 coordinates, int64 indices.
+
+    Attributes
+    ----------
+    points, weights : the input, (N, d) and (N,).
+    simplices : (M, d+1), positively oriented (CCW triangles, positive-volume tets).
+    hidden : (N,) bool, points that are no vertex (redundant, or a duplicate no heavier than
+        its twin).
+    faces : (K, d) unique (d-1)-faces, each row sorted ascending (rows in a fixed, deterministic order).
+    stats : how the result was obtained (cells recomputed exactly, hull simplices wrapped, ...).
+    """
+
+    points: np.ndarray
+    weights: np.ndarray
+    simplices: np.ndarray
+    hidden: np.ndarray
+    faces: np.ndarray
+    stats: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    @property
+    def neighbors(self) -> np.ndarray:
+        """(M, d+1): the simplex across the face opposite vertex k of each simplex, -1 on the hull."""
+        cache = self.stats.setdefault("_cache", {})
+        if "neighbors" not in cache:
+            cache["neighbors"] = adjacency(self.simplices)
+        return cache["neighbors"]
+
+    @property
+    def power_centers(self) -> np.ndarray:
+        """(M, d): the power centre (orthocentre) of every simplex: the power diagram's vertices."""
+        cache = self.stats.setdefault("_cache", {})
+        if "centers" not in cache:
+            cache["centers"] = orthocenters(self.points, self.weights, self.simplices)
+        return cache["centers"]
+
+    def power_cells(self) -> PowerCells:
+        """Power cells of all points (see :class:`PowerCells`)."""
+        n, d = self.points.shape
+        s = self.simplices
+        m = len(s)
+        # cell vertices: the simplices around each point
+        owner = s.reshape(-1)
+        sid = np.repeat(np.arange(m), d + 1)
+        order = np.argsort(owner, kind="stable")
+        vptr = np.zeros(n + 1, np.int64)
+        vptr[1:] = np.cumsum(np.bincount(owner, minlength=n))
+        vids = sid[order]
+        # neighbours: the edges of the triangulation, as int64 keys lo * n + hi (sorting 1D keys
+        # is ~10x faster than np.unique(axis=0) on rows: 4.7 s -> 0.5 s at 1e5 points in 3D)
+        e = np.concatenate([s[:, [a, b]] for a, b in combinations(range(d + 1), 2)])
+        e = decode_keys(unique_keys(row_keys(np.sort(e, axis=1), n)), n, 2)
+        both = np.concatenate([e, e[:, ::-1]])
+        both = both[np.argsort(row_keys(both, n))]
+        src, dst = both[:, 0], both[:, 1].copy()
+        nptr = np.zeros(n + 1, np.int64)
+        nptr[1:] = np.cumsum(np.bincount(src, minlength=n))
+        unb = np.zeros(n, bool)
+        hull = self.hull_faces()
+        unb[hull.reshape(-1)] = True
+        return PowerCells(nptr, dst, vptr, vids, self.power_centers, unb)
+
+    def hull_faces(self) -> np.ndarray:
+        """(H, d): the faces on the convex hull (one simplex only), sorted rows."""
+        nb = self.neighbors
+        rows, k = np.nonzero(nb < 0)
+        d = self.dim
+        f = np.array([[c for c in range(d + 1) if c != kk] for kk in range(d + 1)])
+        out = np.take_along_axis(self.simplices[rows], f[k], axis=1) if len(rows) else np.zeros((0, d), np.int64)
+        return np.sort(out, axis=1)
+
+    def volume(self) -> float:
+        """Total area (2D) or volume (3D) of the simplices."""
+        return float(np.abs(signed_volumes(self.points, self.simplices)).sum())
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _validate(points, weights):
+    pts = as_points(points, "points")
+    n, d = pts.shape
+    if weights is None:
+        w = np.zeros(n)
+    else:
+        w = as_array(weights, "weights")
+        if w.ndim != 1 or len(w) != n:
+            raise ValueError(f"weights: expected shape ({n},) to match points, got {w.shape}")
+    dup = _duplicates(pts, w)
+    uniq = pts[~dup]
+    if len(uniq) < d + 1:
+        raise ValueError(f"points: need at least {d + 1} distinct points in {d}D, got {len(uniq)}")
+    c = uniq - uniq.mean(0)
+    sv = np.linalg.svd(c, compute_uv=False)
+    if sv[-1] <= 1e-12 * sv[0]:
+        what = "one line" if d == 2 else "one plane"
+        raise ValueError(f"points: all points lie on {what}; the triangulation would be degenerate")
+    return pts, w, dup
+
+
+def _duplicates(pts: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mask of points hidden by a twin at the same position: the heavier stays, ties keep the
+    smaller index."""
+    n = len(pts)
+    order = np.lexsort((np.arange(n), -w, *pts.T[::-1]))
+    ps = pts[order]
+    same = np.zeros(n, bool)
+    same[1:] = np.all(ps[1:] == ps[:-1], axis=1)
+    dup = np.zeros(n, bool)
+    dup[order[same]] = True
+    return dup
+
+
+def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulation:
+    """Regular (weighted Delaunay) triangulation of ``points`` (N, 2|3) with ``weights`` (N,).
+
+    The power distance of x to point i is |x - p_i|^2 - w_i; zero weights (None) give the
+    Delaunay triangulation. In general position the result is the lower convex hull of the
+    lifted points (p, |p|^2 - w); degenerate inputs (grids, co-circular points) get a valid
+    triangulation chosen by symbolic perturbation, the same on every run.
+
+    ``check`` (default True) certifies that neighbouring cells agree and recomputes the cells
+    that do not with exact arithmetic; switching it off saves one pass.
+
+    Raises ValueError for a wrong shape or dimension, NaN/inf, weights of the wrong length,
+    fewer than d + 1 distinct points, or all points on one line (2D) / plane (3D).
+    """
+    pts, w, dup = _validate(points, weights)
+    runtime.ensure_init()
+    from . import _kernels as K
+
+    n, d = pts.shape
+    stats: dict = {"exact_cells": 0, "wrapped": 0, "retries": 0, "seconds": {}}
+    laps = Laps(stats)
+    s = prepare(pts, w, dup)
+    laps("setup")
+    simplices, faces_rows = _cells_in_box(K, s, check, stats, laps)
+    # hull completion: boundary faces of what the cells produced, wrapped outward
+    grid = (s.glo, s.res_d, s.start, s.order_d, _device.upload(np.array([s.h, s.wmax], np.float64)),
+            *wrap_boxes(K, s.P, s.start, s.order_d, s.res, d))
+    simplices, faces = complete_hull(K, s.P, s.Wd, s.skip_d, grid, simplices, faces_rows, d, stats)
+    laps("hull")
+    # hidden = no vertex. A cell that lies wholly outside the clipping box (possible next to very
+    # heavy points) comes out empty from the clipping, but its simplices are found by the wrapping.
+    hidden = np.ones(n, bool)
+    hidden[simplices.reshape(-1)] = False
+    simplices = orient(K, s.P, simplices)
+    faces = faces if len(faces) else faces.reshape(0, d)
+    laps("finish")
+    stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
+    return Triangulation(pts, w, simplices.astype(np.int64, copy=False), hidden, faces.astype(np.int64, copy=False),
+                         stats)
+
+
+def _cells_in_box(K, s, check: bool, stats: dict, laps: Laps):
+    """The cell pass over the bounding box plus one grid cell; when no cell of the triangulation
+    falls inside it (a few points with weights far larger than their spacing), widen the box and
+    try again."""
+    margin = 1.0 * s.h
+    for _attempt in range(4):
+        simplices, faces_rows = cell_pass(K, s, margin, check, stats, laps)
+        if len(simplices):
+            break
+        margin = 1000.0 * margin + float(np.sqrt(max(s.wmax - float(s.w[s.live].min()), 0.0)))
+        stats["retries"] += 1
+    return simplices, faces_rows
