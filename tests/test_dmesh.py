@@ -314,3 +314,76 @@ def test_reconstruct_torus_meets_the_accuracy_target():
     fp = res.mesh.probabilities()
     kept = res.mesh.faces[(fp.probs > 0.5) & (fp.margin > 0)]
     assert all(tuple(x) in dfaces for x in np.sort(kept, axis=1))
+
+
+@pytest.mark.parametrize("method,d", [("minball", 2), ("minball", 3), ("wdt", 2), ("wdt", 3)])
+def test_device_state_gradient_equals_the_host_chain(method, d):
+    """DMesh.optimize keeps the state on the device and accumulates the loss and probability
+    gradients there; they equal the host chain (loss vjp -> probabilities vjp) in f64."""
+    from tigeom.dmesh.probabilities import evaluate
+    from tigeom.dmesh.state import DeviceState
+    from tigeom.spatial import PointGrid
+
+    rng = np.random.default_rng(7)
+    n = 70
+    m = dmesh.DMesh(rng.random((n, d)), rng.uniform(0.3, 1.0, n), 1e-3 * rng.random(n), method=method)
+    tg = losses.Targets(rng.random((150, d)))
+
+    def parts(pts, rr, fp):
+        return [(losses.expected_chamfer(pts, m.prepared_faces, fp, tg), 1.0),
+                (losses.real_consistency(rr, m.prepared_faces, fp), 0.1),
+                (losses.face_quality(pts, m.prepared_faces, fp), 0.01)]
+
+    # host chain
+    fp = m.probabilities()
+    host = parts(m.points, m.reals, fp)
+    outs = [[w * np.asarray(x, float) for x in l.vjp(1.0)] for l, w in host]
+    gp, gprob, gr = (sum(o[i] for o in outs) for i in range(3))
+    dp, dw, dr = fp.vjp(gprob)
+    # device path
+    state = DeviceState(m.points, m.weights, m.reals, lr=1e-3, max_step=1e-3, lr_reals=0.05,
+                        weight_step=(1e-3, 1e-3) if method == "wdt" else None, fixed=None)
+    m._device_state = state
+    try:
+        state.refresh_working()
+        fpd = evaluate(state.P, state.W, state.R, m.prepared_faces, method, m.sharpness,
+                       grid=lambda: PointGrid.on_device(state.P3, n, *state.box()), host=(m.points, m.weights))
+        np.testing.assert_allclose(fpd.probs, fp.probs, rtol=1e-12, atol=1e-15)
+        fpd._device_probs().grad.fill(0)
+        dev = parts(m, m, fpd)
+        for (lh, _), (ld, _) in zip(host, dev):
+            assert ld.on_device and ld.value == pytest.approx(lh.value, rel=1e-12)
+        for l, w in dev:
+            l.accumulate(w)
+        fpd.accumulate()
+        got = [state.P.grad.to_numpy(), state.W.grad.to_numpy(), state.R.grad.to_numpy()]
+    finally:
+        m._device_state = None
+    for g, ref in zip(got, (gp + dp, dw, gr + dr)):
+        scale = max(np.abs(ref).max(), 1e-12)
+        np.testing.assert_allclose(g, ref, rtol=0, atol=1e-10 * scale)
+    assert np.abs(gp + dp).max() > 0 and np.abs(gr + dr).max() > 0
+
+
+def test_optimize_runs_on_the_device_and_syncs_the_host_arrays():
+    rng = np.random.default_rng(3)
+    m = dmesh.DMesh(rng.random((60, 2)), rng.uniform(0.3, 1.0, 60))
+    tg = losses.Targets(sampling.sample_polylines([np.array([[0.2, 0.2], [0.8, 0.2], [0.8, 0.8], [0.2, 0.8]])],
+                                                  400, 0))
+    p0 = m.points.copy()
+    fixed = np.zeros(60, bool)
+    fixed[:5] = True
+    seen = []
+
+    def loss_fn(mesh, fp):
+        return losses.expected_chamfer(mesh, mesh.prepared_faces, fp, tg)
+
+    hist = m.optimize(loss_fn, iterations=12, fixed=fixed, callback=lambda it, mesh, rec: seen.append(mesh.points.copy()))
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert m._device_state is None and np.isfinite(m.points).all()
+    np.testing.assert_array_equal(m.points[:5], p0[:5])  # fixed points did not move
+    assert not np.array_equal(m.points[5:], p0[5:])
+    np.testing.assert_array_equal(seen[-1], m.points)  # the callback saw the state as it stood
+    assert (m.reals >= 0).all() and (m.reals <= 1).all()
+    with pytest.raises(ValueError, match="fixed"):
+        m.optimize(loss_fn, iterations=1, fixed=np.zeros(3, bool))

@@ -574,3 +574,51 @@ def face_quality(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndarra
             area = 0.5 * (b - a).cross(c - a).norm()
             bad = 1.0 - 4.0 * ti.sqrt(3.0) * area / l2
         acc[f % acc.shape[0]] += probs[f] * bad
+
+
+# --------------------------------------------------------------------------- optimiser state
+
+
+@ti.kernel
+def working_copy(src: ti.types.ndarray(), dst: ti.types.ndarray()):
+    """dst = src in the runtime's float type (the float64 master values -> the kernels' copy)."""
+    for I in ti.grouped(src):
+        dst[I] = src[I]
+
+
+@ti.kernel
+def padded_copy(src: ti.types.ndarray(dtype=ti.f64, ndim=2), dst: ti.types.ndarray(ndim=2),
+                box: ti.types.ndarray(dtype=ti.f64, ndim=1)):
+    """dst (N, 3) = src (N, d) padded with z = 0, and box = (min x, y, z, max x, y, z) of dst."""
+    for k in range(3):
+        box[k] = 1e300
+        box[3 + k] = -1e300
+    for i in range(src.shape[0]):
+        for k in ti.static(range(3)):
+            x = 0.0
+            if k < src.shape[1]:
+                x = src[i, k]
+            dst[i, k] = x
+            ti.atomic_min(box[k], ti.cast(dst[i, k], ti.f64))
+            ti.atomic_max(box[3 + k], ti.cast(dst[i, k], ti.f64))
+
+
+@ti.kernel
+def adam_step(x: ti.types.ndarray(), g: ti.types.ndarray(), m: ti.types.ndarray(), v: ti.types.ndarray(),
+              move: nd_i32, prm: ti.types.ndarray(dtype=ti.f64, ndim=1)):
+    """One Adam step on the float64 values x with the gradient g (the kernels' float type), as
+    :class:`tigeom.optim.Adam` computes it: moments updated everywhere, the update capped at
+    prm[6] (when > 0), applied where move[row] != 0 and clamped to [prm[7], prm[8]].
+    prm = (lr, beta1, beta2, 1 - beta1^t, 1 - beta2^t, eps, max_step, lo, hi)."""
+    lr, b1, b2, c1, c2, eps, cap, lo, hi = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6], prm[7], prm[8]
+    for I in ti.grouped(x):
+        gi = ti.cast(g[I], ti.f64)
+        mi = b1 * m[I] + (1 - b1) * gi
+        vi = b2 * v[I] + (1 - b2) * gi * gi
+        m[I] = mi
+        v[I] = vi
+        upd = -lr * (mi / c1) / (ti.sqrt(vi / c2) + eps)
+        if cap > 0:
+            upd = ti.min(ti.max(upd, -cap), cap)
+        if move[I[0]] != 0:
+            x[I] = ti.min(ti.max(x[I] + upd, lo), hi)

@@ -36,10 +36,24 @@ class Loss:
     value: float
     terms: dict
     _backward: object = field(repr=False, default=None)
+    _accumulate: object = field(repr=False, default=None)
 
     def vjp(self, g: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(grad_points, grad_probs, grad_reals)`` of ``g * value``."""
         return self._backward(float(g))
+
+    @property
+    def on_device(self) -> bool:
+        """Whether :meth:`accumulate` can run: the loss was built on a :class:`DMesh`'s device
+        state (``points``/``reals`` given as the mesh itself inside ``DMesh.optimize``)."""
+        return self._accumulate is not None
+
+    def accumulate(self, g: float = 1.0) -> None:
+        """Reverse mode on the device: add the gradient of ``g * value`` to the mesh state's and
+        the probabilities' gradient buffers (nothing is zeroed, nothing comes to the host)."""
+        if self._accumulate is None:
+            raise ValueError("accumulate: this loss was built from host arrays; use vjp()")
+        self._accumulate(float(g))
 
 
 class Targets:
@@ -94,12 +108,46 @@ def _probs_arg(probs, nf: int):
     return pr, _nd(np.concatenate([pr, [0.0]]).astype(runtime.real_dtype()), True)
 
 
+def _state_of(x):
+    """The device state of a DMesh given in place of its points or reals (inside
+    ``DMesh.optimize``), else None."""
+    return getattr(x, "_device_state", None)
+
+
 def _mesh_inputs(points, faces, probs):
     p = as_points(points, "points")
     n, d = p.shape
     f = prepare_faces(faces, n, d)
     pr, PR = _probs_arg(probs, len(f))
     return p, f, pr, PR
+
+
+def _device_points(points, faces, probs):
+    """``(host points or None, faces, probs, probs array, positions array (with a gradient),
+    padded positions, box (lo, hi) padded to 3, state or None)`` of a loss's mesh arguments."""
+    st = _state_of(points)
+    if st is not None:
+        f = prepare_faces(faces, st.n, st.d)
+        pr, PR = _probs_arg(probs, len(f))
+        return None, f, pr, PR, st.P, st.P3, st.box(), st
+    p, f, pr, PR = _mesh_inputs(points, faces, probs)
+    rdt = runtime.real_dtype()
+    lo, hi = bounding_box(p)
+    box = (pad3(lo[None])[0], pad3(hi[None])[0])
+    return p, f, pr, PR, _nd(p.astype(rdt), True), _device.upload(pad3(p).astype(rdt)), box, None
+
+
+def _accumulate_fn(kernels):
+    """Replays ``kernels`` [(kernel, args, acc, acc_grad)] in reverse mode, adding into the
+    gradient buffers of their inputs (the device path of :meth:`Loss.accumulate`)."""
+
+    def accumulate(g):
+        for kernel, args, acc, acc_grad in kernels:
+            row = g * np.asarray(acc_grad, np.float64)
+            acc.grad.from_numpy(np.ascontiguousarray(np.broadcast_to(row, acc.shape)).astype(runtime.real_dtype()))
+            kernel.grad(*args)
+
+    return accumulate
 
 
 def _backward_fn(kernels, grads_of, n, d, nf):
@@ -149,18 +197,17 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
 
     ``loss.terms`` has both directions. ``targets`` may be an array (T, d) or a :class:`Targets`.
     """
-    p, f, pr, PR = _mesh_inputs(points, faces, probs)
+    p, f, pr, PR, P, p3d, (lo3, hi3), st = _device_points(points, faces, probs)
     min_prob = as_scalar(min_prob, "min_prob")
     if not 0 <= min_prob < 1:
         raise ValueError(f"min_prob: must lie in [0, 1), got {min_prob}")
-    n, d = p.shape
+    n, d = P.shape
     tg = targets if isinstance(targets, Targets) and targets.generation == runtime.generation() else \
         Targets(targets.points if isinstance(targets, Targets) else targets)
     if tg.dim != d:
         raise ValueError(f"targets: expected {d}D points like points, got {tg.dim}D")
     nf = len(f)
     rdt = runtime.real_dtype()
-    P = _nd(p.astype(rdt), True)
     grads_of = {"points": P, "probs": PR}
     if nf == 0:
         raise ValueError("faces: the mesh has no faces, the Chamfer distance to it is undefined")
@@ -170,7 +217,6 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
     M = len(bary)
     F = f.dev
     B = _device.upload(bary.astype(rdt))
-    p3d = _device.upload(pad3(p).astype(rdt))
     # only the likely faces (p >= min_prob) enter either direction; the rest change the loss by
     # less than min_prob times their share and would dominate the cost (most candidates are unlikely)
     keep = np.flatnonzero(pr >= min_prob).astype(np.int32)
@@ -192,8 +238,7 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
         K.mesh_to_target(*args1)
         # targets -> mesh: candidate faces of each target from its nearest samples of likely
         # faces (a grid over the samples, built where they are; they lie in the points' box)
-        lo, hi = bounding_box(p)
-        grid = PointGrid.on_device(X, Kk * M, pad3(lo[None])[0], pad3(hi[None])[0])
+        grid = PointGrid.on_device(X, Kk * M, lo3, hi3)
         kd2, kid = tg.scratch()
         K.knn_faces(grid.pts, tg.grid.pts, keep_d, M, grid.lo, grid.h, grid.res, grid.start, grid.order, p3d, F,
                      d, kd2, kid, cand)
@@ -208,11 +253,19 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
     if args1 is not None:
         kernels.append((K.mesh_to_target, args1, acc1, [1.0 / tg.measure, 0.0]))
     return Loss(value=mt + tm, terms={"mesh_to_target": mt, "target_to_mesh": tm},
-                _backward=_backward_fn(kernels, grads_of, n, d, nf))
+                _backward=_backward_fn(kernels, grads_of, n, d, nf),
+                _accumulate=_accumulate_fn(kernels) if st is not None else None)
 
 
 def real_consistency(reals, faces, probs) -> Loss:
-    """Mean over faces of p_F Σ_{v in F} (ψ_v - mean_F ψ)^2 (DMesh's real-value regulariser)."""
+    """Mean over faces of p_F Σ_{v in F} (ψ_v - mean_F ψ)^2 (DMesh's real-value regulariser).
+
+    ``reals`` may be the :class:`DMesh` itself inside its ``optimize`` (its device state is used)."""
+    st = _state_of(reals)
+    if st is not None:
+        f = prepare_faces(faces, st.n, st.d)
+        pr, PR = _probs_arg(probs, len(f))
+        return _face_sum("consistency", st.R, f, PR, st.d, st.n, on_device=True)
     r = as_array(reals, "reals", ndim=1)
     if len(r) and (r.min() < 0 or r.max() > 1):
         raise ValueError(f"reals: must lie in [0, 1], got range [{r.min():.6g}, {r.max():.6g}]")
@@ -222,38 +275,44 @@ def real_consistency(reals, faces, probs) -> Loss:
         raise ValueError(f"faces: expected shape (K, 2) or (K, 3), got {f.shape}")
     f = prepare_faces(f, len(r), d)
     pr, PR = _probs_arg(probs, len(f))
-    return _face_sum("consistency", r, None, f, PR, d)
+    return _face_sum("consistency", _nd(r.astype(runtime.real_dtype()), True), f, PR, d, len(r))
 
 
 def face_quality(points, faces, probs, scale: float | None = None) -> Loss:
     """Mean over faces of p_F b_F: b = 1 - 4 sqrt(3) A / Σ l^2 for triangles (0 equilateral, 1
-    flat); b = (l / scale)^2 for edges, ``scale`` defaulting to the mean edge length."""
-    p, f, pr, PR = _mesh_inputs(points, faces, probs)
-    d = p.shape[1]
+    flat); b = (l / scale)^2 for edges, ``scale`` defaulting to the mean edge length.
+
+    ``points`` may be the :class:`DMesh` itself inside its ``optimize`` (its device state is used)."""
+    p, f, pr, PR, P, _, _, st = _device_points(points, faces, probs)
+    n, d = P.shape
     if scale is None:
-        scale = float(np.linalg.norm(p[f.rows[:, 1]] - p[f.rows[:, 0]], axis=1).mean()) if len(f) else 1.0
+        if d == 3:
+            scale = 1.0  # triangles do not use it
+        else:
+            p = p if p is not None else points.points
+            scale = float(np.linalg.norm(p[f.rows[:, 1]] - p[f.rows[:, 0]], axis=1).mean()) if len(f) else 1.0
     if not scale > 0:
         raise ValueError(f"scale: must be > 0, got {scale}")
-    return _face_sum("quality", None, p, f, PR, d, scale)
+    return _face_sum("quality", P, f, PR, d, n, scale, on_device=st is not None)
 
 
-def _face_sum(kind, r, p, f, PR, d, scale=1.0) -> Loss:
+def _face_sum(kind, X, f, PR, d, n, scale=1.0, on_device=False) -> Loss:
+    """Mean over the faces of a per-face kernel of the real values (``X`` = R, "consistency") or
+    the positions (``X`` = P, "quality")."""
     from . import _kernels as K
 
-    rdt = runtime.real_dtype()
     nf = len(f)
-    n = len(r) if r is not None else len(p)
     if nf == 0:
         zero = (np.zeros((n, d)), np.zeros(0), np.zeros(n))
-        return Loss(0.0, {kind: 0.0}, lambda g: zero)
+        return Loss(0.0, {kind: 0.0}, lambda g: zero, (lambda g: None) if on_device else None)
     acc = _slots()
     F = f.dev
     if kind == "consistency":
-        R = _nd(r.astype(rdt), True)
-        args, grads_of, kernel = (R, F, PR, d, acc), {"reals": R, "probs": PR}, K.real_consistency
+        args, grads_of, kernel = (X, F, PR, d, acc), {"reals": X, "probs": PR}, K.real_consistency
     else:
-        P = _nd(p.astype(rdt), True)
-        args, grads_of, kernel = (P, F, PR, float(scale), d, acc), {"points": P, "probs": PR}, K.face_quality
+        args, grads_of, kernel = (X, F, PR, float(scale), d, acc), {"points": X, "probs": PR}, K.face_quality
     kernel(*args)
     value = float(_summed(acc)) / nf
-    return Loss(value, {kind: value}, _backward_fn([(kernel, args, acc, [1.0 / nf])], grads_of, n, d, nf))
+    kernels = [(kernel, args, acc, [1.0 / nf])]
+    return Loss(value, {kind: value}, _backward_fn(kernels, grads_of, n, d, nf),
+                _accumulate_fn(kernels) if on_device else None)

@@ -8,12 +8,12 @@ from typing import Callable
 
 import numpy as np
 
+from .. import runtime
 from .._core.keys import decode_keys, unique_keys
 from .._core.validate import as_array, as_points
 from .._core.progress import progress_bar
-from ..optim import Adam
 from ..spatial import PointGrid
-from .probabilities import (SATURATION, FaceProbabilities, PreparedFaces, default_sharpness,
+from .probabilities import (SATURATION, FaceProbabilities, PreparedFaces, default_sharpness, evaluate,
                             face_probabilities, validate_inputs)
 
 DEFAULT_K = {2: 8, 3: 10}
@@ -92,14 +92,57 @@ class DMesh:
         n = len(p)
         r = np.ones(n) if reals is None else as_array(reals, "reals", ndim=1)
         validate_inputs(p, weights, r, np.zeros((0, p.shape[1]), np.int64), method, sharpness)
-        self.points = p.copy()
-        self.reals = r.copy()
-        self.weights = np.zeros(n) if weights is None else as_array(weights, "weights", ndim=1).copy()
+        self._device_state = None  # set during optimize (see tigeom.dmesh.state)
+        self._host_stale = False  # the device state is ahead of the host arrays
+        self._points = p.copy()
+        self._reals = r.copy()
+        self._weights = np.zeros(n) if weights is None else as_array(weights, "weights", ndim=1).copy()
         self.method = method
         self.sharpness = float(sharpness) if sharpness is not None else default_sharpness(p)
         self.k = k
         self._faces = PreparedFaces(np.zeros((0, self.dim), np.int64), n, self.dim)
         self.refresh()
+
+    # positions, real values and weights: numpy on the host; during optimize the device state is
+    # the current one and the host copies are refreshed from it when read
+
+    def _sync(self) -> None:
+        if self._host_stale and self._device_state is not None:
+            self._points, self._weights, self._reals = self._device_state.fetch()
+            self._host_stale = False
+
+    @property
+    def points(self) -> np.ndarray:
+        """(N, d) positions."""
+        self._sync()
+        return self._points
+
+    @points.setter
+    def points(self, value) -> None:
+        self._sync()
+        self._points = np.asarray(value, np.float64)
+
+    @property
+    def reals(self) -> np.ndarray:
+        """(N,) real values in [0, 1]."""
+        self._sync()
+        return self._reals
+
+    @reals.setter
+    def reals(self, value) -> None:
+        self._sync()
+        self._reals = np.asarray(value, np.float64)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(N,) power weights ("wdt")."""
+        self._sync()
+        return self._weights
+
+    @weights.setter
+    def weights(self, value) -> None:
+        self._sync()
+        self._weights = np.asarray(value, np.float64)
 
     @property
     def faces(self) -> np.ndarray:
@@ -144,38 +187,66 @@ class DMesh:
                  fixed=None, callback: Callable | None = None, progress: bool = False) -> list[dict]:
         """Adam on positions, weights ("wdt") and real values against ``loss_fn(mesh, fp)``.
 
-        ``loss_fn`` returns a :class:`~tigeom.dmesh.losses.Loss` whose vjp gives
-        (grad_points, grad_probs, grad_reals); grad_probs is chained through the face
-        probabilities. Steps are capped at ``max_step`` (default: a tenth of the point spacing);
-        ``fixed`` (N,) bool marks points that do not move. Returns the loss history.
+        ``loss_fn`` returns a :class:`~tigeom.dmesh.losses.Loss`. The state stays on the device
+        for the whole run: give the losses the mesh itself where they take points or reals
+        (``losses.expected_chamfer(mesh, mesh.prepared_faces, fp, targets)``), and their
+        gradient, chained through the face probabilities, accumulates there. A loss built from
+        host arrays works too (its ``vjp`` is uploaded each step). Steps are capped at
+        ``max_step`` (default: a tenth of the point spacing); ``fixed`` (N,) bool marks points
+        that do not move. Returns the loss history.
         """
+        from .state import DeviceState
+
         h = SATURATION * 2.5 / self.sharpness  # = the point spacing for the default sharpness
         lr = 0.02 * h if lr is None else float(lr)
         max_step = 0.1 * h if max_step is None else float(max_step)
-        opt_p = Adam(self.points.shape, lr=lr, max_step=max_step)
-        opt_r = Adam(self.reals.shape, lr=lr_reals, max_step=0.1)
-        opt_w = Adam(self.weights.shape, lr=lr * h, max_step=max_step * h) if self.method == "wdt" else None
-        move = np.ones(len(self.points), bool) if fixed is None else ~np.asarray(fixed, bool)
+        if fixed is not None:
+            fixed = np.asarray(fixed, bool)
+            if fixed.shape != (len(self._points),):
+                raise ValueError(f"fixed: expected a boolean mask of shape ({len(self._points)},), got {fixed.shape}")
+        self._sync()
+        state = DeviceState(self._points, self._weights, self._reals, lr=lr, max_step=max_step, lr_reals=lr_reals,
+                            weight_step=(lr * h, max_step * h) if self.method == "wdt" else None, fixed=fixed)
+        self._device_state = state
         history = []
-        with progress_bar(progress, iterations, "DMesh") as advance:
-            for it in range(iterations):
-                if it and refresh_every and it % refresh_every == 0:
-                    self.refresh()
-                fp = self.probabilities()
-                loss = loss_fn(self, fp)
-                gp, gprob, gr = loss.vjp(1.0)
-                dp, dw, dr = fp.vjp(gprob)
-                gp, gr = gp + dp, gr + dr
-                self.points += opt_p.step(gp) * move[:, None]
-                self.reals = np.clip(self.reals + opt_r.step(gr), 0.0, 1.0)
-                if opt_w is not None:
-                    self.weights += opt_w.step(dw)
-                rec = {"iteration": it, "loss": loss.value, **{k: float(v) for k, v in loss.terms.items()}}
-                history.append(rec)
-                if callback is not None:
-                    callback(it, self, rec)
-                advance()
+        try:
+            with progress_bar(progress, iterations, "DMesh") as advance:
+                for it in range(iterations):
+                    if it and refresh_every and it % refresh_every == 0:
+                        self.refresh()
+                    history.append(self._step(state, loss_fn, it))
+                    if callback is not None:
+                        callback(it, self, history[-1])
+                    advance()
+        finally:
+            self._sync()
+            self._device_state = None
         return history
+
+    def _step(self, state, loss_fn: Callable, it: int) -> dict:
+        """One optimisation step on the device state: probabilities, loss, reverse mode, Adam."""
+        state.refresh_working()
+        tri = self._triangulation() if self.method == "wdt" else None
+        fp = evaluate(state.P, state.W, state.R, self._faces, self.method, self.sharpness,
+                      grid=lambda: PointGrid.on_device(state.P3, state.n, *state.box()),
+                      host=(self.points, self.weights) if self.method == "wdt" else None, triangulation=tri)
+        probs_nd = fp._device_probs()
+        if probs_nd is not None:
+            probs_nd.grad.fill(0)
+        loss = loss_fn(self, fp)
+        if loss.on_device:
+            loss.accumulate(1.0)
+        else:  # a loss on host arrays: its gradient goes up to the device state
+            gp, gprob, gr = loss.vjp(1.0)
+            state.add_host_gradients(np.asarray(gp, np.float64), np.asarray(gr, np.float64))
+            if probs_nd is not None:
+                g = np.zeros(probs_nd.shape[0], runtime.real_dtype())
+                g[:len(gprob)] = gprob
+                probs_nd.grad.from_numpy(g)
+        fp.accumulate()
+        state.step()
+        self._host_stale = True
+        return {"iteration": it, "loss": loss.value, **{k: float(v) for k, v in loss.terms.items()}}
 
     def extract(self, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
         """The discrete mesh: candidate faces with Λ > threshold and a positive margin (so with

@@ -196,6 +196,15 @@ class FaceProbabilities:
             return gp, _grad(grads[1], n, (n,)), _grad(grads[2], n, (n,))
         return gp, np.zeros(n), _grad(grads[1], n, (n,))
 
+    def accumulate(self) -> None:
+        """Reverse mode on the device: add d(Σ probs.grad · probs) to the gradients of the
+        positions, weights and real values the probabilities were evaluated from, with
+        ``probs.grad`` as the loss left it (nothing is zeroed but the margin's)."""
+        kernel, args, grads, n, d = self._replay
+        if len(self.probs):
+            args[-1].grad.fill(0)
+            kernel.grad(*args)
+
 
 def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharpness=None, *,
                        triangulation=None) -> FaceProbabilities:
@@ -214,13 +223,26 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
     """
     p, w, r, f, sharpness = validate_inputs(points, weights, reals, faces, method, sharpness)
     runtime.ensure_init()
-    n, d = p.shape
     alpha = default_sharpness(p) if sharpness is None else sharpness
+    rdt = runtime.real_dtype()
+    P = _nd(p.astype(rdt), True)
+    R = _nd(r.astype(rdt), True)
+    W = _nd(w.astype(rdt), True) if method == "wdt" else None
+    grid = (lambda: PointGrid(p)) if method == "minball" else None
+    return evaluate(P, W, R, f, method, alpha, grid=grid, host=(p, w), triangulation=triangulation)
+
+
+def evaluate(P, W, R, f: PreparedFaces, method: str, alpha: float, *, grid=None, host=None,
+             triangulation=None) -> FaceProbabilities:
+    """The probabilities of the checked faces ``f`` from kernel arrays already on the device:
+    positions ``P`` (n, d), weights ``W`` (n,; "wdt" only) and real values ``R`` (n,), each with
+    a gradient buffer (:func:`face_probabilities` checks and uploads; :class:`DMesh` passes its
+    device state). ``grid``: a callable giving the point grid ("minball"); ``host``: the
+    (positions, weights) as numpy, needed by "wdt" for the triangulation."""
+    n, d = P.shape
     cap = SATURATION / alpha
     rdt = runtime.real_dtype()
     nf = len(f)
-    P = _nd(p.astype(rdt), True)
-    R = _nd(r.astype(rdt), True)
     probs = _nd(np.zeros(max(nf, 1), rdt), True)
     margin = _nd(np.zeros(max(nf, 1), rdt), True)
     from . import _kernels as K
@@ -229,7 +251,7 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
         near_d = _device.empty((max(nf, 1),), np.int32)
         near_d.fill(-1)
         if nf:
-            grid = PointGrid(p)
+            grid = grid()
             deferred = f.scratch("deferred", (nf,), np.int32)
             nd = _device.zeros((1,), np.int32)
             K.minball_select(grid.pts, f.dev, grid.lo, grid.h, grid.res, grid.start, grid.order,
@@ -249,6 +271,7 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
         def witness():
             return _device.fetch(near_d, nf).astype(np.int64)
     else:
+        p, w = host
         if triangulation is None:
             from ..delaunay import weighted_delaunay
 
@@ -256,7 +279,6 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
         tri = triangulation
         if tri.points.shape != p.shape:
             raise ValueError(f"triangulation: built on {tri.points.shape} points, these are {p.shape}")
-        W = _nd(w.astype(rdt), True)
         s0, s1, in_tri = _face_simplices(tri.simplices, f.rows)
         cells = tri.power_cells()
         S = tri.simplices.astype(np.int32) if len(tri.simplices) else np.zeros((1, d + 1), np.int32)
@@ -264,7 +286,7 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
         dev = [f.dev] + [_device.upload(x) for x in (S, s0, s1)]
         if nf:
             sel_d = _device.empty((nf, d), np.int32)
-            K.wdt_select(_device.upload(p.astype(rdt)), _device.upload(w.astype(rdt)), dev[0], dev[1], dev[2],
+            K.wdt_select(P, W, dev[0], dev[1], dev[2],
                           dev[3], *[_device.upload(x.astype(np.int32)) for x in
                                     (cells.neighbor_ptr, cells.neighbors, cells.vertex_ptr, cells.vertex_ids)],
                           d, sel_d)

@@ -179,11 +179,12 @@ def reconstruct(samples, seed: int = 0, *, resolution: float | None = None, iter
         wq = 0.01 if d == 3 else 0.0
 
         def loss_fn(m, fp, h=h, wq=wq):
-            ch = losses.expected_chamfer(m.points, m.prepared_faces, fp, target)
-            rc = losses.real_consistency(m.reals, m.prepared_faces, fp)
+            # the mesh itself in place of its points and reals: the losses read its device state
+            ch = losses.expected_chamfer(m, m.prepared_faces, fp, target)
+            rc = losses.real_consistency(m, m.prepared_faces, fp)
             parts = [(ch, 1.0 / h**2), (rc, 0.1)]
             if wq:
-                parts.append((losses.face_quality(m.points, m.prepared_faces, fp), wq))
+                parts.append((losses.face_quality(m, m.prepared_faces, fp), wq))
             return _combine(parts)
 
         def cb(it, m, rec, stage=stage):
@@ -214,4 +215,9 @@ def _combine(parts) -> losses.Loss:
         outs = [l.vjp(g * w) for l, w in parts]
         return tuple(sum(o[i] for o in outs) for i in range(3))
 
-    return losses.Loss(value, terms, backward)
+    def accumulate(g):
+        for l, w in parts:
+            l.accumulate(g * w)
+
+    on_device = all(l.on_device for l, _ in parts)
+    return losses.Loss(value, terms, backward, accumulate if on_device else None)
