@@ -114,7 +114,7 @@ def compact_rows(src, n: int):
     if n:
         _row_live(src, flag, n)
         ExclusiveScan(n).run(flag, slot, n)
-        k = int(_device.fetch(slot)[n])
+        k = element(slot, n)
     else:
         k = 0
     dst = _device.empty((max(k, 1), src.shape[1]), np.int32)
@@ -194,3 +194,24 @@ def min_value(x, n: int) -> float:
     if n:
         _min_f64(x, n, out)
     return float(_device.fetch(out)[0])
+
+
+@ti.kernel
+def _element(x: ti.types.ndarray(dtype=ti.i32, ndim=1), i: ti.i32, out: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    out[0] = x[i]
+
+
+def element(x, i: int) -> int:
+    """Entry i of an int32 kernel array (one value crosses to the host, not the array)."""
+    if isinstance(x, np.ndarray):
+        return int(x[i])
+    out = _device.empty((1,), np.int32)
+    _element(x, int(i), out)
+    return int(out.to_numpy()[0])
+
+
+def exclusive_offsets(counts, n: int) -> tuple[object, int]:
+    """Exclusive scan of the first n entries of an int32 kernel array: (offsets (n + 1,), total)."""
+    off = _device.empty((n + 1,), np.int32)
+    ExclusiveScan(max(n, 1)).run(counts, off, n)
+    return off, element(off, n)

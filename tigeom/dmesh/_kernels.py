@@ -580,27 +580,28 @@ def face_quality(P: ti.types.ndarray(ndim=2), F: nd2_i32, probs: ti.types.ndarra
 
 
 @ti.kernel
-def working_copy(src: ti.types.ndarray(), dst: ti.types.ndarray()):
-    """dst = src in the runtime's float type (the float64 master values -> the kernels' copy)."""
+def working_copy(src: ti.types.ndarray(), dst: ti.types.ndarray(), dt: ti.template()):
+    """dst = src cast to dt, the runtime's float type (the float64 masters -> the kernels' copy)."""
     for I in ti.grouped(src):
-        dst[I] = src[I]
+        dst[I] = ti.cast(src[I], dt)
 
 
 @ti.kernel
 def padded_copy(src: ti.types.ndarray(dtype=ti.f64, ndim=2), dst: ti.types.ndarray(ndim=2),
-                box: ti.types.ndarray(dtype=ti.f64, ndim=1)):
-    """dst (N, 3) = src (N, d) padded with z = 0, and box = (min x, y, z, max x, y, z) of dst."""
+                box: ti.types.ndarray(dtype=ti.f64, ndim=1), dt: ti.template()):
+    """dst (N, 3) = src (N, d) cast to dt and padded with z = 0, and box = (min x, y, z, max x,
+    y, z) of dst (in float64)."""
     for k in range(3):
         box[k] = 1e300
         box[3 + k] = -1e300
     for i in range(src.shape[0]):
         for k in ti.static(range(3)):
-            x = 0.0
+            x = ti.cast(0.0, dt)
             if k < src.shape[1]:
-                x = src[i, k]
+                x = ti.cast(src[i, k], dt)
             dst[i, k] = x
-            ti.atomic_min(box[k], ti.cast(dst[i, k], ti.f64))
-            ti.atomic_max(box[3 + k], ti.cast(dst[i, k], ti.f64))
+            ti.atomic_min(box[k], ti.cast(x, ti.f64))
+            ti.atomic_max(box[3 + k], ti.cast(x, ti.f64))
 
 
 @ti.kernel

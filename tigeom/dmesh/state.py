@@ -87,10 +87,11 @@ class DeviceState:
         """Working copies (and the padded positions and their box) from the master values, with
         zeroed gradients: the start of a step."""
         K = self.K
+        dt = _device.ti_dtype(runtime.real_dtype())
         for prm in (self.points, self.reals, self.weights):
-            K.working_copy(prm.master, prm.work)
+            K.working_copy(prm.master, prm.work, dt)
             prm.work.grad.fill(0)
-        K.padded_copy(self.points.master, self.P3, self._box)
+        K.padded_copy(self.points.master, self.P3, self._box, dt)
 
     def box(self) -> tuple[np.ndarray, np.ndarray]:
         b = self._box.to_numpy()

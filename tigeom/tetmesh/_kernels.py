@@ -284,16 +284,15 @@ def edge_removal_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E
 
 @ti.kernel
 def edge_removal_apply(T: nd_i32_2, nb: nd_i32_2, E: nd_i32_2, etet: nd_i32, tab: nd_i32_2, win: nd_i32,
-                       cinfo: nd_i32_2, count: nd_i32):
+                       cinfo: nd_i32_2, off: nd_i32, m0: ti.i32):
+    """Apply the winning edge removals; the appended tets of edge e start at row m0 + off[e]
+    (off: the exclusive scan of append_counts), so the result does not depend on thread order."""
     for e in range(E.shape[0]):
         if win[e] == 1:
             a, b, n, ring, rtet = _edge_ring(T, nb, E, etet, e)
             r = cinfo[e, 0]
             # 2 (n - 2) new tets: the first n reuse the old slots, the rest are appended
-            extra = 2 * (n - 2) - n
-            base = 0
-            if extra > 0:
-                base = ti.atomic_add(count[0], extra)
+            base = m0 + off[e]
             slot = 0
             for j in range(n - 2):
                 ri, rj, rk = ring[tab[r, 3 * j]], ring[tab[r, 3 * j + 1]], ring[tab[r, 3 * j + 2]]
@@ -356,13 +355,30 @@ def _flip23_verts(T: ti.template(), t, k, t2):
 
 
 @ti.kernel
-def flip23_apply(T: nd_i32_2, nb: nd_i32_2, win: nd_i32, count: nd_i32):
+def append_counts(win: nd_i32, cn: nd_i32, kind: ti.template(), out: nd_i32):
+    """Rows each winning candidate appends: a 2-3 flip 1 (kind 0), an edge removal of an n-ring
+    max(n - 4, 0) (kind 1), an edge split of an n-ring n (kind 2); 0 for the others."""
+    for c in range(win.shape[0]):
+        k = 0
+        if win[c] == 1:
+            if ti.static(kind == 0):
+                k = 1
+            elif ti.static(kind == 1):
+                k = ti.max(cn[c] - 4, 0)
+            else:
+                k = cn[c]
+        out[c] = k
+
+
+@ti.kernel
+def flip23_apply(T: nd_i32_2, nb: nd_i32_2, win: nd_i32, off: nd_i32, m0: ti.i32):
+    """Apply the winning 2-3 flips; the third tet of candidate c goes to row m0 + off[c]."""
     for c in range(win.shape[0]):
         if win[c] == 1:
             t, k = c // 4, c % 4
             t2 = nb[t, k]
             f0, f1, f2, d, e = _flip23_verts(T, t, k, t2)
-            t3 = ti.atomic_add(count[0], 1)
+            t3 = m0 + off[c]
             T[t, 0], T[t, 1], T[t, 2], T[t, 3] = f0, f1, e, d
             T[t2, 0], T[t2, 1], T[t2, 2], T[t2, 3] = f1, f2, e, d
             T[t3, 0], T[t3, 1], T[t3, 2], T[t3, 3] = f2, f0, e, d
@@ -418,14 +434,16 @@ def split_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E: nd_i3
 
 @ti.kernel
 def split_apply(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, E: nd_i32_2, etet: nd_i32, win: nd_i32,
-                cpos: nd_f64_2, count: nd_i32, vcount: nd_i32):
+                cpos: nd_f64_2, off: nd_i32, m0: ti.i32, voff: nd_i32, v0: ti.i32):
+    """Apply the winning edge splits: edge e's new vertex is row v0 + voff[e] and its appended
+    tets start at row m0 + off[e] (exclusive scans), independent of thread order."""
     for e in range(E.shape[0]):
         if win[e] == 1:
             a, b, n, ring, rtet = _edge_ring(T, nb, E, etet, e)
-            m = ti.atomic_add(vcount[0], 1)
+            m = v0 + voff[e]
             for j in ti.static(range(3)):
                 V[m, j] = cpos[e, j]
-            base = ti.atomic_add(count[0], n)
+            base = m0 + off[e]
             for k in range(n):
                 ri, rj = ring[k], ring[(k + 1) % n]
                 t = rtet[k]

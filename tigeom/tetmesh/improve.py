@@ -38,7 +38,7 @@ import numpy as np
 from .. import runtime
 from .._core import device as _device
 from .._core.progress import progress_bar
-from .._core.scan import compact_rows, copy_rows, count_positive, min_value
+from .._core.scan import compact_rows, copy_rows, count_positive, exclusive_offsets, min_value
 from .topology import MeshTopology, boundary_faces, face_adjacency
 from .quality import signed_volumes, tet_quality, validate_mesh
 
@@ -251,9 +251,16 @@ class _Improver:
         self.K.winners(ctets, cn, key, owner, win)
         return win
 
-    def _commit(self, Tb, cnt) -> None:
-        """The tets written into ``Tb`` (``cnt`` rows used, holes marked -1), compacted."""
-        used = int(_device.fetch(cnt)[0])
+    def _appends(self, win, cn, nc: int, kind: int):
+        """Where each winner's appended rows go: (offsets (nc + 1,), total rows appended), an
+        exclusive scan, so the output does not depend on the order threads ran in."""
+        add = _device.empty((max(nc, 1),), np.int32)
+        if nc:
+            self.K.append_counts(win, cn, kind, add)
+        return exclusive_offsets(add, nc)
+
+    def _commit(self, Tb, used: int) -> None:
+        """The first ``used`` rows of ``Tb`` (holes marked -1), compacted."""
         self.Td, self.m = compact_rows(Tb, used)
 
     # ----------------------------------------------------------------- smoothing
@@ -323,10 +330,10 @@ class _Improver:
         Tb = self._padded_tets(nc // 2 + 1)
         K.flip23_candidates(self.Vd, Tb, nbd, qd, ctets, cn, key, self.EPS)
         win = self._resolve(ctets, cn, key, nc)
-        cnt = _device.upload(np.array([m], np.int32))
-        K.flip23_apply(Tb, nbd, win, cnt)
-        self._commit(Tb, cnt)
-        return count_positive(win, nc)
+        off, added = self._appends(win, cn, nc, 0)
+        K.flip23_apply(Tb, nbd, win, off, m)
+        self._commit(Tb, m + added)
+        return added
 
     def _edge_scratch(self, topo):
         E, etet = topo.edges()
@@ -348,9 +355,9 @@ class _Improver:
         K.edge_removal_candidates(self.Vd, Tb, nbd, qd, Ed, etd, self.tab_d, self.tab_off_d, ctets, cn, cinfo, key,
                                   self.EPS)
         win = self._resolve(ctets, cn, key, ne)
-        cnt = _device.upload(np.array([m], np.int32))
-        K.edge_removal_apply(Tb, nbd, Ed, etd, self.tab_d, win, cinfo, cnt)
-        self._commit(Tb, cnt)
+        off, added = self._appends(win, cn, ne, 1)
+        K.edge_removal_apply(Tb, nbd, Ed, etd, self.tab_d, win, cinfo, off, m)
+        self._commit(Tb, m + added)
         return count_positive(win, ne)
 
     def split(self, below: float) -> int:
@@ -362,17 +369,16 @@ class _Improver:
         cpos = _device.empty((ne, 3), np.float64)
         K.split_candidates(self.Vd, self.Td, nbd, qd, Ed, etd, ctets, cn, cpos, key, below, self.EPS)
         win = self._resolve(ctets, cn, key, ne)
-        nwin = count_positive(win, ne)
+        voff, nwin = exclusive_offsets(win, ne)
         if nwin == 0:
             return 0
-        Tb = self._padded_tets(K.MAXRING * nwin)
+        off, added = self._appends(win, cn, ne, 2)
+        Tb = self._padded_tets(added)
         Vb = _device.zeros((self.nv + nwin, 3), np.float64)
         copy_rows(self.Vd, Vb, self.nv)
-        cnt = _device.upload(np.array([m], np.int32))
-        vcnt = _device.upload(np.array([self.nv], np.int32))
-        K.split_apply(Vb, Tb, nbd, Ed, etd, win, cpos, cnt, vcnt)
+        K.split_apply(Vb, Tb, nbd, Ed, etd, win, cpos, off, m, voff, self.nv)
         self.Vd, self.nv = Vb, self.nv + nwin
-        self._commit(Tb, cnt)
+        self._commit(Tb, m + added)
         return nwin
 
     # ----------------------------------------------------------------- driver
