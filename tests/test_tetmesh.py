@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import tigeom
+from helpers import ARCH
 from tigeom.tetmesh import boundary_faces, cube_mesh, improve_tets, signed_volumes, sphere_mesh, tet_quality
 
 REGULAR = np.array([[1, 1, 1], [-1, 1, -1], [1, -1, -1], [-1, -1, 1]], float)  # positive
@@ -225,6 +226,17 @@ def test_improvement_is_deterministic():
     a = improve_tets(v, t)
     b = improve_tets(v, t)
     assert a.stats["splits"] > 0 and a.stats["flip23"] + a.stats["edge_removal"] > 0
+    np.testing.assert_array_equal(a.vertices, b.vertices)
+    np.testing.assert_array_equal(a.tets, b.tets)
+
+
+def test_improvement_does_not_depend_on_the_runtime_precision():
+    """The tet kernels compute in f64 whatever tigeom.init's precision: constants inside them
+    are f64 too, so an f32 runtime gives the same mesh."""
+    v, t = cube_mesh(3, 60, seed=1)
+    a = improve_tets(v, t)
+    tigeom.init(arch=ARCH, precision="f32")
+    b = improve_tets(v, t)
     np.testing.assert_array_equal(a.vertices, b.vertices)
     np.testing.assert_array_equal(a.tets, b.tets)
 

@@ -144,27 +144,16 @@ def sort_segments(start: ti.types.ndarray(dtype=ti.i32, ndim=1), order: ti.types
 
 
 @ti.kernel
-def _copy_rows_i32(src: ti.types.ndarray(dtype=ti.i32, ndim=2), dst: ti.types.ndarray(dtype=ti.i32, ndim=2),
-                   n: ti.i32, cols: ti.template()):
-    for r in range(n):
-        for c in ti.static(range(cols)):
-            dst[r, c] = src[r, c]
-
-
-@ti.kernel
-def _copy_rows_f64(src: ti.types.ndarray(dtype=ti.f64, ndim=2), dst: ti.types.ndarray(dtype=ti.f64, ndim=2),
-                   n: ti.i32, cols: ti.template()):
+def _copy_rows(src: ti.types.ndarray(ndim=2), dst: ti.types.ndarray(ndim=2), n: ti.i32, cols: ti.template()):
     for r in range(n):
         for c in ti.static(range(cols)):
             dst[r, c] = src[r, c]
 
 
 def copy_rows(src, dst, n: int) -> None:
-    """``dst[:n] = src[:n]`` for int32 or float64 (rows, columns) kernel arrays, on the device."""
-    if not n:
-        return
-    is_int = np.issubdtype(src.dtype, np.integer) if isinstance(src, np.ndarray) else src.dtype == ti.i32
-    (_copy_rows_i32 if is_int else _copy_rows_f64)(src, dst, n, int(src.shape[1]))
+    """``dst[:n] = src[:n]`` for two (rows, columns) kernel arrays of one dtype, on the device."""
+    if n:
+        _copy_rows(src, dst, n, int(src.shape[1]))
 
 
 @ti.kernel

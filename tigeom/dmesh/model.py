@@ -72,6 +72,20 @@ def _face_keys(cols, n: int) -> np.ndarray:
     return (lo * n + mid) * n + hi
 
 
+def _synced_array(attr: str, doc: str) -> property:
+    """A DMesh array attribute read from the device state when that is ahead (during optimize)."""
+
+    def get(self) -> np.ndarray:
+        self._sync()
+        return getattr(self, attr)
+
+    def put(self, value) -> None:
+        self._sync()
+        setattr(self, attr, np.asarray(value, np.float64))
+
+    return property(get, put, doc=doc)
+
+
 class DMesh:
     """A differentiable mesh: points with positions, weights and real values ψ in [0, 1].
 
@@ -111,38 +125,9 @@ class DMesh:
             self._points, self._weights, self._reals = self._device_state.fetch()
             self._host_stale = False
 
-    @property
-    def points(self) -> np.ndarray:
-        """(N, d) positions."""
-        self._sync()
-        return self._points
-
-    @points.setter
-    def points(self, value) -> None:
-        self._sync()
-        self._points = np.asarray(value, np.float64)
-
-    @property
-    def reals(self) -> np.ndarray:
-        """(N,) real values in [0, 1]."""
-        self._sync()
-        return self._reals
-
-    @reals.setter
-    def reals(self, value) -> None:
-        self._sync()
-        self._reals = np.asarray(value, np.float64)
-
-    @property
-    def weights(self) -> np.ndarray:
-        """(N,) power weights ("wdt")."""
-        self._sync()
-        return self._weights
-
-    @weights.setter
-    def weights(self, value) -> None:
-        self._sync()
-        self._weights = np.asarray(value, np.float64)
+    points = _synced_array("_points", "(N, d) positions.")
+    reals = _synced_array("_reals", "(N,) real values in [0, 1].")
+    weights = _synced_array("_weights", '(N,) power weights ("wdt").')
 
     @property
     def faces(self) -> np.ndarray:

@@ -271,7 +271,7 @@ def edge_removal_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E
                     pk = _pt(V, ring[tab[r, 3 * j + 2]])
                     newmin = ti.min(newmin, ti.min(tet_min_sine(pa, pi, pj, pk), tet_min_sine(pb, pi, pk, pj)))
                     newvol += _vol6(pa, pi, pj, pk) + _vol6(pb, pi, pk, pj)
-                if newmin > best and ti.abs(newvol - oldvol) <= 1e-9 * ti.abs(oldvol):
+                if newmin > best and ti.abs(newvol - oldvol) <= ti.f64(1e-9) * ti.abs(oldvol):
                     best = newmin
                     best_id = r
             if best_id >= 0:
@@ -521,11 +521,11 @@ def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable
             # gradients (central differences) of the tets within 1e-3 of the worst, up to 6
             grads = ti.Matrix.zero(ti.f64, 6, 3)
             na = 0
-            fd = 1e-7 * h
+            fd = ti.f64(1e-7) * h
             for s in range(vt_ptr[v], vt_ptr[v + 1]):
                 t = vt[s]
                 qt = _tet_q_at(V, T, t, v, x)
-                if qt < cur + 1e-3 and na < 6:
+                if qt < cur + ti.f64(1e-3) and na < 6:
                     for j in ti.static(range(3)):
                         xp, xm = x, x
                         xp[j] += fd
@@ -536,7 +536,7 @@ def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable
             for _g in range(24):
                 jbest = -1
                 dd = d.norm_sqr()
-                low = dd - 1e-12 * dd
+                low = dd - ti.f64(1e-12) * dd
                 for j in range(na):
                     gj = v3(grads[j, 0], grads[j, 1], grads[j, 2])
                     if gj.dot(d) < low:
@@ -546,10 +546,10 @@ def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable
                     break
                 gj = v3(grads[jbest, 0], grads[jbest, 1], grads[jbest, 2])
                 diff = d - gj
-                tt = ti.min(ti.max(d.dot(diff) / ti.max(diff.norm_sqr(), 1e-300), 0.0), 1.0)
+                tt = ti.min(ti.max(d.dot(diff) / ti.max(diff.norm_sqr(), ti.f64(1e-300)), 0.0), 1.0)
                 d = d - tt * diff
             dn = d.norm()
-            if dn < 1e-12:
+            if dn < ti.f64(1e-12):
                 break
             d /= dn
             step = 0.25 * h
