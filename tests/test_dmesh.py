@@ -387,3 +387,16 @@ def test_optimize_runs_on_the_device_and_syncs_the_host_arrays():
     assert (m.reals >= 0).all() and (m.reals <= 1).all()
     with pytest.raises(ValueError, match="fixed"):
         m.optimize(loss_fn, iterations=1, fixed=np.zeros(3, bool))
+
+    # a callback that sets the positions: the device state follows
+    target = m.points.copy()
+    target[:, 0] += 0.5
+
+    def move_all(it, mesh, rec):
+        if it == 0:
+            mesh.points = target
+
+    m.optimize(loss_fn, iterations=1, callback=move_all)
+    np.testing.assert_array_equal(m.points, target)
+    m.optimize(loss_fn, iterations=2, callback=move_all)
+    assert np.abs(m.points - target).max() < 0.1  # one more step from the new positions, not the old

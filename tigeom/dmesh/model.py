@@ -81,7 +81,10 @@ def _synced_array(attr: str, doc: str) -> property:
 
     def put(self, value) -> None:
         self._sync()
-        setattr(self, attr, np.asarray(value, np.float64))
+        arr = np.asarray(value, np.float64)
+        setattr(self, attr, arr)
+        if self._device_state is not None:  # set inside optimize (a callback): the state follows
+            self._device_state.set(attr.lstrip("_"), arr)
 
     return property(get, put, doc=doc)
 

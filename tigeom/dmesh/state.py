@@ -111,6 +111,13 @@ class DeviceState:
             cur = prm.work.grad.to_numpy().astype(np.float64)
             prm.work.grad.from_numpy((cur + g).astype(runtime.real_dtype()))
 
+    def set(self, name: str, values: np.ndarray) -> None:
+        """Replace the master values of "points", "weights" or "reals" (same shape)."""
+        prm = getattr(self, name)
+        if values.shape != tuple(prm.master.shape):
+            raise ValueError(f"{name}: expected shape {tuple(prm.master.shape)} during optimize, got {values.shape}")
+        prm.master.from_numpy(np.ascontiguousarray(values, np.float64))
+
     def fetch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(positions, weights, real values) on the host, float64."""
         return self.points.fetch(), self.weights.fetch(), self.reals.fetch()
