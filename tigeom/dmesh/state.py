@@ -16,7 +16,7 @@ import numpy as np
 from .. import runtime
 from .._core import device as _device
 
-# the Adam moments' order in _Param and in the parameters passed to the kernel
+# Adam's decay rates and epsilon, as in tigeom.optim.Adam
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 
