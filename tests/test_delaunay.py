@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from scipy.spatial import ConvexHull
 
 import tigeom
-from tigeom.delaunay import weighted_delaunay
 from tigeom.delaunay.exact import Exact, exact_cell
 from tigeom.delaunay.simplices import signed_volumes
 
