@@ -1,13 +1,14 @@
-"""Lattice updates per second of tigeom.sim.Flow2D (forward step and adjoint step) against the memory
-roofline measured in the same process.
+"""Lattice updates per second of tigeom.sim.Flow2D and Flow3D (forward step and adjoint step, body
+and boundaries included, launched the way ``solve`` launches them) against the memory roofline
+measured in the same process.
 
 D2Q9 in f32 moves 72 bytes per forward cell update (9 populations read, 9 written); the adjoint
 step reads the adjoint populations and the converged state and writes the adjoint: 108 bytes.
-The roofline is the best copy bandwidth (bytes read + written) of a Taichi copy kernel,
-numpy (CPU) and PyTorch (GPU, when installed).
+D3Q19: 152 and 228 bytes. The roofline is the best copy bandwidth (bytes read + written) of a
+Taichi copy kernel, numpy (CPU) and PyTorch (GPU, when installed).
 
-    python benchmarks/bench_flow.py --arch cpu --grid 440x82 --grid 1024x512
-    python benchmarks/bench_flow.py --arch cuda --grid 1024x512 --grid 4096x2048
+    python benchmarks/bench_flow.py --arch cpu --grid 440x82 --grid 1024x512 --grid 64x64x64
+    python benchmarks/bench_flow.py --arch cuda --grid 1024x512 --grid 128x128x128 --grid 256x256x256
 """
 
 
@@ -19,8 +20,7 @@ import warnings
 import numpy as np
 
 import tigeom
-from tigeom.sim import ConvergenceWarning, Flow2D, polygons
-from tigeom.sim import _lbm_kernels as K
+from tigeom.sim import ConvergenceWarning, Flow2D, Flow3D, meshes, polygons
 
 
 def copy_bandwidth(n_bytes: int, gpu: bool) -> dict:
@@ -69,42 +69,33 @@ def copy_bandwidth(n_bytes: int, gpu: bool) -> dict:
     return out
 
 
-def bench(nx: int, ny: int, steps: int) -> dict:
-    dx = 1.0
-    fl = Flow2D(size=(nx * dx, ny * dx), resolution=1.0, viscosity=0.05, inflow_velocity=0.05,
-                lattice_velocity=0.05, max_steps=10 ** 9)
-    v, s = polygons.circle((0.25 * nx, 0.5 * ny), 0.05 * ny, 128)
+def bench(shape, steps: int) -> dict:
+    """Forward and adjoint lattice updates per second on a grid ``shape`` with a body (a circle or
+    a sphere of a tenth of the height), through the solver's own step launches."""
+    n = shape[1]
+    if len(shape) == 2:
+        fl = Flow2D(size=tuple(float(s) for s in shape), resolution=1.0, viscosity=0.05, inflow_velocity=0.05,
+                    lattice_velocity=0.05, max_steps=10 ** 9)
+        body = polygons.circle((0.25 * shape[0], 0.5 * n), 0.05 * n, 128)
+    else:
+        fl = Flow3D(size=tuple(float(s) for s in shape), resolution=1.0, viscosity=0.05, inflow_velocity=0.05,
+                    lattice_velocity=0.05, max_steps=10 ** 9)
+        body = meshes.sphere((0.25 * shape[0], 0.5 * n, 0.5 * shape[2]), 0.05 * n, 3)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # a short run, only to set up the buffers
-        res = fl.solve(v, s, max_steps=200)
+        warnings.simplefilter("ignore", ConvergenceWarning)  # short runs, only to set up the buffers
+        res = fl.solve(*body, max_steps=200)
+        res.vjp(np.eye(len(shape))[0], max_steps=20)  # allocates and compiles the adjoint
     b = fl._bufs
-    slip = 0
-
-    def fwd(n):
-        for _ in range(n):
-            K.step(b["f"], b["fn"], b["gam"], b["box"], b["prm"], slip)
-            K.apply_bc(b["fn"], b["uin"])
-            b["f"], b["fn"] = b["fn"], b["f"]
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        res.vjp([1.0, 0.0], max_steps=20)  # allocates and compiles the adjoint
-
-    def adj(n):
-        for _ in range(n):
-            K.adj_bc_terms(b["lam"], b["f"], b["uin"], b["bc"])
-            K.adj_step(b["lam"], b["lamn"], b["f"], b["gam"], b["box"], b["prm"], b["bc"], slip)
-            b["lam"], b["lamn"] = b["lamn"], b["lam"]
-
-    out = {}
-    for name, fn in (("forward", fwd), ("adjoint", adj)):
-        fn(10)
+    fl._slip = 0
+    out = {"bytes_per_cell_forward": fl.bytes_per_cell(False) if len(shape) == 3 else None}
+    cells = float(np.prod(shape))
+    for name, fn in (("forward", fl._advance), ("adjoint", fl._adj_advance)):
+        fn(b, 10)
         tigeom.runtime.sync()
         t = time.perf_counter()
-        fn(steps)
+        fn(b, steps)
         tigeom.runtime.sync()
-        dt = time.perf_counter() - t
-        out[name] = nx * ny * steps / dt
+        out[name] = cells * steps / (time.perf_counter() - t)
     return out
 
 
@@ -121,16 +112,19 @@ def main(argv=None):
     bw = max(v for k, v in roof.items() if isinstance(v, float))
     print(f"# backend {cfg.backend}, {platform.processor() or platform.machine()}; copy bandwidth (GB/s): "
           + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in roof.items() if isinstance(v, float)))
-    print(f"# roofline: forward {bw / 72 / 1e9:.2f} GLUPS (72 B/update), adjoint {bw / 108 / 1e9:.2f} GLUPS (108 B)")
-    print("| grid | forward MLUPS | % of roofline | adjoint MLUPS | % of roofline | adjoint/forward time |")
-    print("|---|---|---|---|---|---|")
+    print(f"# roofline: D2Q9 forward {bw / 72 / 1e9:.2f} GLUPS (72 B/update), adjoint {bw / 108 / 1e9:.2f} "
+          f"GLUPS (108 B); D3Q19 forward {bw / 152 / 1e9:.2f} (152 B), adjoint {bw / 228 / 1e9:.2f} (228 B)")
+    print("| grid | forward MLUPS | % of roofline | adjoint MLUPS | % of roofline | adjoint/forward time | "
+          "bytes per cell (forward) |")
+    print("|---|---|---|---|---|---|---|")
     for g in grids:
-        nx, ny = (int(t) for t in g.split("x"))
-        steps = a.steps or max(20, int((4e9 if gpu else 2e8) / (nx * ny)))
-        r = bench(nx, ny, steps)
-        print(f"| {nx} x {ny} | {r['forward'] / 1e6:.0f} | {100 * r['forward'] * 72 / bw:.0f}% | "
-              f"{r['adjoint'] / 1e6:.0f} | {100 * r['adjoint'] * 108 / bw:.0f}% | {r['forward'] / r['adjoint']:.2f} |",
-              flush=True)
+        shape = tuple(int(t) for t in g.split("x"))
+        fb, ab = (72, 108) if len(shape) == 2 else (152, 228)
+        steps = a.steps or max(20, int((4e9 if gpu else 2e8) / np.prod(shape)))
+        r = bench(shape, steps)
+        print(f"| {' x '.join(map(str, shape))} | {r['forward'] / 1e6:.0f} | {100 * r['forward'] * fb / bw:.0f}% | "
+              f"{r['adjoint'] / 1e6:.0f} | {100 * r['adjoint'] * ab / bw:.0f}% | {r['forward'] / r['adjoint']:.2f} | "
+              f"{r['bytes_per_cell_forward'] or ''} |", flush=True)
 
 
 if __name__ == "__main__":
