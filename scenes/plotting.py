@@ -40,31 +40,63 @@ def loss_curve(history, keys, path, title="", log=True) -> None:
     save_png(fig, path)
 
 
-def render_mesh(vertices, faces, path, points=None, title="", two_sided=False) -> None:
-    """Shaded render of a triangle mesh (and optional points) from two viewpoints
-    (``two_sided``: light both sides, for faces without a consistent orientation)."""
-    plt = _plt()
+def _shaded_collection(vertices, faces, two_sided=False, rgb=(0.35, 0.55, 0.85)):
+    """Poly3DCollection of a mesh with Lambert shading from a fixed light."""
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    fig = plt.figure(figsize=(10, 5))
     tri = vertices[faces]
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
     light = np.array([0.4, 0.3, 0.85])
     lam = n @ (light / np.linalg.norm(light))
     shade = 0.35 + 0.65 * (np.abs(lam) if two_sided else np.clip(lam, 0, 1))
-    colors = np.column_stack([0.35 * shade, 0.55 * shade, 0.85 * shade, np.ones_like(shade)])
+    colors = np.column_stack([rgb[0] * shade, rgb[1] * shade, rgb[2] * shade, np.ones_like(shade)])
+    return Poly3DCollection(tri, facecolors=colors, edgecolor="none")
+
+
+def _cube_limits(ax, c, r):
+    for a, setl in zip(range(3), (ax.set_xlim, ax.set_ylim, ax.set_zlim)):
+        setl(c[a] - r, c[a] + r)
+
+
+def render_mesh(vertices, faces, path, points=None, title="", two_sided=False) -> None:
+    """Shaded render of a triangle mesh (and optional points) from two viewpoints
+    (``two_sided``: light both sides, for faces without a consistent orientation)."""
+    plt = _plt()
+    fig = plt.figure(figsize=(10, 5))
     lo, hi = vertices.min(0), vertices.max(0)
     c, r = (lo + hi) / 2, (hi - lo).max() / 2
     for k, (elev, azim) in enumerate([(30, 35), (75, -60)]):
         ax = fig.add_subplot(1, 2, k + 1, projection="3d")
-        ax.add_collection3d(Poly3DCollection(tri, facecolors=colors, edgecolor="none"))
+        ax.add_collection3d(_shaded_collection(vertices, faces, two_sided))
         if points is not None:
             ax.scatter(*points[:: max(len(points) // 1500, 1)].T, s=0.3, c="k", alpha=0.3)
-        for a, setl in zip(range(3), (ax.set_xlim, ax.set_ylim, ax.set_zlim)):
-            setl(c[a] - r, c[a] + r)
+        _cube_limits(ax, c, r)
         ax.view_init(elev, azim)
         ax.set_axis_off()
+    fig.suptitle(title)
+    save_png(fig, path)
+
+
+def render_meshes(panels, path, title="", views=((20, -60), (0, -90), (90, -90))) -> None:
+    """Shaded renders of several meshes on one scale: one row per mesh, one column per view
+    (elevation, azimuth); ``panels`` is a list of (vertices, faces, label)."""
+    plt = _plt()
+    fig = plt.figure(figsize=(4 * len(views), 3.4 * len(panels)))
+    allv = np.concatenate([p[0] for p in panels])
+    lo, hi = allv.min(0), allv.max(0)
+    c, r = (lo + hi) / 2, 0.52 * (hi - lo).max()
+    tints = ((0.55, 0.55, 0.6), (0.3, 0.55, 0.9), (0.9, 0.5, 0.3))
+    for row, (v, f, label) in enumerate(panels):
+        for col, (elev, azim) in enumerate(views):
+            ax = fig.add_subplot(len(panels), len(views), row * len(views) + col + 1, projection="3d")
+            ax.add_collection3d(_shaded_collection(v, f, rgb=tints[row % len(tints)]))
+            _cube_limits(ax, c, r)
+            ax.set_box_aspect((1, 1, 1), zoom=1.5)
+            ax.view_init(elev, azim)
+            ax.set_axis_off()
+            if col == 0:
+                ax.set_title(label, loc="left", fontsize=10)
     fig.suptitle(title)
     save_png(fig, path)
 
