@@ -130,6 +130,7 @@ class SteadyLBM:
         self._owner = None  # token of the result whose state is in the buffers
         self._lam_key = None
         self._tokens = 0
+        self._repeat = Repeat()
 
     # ------------------------------------------------------------------ description
 
@@ -289,3 +290,51 @@ def reuse(buf, arr: np.ndarray):
         buf = _device.ndarray(arr.dtype, arr.shape)
     buf.from_numpy(np.ascontiguousarray(arr))
     return buf
+
+
+class Repeat:
+    """Launch one kernel ``n`` times with the same arguments. On the CPU through a Taichi compute
+    graph (one call from Python instead of n): on small grids the Python side of a launch costs
+    as much as the step itself. Graphs are built once per (kernel, n, argument types) and reused;
+    where a backend cannot build one, and on CUDA (not measured there yet; its launches do not
+    wait for the device), the kernel is launched n times."""
+
+    def __init__(self):
+        self._graphs = {}
+
+    @staticmethod
+    def _spec(name, value):
+        import taichi as ti
+
+        if isinstance(value, (int, np.integer)):
+            return ti.graph.Arg(ti.graph.ArgKind.SCALAR, name, ti.i32)
+        return ti.graph.Arg(ti.graph.ArgKind.NDARRAY, name, value.dtype, ndim=len(value.shape))
+
+    def __call__(self, kernel, n: int, *args):
+        if n <= 0:
+            return
+        if n == 1 or runtime.on_gpu():  # CUDA launches are asynchronous already
+            for _ in range(n):
+                kernel(*args)
+            return
+        import taichi as ti
+
+        names = [f"a{i}" for i in range(len(args))]
+        key = (kernel, n, runtime.generation(),
+               tuple((type(a).__name__, getattr(a, "dtype", None), len(getattr(a, "shape", ()))) for a in args))
+        graph = self._graphs.get(key)
+        if graph is None:
+            try:
+                gb = ti.graph.GraphBuilder()
+                syms = [self._spec(nm, a) for nm, a in zip(names, args)]
+                for _ in range(n):
+                    gb.dispatch(kernel, *syms)
+                graph = gb.compile()
+            except Exception:  # a backend without compute graphs: plain launches
+                graph = False
+            self._graphs[key] = graph
+        if graph is False:
+            for _ in range(n):
+                kernel(*args)
+        else:
+            graph.run({nm: (int(a) if isinstance(a, (int, np.integer)) else a) for nm, a in zip(names, args)})

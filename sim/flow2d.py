@@ -277,8 +277,8 @@ class Flow2D(SteadyLBM):
 
     def _advance(self, b, steps):
         K = _kernels()
-        for _ in range(steps // 2):  # two steps per launch, ending in b["f"]
-            K.step_pair(b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip, b["uin"])
+        # two steps per kernel, ending in b["f"]; the pairs go out as one compute graph
+        self._repeat(K.step_pair, steps // 2, b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip, b["uin"])
         if steps % 2:
             K.step(b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip)
             K.apply_bc(b["fn"], b["uin"])
@@ -294,9 +294,8 @@ class Flow2D(SteadyLBM):
 
     def _adj_advance(self, b, steps):
         K = _kernels()
-        for _ in range(steps // 2):  # two steps per launch, ending in b["lam"]
-            K.adj_step_pair(b["lam"], b["lamn"], b["f"], b["gam"], b["box"], b["prm"], b["bc"], self._slip,
-                            b["uin"])
+        self._repeat(K.adj_step_pair, steps // 2, b["lam"], b["lamn"], b["f"], b["gam"], b["box"], b["prm"],
+                     b["bc"], self._slip, b["uin"])  # two steps per kernel, ending in b["lam"]
         if steps % 2:
             K.adj_bc_terms(b["lam"], b["f"], b["uin"], b["bc"])
             K.adj_step(b["lam"], b["lamn"], b["f"], b["gam"], b["box"], b["prm"], b["bc"], self._slip)

@@ -110,10 +110,15 @@ def test_vjp_of_an_evicted_result_and_odd_check_intervals():
 
 
 def test_body_may_cross_the_walls_but_not_the_inflow():
-    fl = Flow3D(tol=1e-6, **SMALL)
+    fl = Flow3D(tol=1e-6, walls="slip", **SMALL)
     v, f = meshes.cylinder((0.25, 0.15, 0.15), 0.05, 0.5, axis=1, sections=48)  # spans y
     res = fl.solve(v, f)
     assert res.converged and res.drag > 0
+    # a body touching no-slip walls is a known defect (docs/validation.md): the solver says so
+    with pytest.warns(RuntimeWarning, match="touches a no-slip wall"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # a short run: only the warning matters
+            Flow3D(tol=1e-6, **SMALL).solve(v, f, max_steps=200)
     with pytest.raises(ValueError, match="vertices.*inflow and outflow"):
         fl.solve(*meshes.cylinder((0.25, 0.15, 0.15), 0.05, 0.6, axis=0, sections=48))
 
