@@ -86,7 +86,6 @@ def bench(shape, steps: int) -> dict:
         res = fl.solve(*body, max_steps=200)
         res.vjp(np.eye(len(shape))[0], max_steps=20)  # allocates and compiles the adjoint
     b = fl._bufs
-    fl._slip = 0
     out = {"bytes_per_cell_forward": fl.bytes_per_cell(False) if len(shape) == 3 else None}
     cells = float(np.prod(shape))
     def chunks(fn, n):  # as the solver runs: check intervals of check_every steps

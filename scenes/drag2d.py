@@ -38,6 +38,7 @@ from tigeom.sim.flow2d import ConvergenceWarning
 from tigeom.scene import Scene
 
 from . import plotting
+from ._levelset import accepted_state, crossed_nodes, load_accepted, shortened_step, stalled
 
 
 class Drag2D(Scene):
@@ -158,14 +159,7 @@ class Drag2D(Scene):
         """Signed distance to ``curve`` away from it; the values at the ends of grid edges the
         level set crosses are kept, so the extracted curve is exactly the same afterwards."""
         inside = phi < 0.0  # marching squares counts value >= level as outside
-        keep = np.zeros_like(inside)
-        for ax in (0, 1):
-            cut = np.diff(inside, axis=ax) != 0
-            lo = [slice(None)] * 2
-            hi = [slice(None)] * 2
-            lo[ax], hi[ax] = slice(0, -1), slice(1, None)
-            keep[tuple(lo)] |= cut
-            keep[tuple(hi)] |= cut
+        keep = crossed_nodes(inside)
         dist, _, _ = self._nearest(curve) if near is None else near
         dist = np.maximum(dist.reshape(self.shape), 1e-9 * self.h)
         return np.where(keep, phi, np.where(inside, -dist, dist))
@@ -230,12 +224,7 @@ class Drag2D(Scene):
             self.cd_hist.append(self._cd(drag))
         else:
             acc_phi, acc_drag, vext, slope = self.accepted
-            t = self.step_len
-            # minimiser of the parabola through the accepted drag, its slope and the trial's drag,
-            # kept within [0.1 t, 0.5 t]
-            curv = drag - acc_drag - slope * t
-            t_new = -slope * t * t / (2.0 * curv) if (np.isfinite(drag) and slope < 0 and curv > 0) else 0.5 * t
-            self.step_len = min(max(t_new, 0.1 * t), 0.5 * t)
+            self.step_len = shortened_step(self.step_len, drag, acc_drag, slope)
             if (self.step_len < float(c["refine_below_cells"]) * self.flow.dx
                     and self.adjoint_tol > float(c["adjoint_tol_min"]) * 1.0001):
                 # small steps fail: the gradient may be too inexact; tighten the adjoint once more
@@ -254,9 +243,8 @@ class Drag2D(Scene):
         predicted = -slope * self.step_len / drag_acc
         self.trial_tol = float(np.clip(float(c["flow_tol_factor"]) * predicted, *self.tol_range))
         pat = int(c["patience"])
-        stalled = len(self.cd_hist) > pat and (self.cd_hist[-pat - 1] - self.cd_hist[-1]) < float(
-            c["stop_rel"]) * self.cd_hist[-1]
-        converged = self.step_len < float(c["min_step_cells"]) * self.flow.dx or stalled
+        converged = (self.step_len < float(c["min_step_cells"]) * self.flow.dx
+                     or stalled(self.cd_hist, pat, float(c["stop_rel"])))
         area = polygons.area_centroid(curve.vertices, curve.segments)[0]
         return {"cd": self._cd(drag if res is not None else drag_acc), "cd_best": self._cd(drag_acc),
                 "accepted": float(accepted), "infeasible": float(res is None),
@@ -267,9 +255,7 @@ class Drag2D(Scene):
     def state(self):
         st = {"phi": self.phi, "step_len": np.array(self.step_len), "cd_hist": np.array(self.cd_hist),
               "adjoint_tol": np.array(self.adjoint_tol), "trial_tol": np.array(self.trial_tol)}
-        if self.accepted is not None:
-            phi, drag, vext, slope = self.accepted
-            st.update(acc_phi=phi, acc_drag=np.array(drag), acc_vext=vext, acc_slope=np.array(slope))
+        st.update(accepted_state(self.accepted))
         return st
 
     def load_state(self, state):
@@ -278,9 +264,7 @@ class Drag2D(Scene):
         self.adjoint_tol = float(state["adjoint_tol"])
         self.trial_tol = float(state["trial_tol"])
         self.cd_hist = list(np.asarray(state["cd_hist"], float))
-        if "acc_phi" in state:
-            self.accepted = (np.array(state["acc_phi"], float), float(state["acc_drag"]),
-                             np.array(state["acc_vext"], float), float(state["acc_slope"]))
+        self.accepted = load_accepted(state)
 
     def save_iteration(self, it):
         curve = self._extract()

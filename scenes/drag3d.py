@@ -39,6 +39,7 @@ from tigeom.sim import ConvergenceWarning, Flow3D, meshes
 from tigeom.spatial import NearestIndex
 
 from . import plotting
+from ._levelset import accepted_state, crossed_nodes, load_accepted, shortened_step, stalled
 
 
 class OutOfDesignBox(RuntimeError):
@@ -168,14 +169,7 @@ class Drag3D(Scene):
         """Distance to the surface (nearest vertex) away from it; the values at the ends of grid
         edges the level set crosses are kept, so the extracted surface does not change."""
         inside = phi < 0.0
-        keep = np.zeros_like(inside)
-        for ax in range(3):
-            cut = np.diff(inside, axis=ax) != 0
-            lo = [slice(None)] * 3
-            hi = [slice(None)] * 3
-            lo[ax], hi[ax] = slice(0, -1), slice(1, None)
-            keep[tuple(lo)] |= cut
-            keep[tuple(hi)] |= cut
+        keep = crossed_nodes(inside)
         dist = np.maximum(near[1].reshape(self.shape), 1e-9 * self.h)
         return np.where(keep, phi, np.where(inside, -dist, dist))
 
@@ -215,10 +209,7 @@ class Drag3D(Scene):
             self.cd_hist.append(self._cd(drag))
         else:
             _, acc_drag, _, slope = self.accepted
-            t = self.step_len
-            curv = drag - acc_drag - slope * t
-            t_new = -slope * t * t / (2.0 * curv) if (np.isfinite(drag) and slope < 0 and curv > 0) else 0.5 * t
-            self.step_len = min(max(t_new, 0.1 * t), 0.5 * t)
+            self.step_len = shortened_step(self.step_len, drag, acc_drag, slope)
         acc_phi, drag_acc, vext, slope = self.accepted
         out_of_box = False
         while True:  # a step that leaves the design grid is shortened like a rejected one
@@ -232,9 +223,8 @@ class Drag3D(Scene):
                     self.phi = acc_phi
                     break
         pat = int(c["patience"])
-        stalled = len(self.cd_hist) > pat and (self.cd_hist[-pat - 1] - self.cd_hist[-1]) < float(
-            c["stop_rel"]) * self.cd_hist[-1]
-        converged = self.step_len < float(c["min_step_cells"]) * self.flow.dx or stalled
+        converged = (self.step_len < float(c["min_step_cells"]) * self.flow.dx
+                     or stalled(self.cd_hist, pat, float(c["stop_rel"])))
         vol = _mesh_moments(surf.vertices, surf.faces)[0]
         return {"cd": self._cd(drag if res is not None else drag_acc), "cd_best": self._cd(drag_acc),
                 "accepted": float(accepted), "infeasible": float(res is None), "out_of_box": float(out_of_box),
@@ -243,18 +233,14 @@ class Drag3D(Scene):
 
     def state(self):
         st = {"phi": self.phi, "step_len": np.array(self.step_len), "cd_hist": np.array(self.cd_hist)}
-        if self.accepted is not None:
-            phi, drag, vext, slope = self.accepted
-            st.update(acc_phi=phi, acc_drag=np.array(drag), acc_vext=vext, acc_slope=np.array(slope))
+        st.update(accepted_state(self.accepted))
         return st
 
     def load_state(self, state):
         self.phi = np.array(state["phi"], float)
         self.step_len = float(state["step_len"])
         self.cd_hist = list(np.asarray(state["cd_hist"], float))
-        if "acc_phi" in state:
-            self.accepted = (np.array(state["acc_phi"], float), float(state["acc_drag"]),
-                             np.array(state["acc_vext"], float), float(state["acc_slope"]))
+        self.accepted = load_accepted(state)
 
     def save_iteration(self, it):
         surf = self._extract()

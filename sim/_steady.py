@@ -63,6 +63,8 @@ class SteadyLBM:
     DIM = 0
     Q = 0
     NAME = ""
+    KERNELS = ""  # module of the lattice's kernels, imported on first use
+    SLIP = 1  # the kernels' wall code for "slip" walls ("no-slip" is 0)
 
     def _setup(self, size, resolution, viscosity, inflow_velocity, inflow_profile, walls, lattice_velocity,
                smoothing, retraction, tol, max_steps, check_every):
@@ -131,6 +133,7 @@ class SteadyLBM:
         self._lam_key = None
         self._tokens = 0
         self._repeat = Repeat()
+        self._slip = self.SLIP if walls == "slip" else 0
 
     # ------------------------------------------------------------------ description
 
@@ -246,13 +249,41 @@ class SteadyLBM:
                 b[name].fill(0)
         self._lam_key = key
 
+    def _kernels(self):
+        import importlib
+
+        return importlib.import_module(self.KERNELS)
+
+    def _limits(self, tol, max_steps):
+        """(tol, max_steps) of one call: the flow's own where not given."""
+        return (self.tol if tol is None else as_scalar(tol, "tol"),
+                self.max_steps if max_steps is None else int(max_steps))
+
+    def _register(self, result):
+        """Give a new result the token that says its state is the one in the buffers."""
+        self._tokens += 1
+        result._token = self._owner = self._tokens
+        return result
+
+    def _vertex_gradient(self, res, gv, report) -> np.ndarray:
+        """The vertex gradient (physical units) from the lattice-unit one in ``gv``, with the
+        adjoint's report (history, converged, steps, seconds) stored on the result."""
+        hist, converged, n, seconds = report
+        res.adjoint = dict(steps=n, converged=converged, seconds=seconds, residuals=hist)
+        return gv.to_numpy().astype(np.float64) / self.dx
+
+    def _measure(self, b):
+        """((sum |dm|^2, sum |m|^2) since the last call, force in lattice units)."""
+        K = self._kernels()
+        out = b["out"]
+        K.velocity_change(b["f"], b["msnap"], out)
+        dv = out.to_numpy()
+        K.force(b["f"], b["gam"], b["box"], b["prm"], out)
+        return dv, out.to_numpy().astype(np.float64)
+
     # hooks ----------------------------------------------------------------
 
     def _advance(self, b, steps: int):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _measure(self, b):  # pragma: no cover - abstract
-        """((sum |dm|^2, sum |m|^2) since the last call, force in lattice units)."""
         raise NotImplementedError
 
     def _adj_advance(self, b, steps: int):  # pragma: no cover - abstract

@@ -18,7 +18,7 @@ import numpy as np
 
 from tigeom import runtime
 from tigeom._core import device as _device
-from tigeom._core.validate import as_array, as_index_array, as_scalar
+from tigeom._core.validate import as_array, as_index_array
 
 from ._steady import ConvergenceWarning, SteadyLBM, interpolate, macroscopic, reuse
 
@@ -133,6 +133,7 @@ class Flow2D(SteadyLBM):
     DIM = 2
     Q = 9
     NAME = "Flow2D"
+    KERNELS = "tigeom.sim._lbm_kernels"
 
     def __init__(self, size=(2.2, 0.41), resolution=100, viscosity=1e-3, inflow_velocity=0.3,
                  inflow_profile="parabolic", walls="no-slip", *, lattice_velocity=0.06, smoothing=1.5,
@@ -223,14 +224,12 @@ class Flow2D(SteadyLBM):
         runtime.ensure_init()
         K = _kernels()
         v, s, vl, box = self._prepare_body(vertices, segments)
-        max_steps = self.max_steps if max_steps is None else int(max_steps)
-        tol = self.tol if tol is None else as_scalar(tol, "tol")
+        tol, max_steps = self._limits(tol, max_steps)
         b = self._buffers()
         fresh = not warm_start or self._owner is None
         self._upload_body(b, vl, s, box)
         if fresh:
             K.init_state(b["f"], b["uin"], b["gam"], b["box"])
-        self._slip = int(self.walls == "slip")
         t0 = time.perf_counter()
         hist, converged, n = self._iterate(b, max_steps, tol, callback)
         seconds = time.perf_counter() - t0
@@ -238,9 +237,7 @@ class Flow2D(SteadyLBM):
                             residuals=np.asarray(hist, float), seconds=seconds, flow=self, vertices=v,
                             segments=s, state=b["f"].to_numpy(), solid_fraction=b["gam"].to_numpy().astype(float),
                             box=box)
-        self._tokens += 1
-        result._token = self._owner = self._tokens
-        return result
+        return self._register(result)
 
     # ------------------------------------------------------------------ adjoint
 
@@ -248,8 +245,7 @@ class Flow2D(SteadyLBM):
         K = _kernels()
         b = self._buffers()
         rd = runtime.real_dtype()
-        tol = self.tol if tol is None else as_scalar(tol, "tol")
-        max_steps = self.max_steps if max_steps is None else int(max_steps)
+        tol, max_steps = self._limits(tol, max_steps)
         if self._owner != res._token:
             b["f"].from_numpy(res.state.astype(rd))
             self._upload_body(b, res.vertices / self.dx, res.segments, res.box)
@@ -264,14 +260,11 @@ class Flow2D(SteadyLBM):
         b["ggam"].fill(0)
         box = res.box
         b["gbox"] = _device.ndarray(rd, (int(box[1] - box[0]), int(box[3] - box[2])))
-        self._slip = int(self.walls == "slip")
-        hist, converged, n, seconds = self._adjoint_iterate(b, max_steps, tol)
+        report = self._adjoint_iterate(b, max_steps, tol)
         gv = _device.ndarray(rd, res.vertices.shape)
         gv.fill(0)
         K.solid_fraction_vjp(b["v"], b["seg"], b["ggam"], b["box"], b["prm"], gv)
-        out = gv.to_numpy().astype(np.float64) / self.dx
-        res.adjoint = dict(steps=n, converged=converged, seconds=seconds, residuals=hist)
-        return out
+        return self._vertex_gradient(res, gv, report)
 
     # ------------------------------------------------------------------ kernel launches
 
@@ -283,14 +276,6 @@ class Flow2D(SteadyLBM):
             K.step(b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip)
             K.apply_bc(b["fn"], b["uin"])
             b["f"], b["fn"] = b["fn"], b["f"]
-
-    def _measure(self, b):
-        K = _kernels()
-        out = b["out"]
-        K.velocity_change(b["f"], b["msnap"], out)
-        dv = out.to_numpy()
-        K.force(b["f"], b["gam"], b["box"], b["prm"], out)
-        return dv, out.to_numpy().astype(np.float64)
 
     def _adj_advance(self, b, steps):
         K = _kernels()

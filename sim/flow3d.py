@@ -19,7 +19,7 @@ import numpy as np
 
 from tigeom import runtime
 from tigeom._core import device as _device
-from tigeom._core.validate import as_array, as_index_array, as_scalar
+from tigeom._core.validate import as_array, as_index_array
 
 from ._steady import SteadyLBM, interpolate, macroscopic, reuse
 
@@ -143,6 +143,8 @@ class Flow3D(SteadyLBM):
     DIM = 3
     Q = 19
     NAME = "Flow3D"
+    KERNELS = "tigeom.sim._lbm3d_kernels"
+    SLIP = 3  # both wall pairs reflect (bit 0: y walls, bit 1: z walls)
 
     def __init__(self, size=(2.5, 0.41, 0.41), resolution=50, viscosity=1e-3, inflow_velocity=0.45,
                  inflow_profile="parabolic", walls="no-slip", *, lattice_velocity=0.06, smoothing=1.5,
@@ -266,24 +268,20 @@ class Flow3D(SteadyLBM):
         runtime.ensure_init()
         K = _kernels()
         v, t, vl, box = self._prepare_body(vertices, faces)
-        max_steps = self.max_steps if max_steps is None else int(max_steps)
-        tol = self.tol if tol is None else as_scalar(tol, "tol")
+        tol, max_steps = self._limits(tol, max_steps)
         b = self._buffers()
         self._evict()
         fresh = not warm_start or self._owner is None
         self._upload_body(b, vl, t, box)
         if fresh:
             K.init_state(b["f"], b["uin"], b["gam"], b["box"])
-        self._slip = 3 if self.walls == "slip" else 0
         t0 = time.perf_counter()
         hist, converged, n = self._iterate(b, max_steps, tol, callback)
         result = FlowResult3D(force=np.asarray(hist[-1][2:5], float), converged=converged, steps=n,
                               residuals=np.asarray(hist, float), seconds=time.perf_counter() - t0, flow=self,
                               vertices=v, faces=t, solid_fraction=b["gam"].to_numpy().astype(float), box=box)
-        self._tokens += 1
-        result._token = self._owner = self._tokens
         self._resident = weakref.ref(result)
-        return result
+        return self._register(result)
 
     # ------------------------------------------------------------------ adjoint
 
@@ -291,8 +289,7 @@ class Flow3D(SteadyLBM):
         K = _kernels()
         b = self._buffers()
         rd = runtime.real_dtype()
-        tol = self.tol if tol is None else as_scalar(tol, "tol")
-        max_steps = self.max_steps if max_steps is None else int(max_steps)
+        tol, max_steps = self._limits(tol, max_steps)
         if self._owner != res._token:
             self._evict()
             b["f"].from_numpy(res.state.astype(rd))
@@ -308,14 +305,11 @@ class Flow3D(SteadyLBM):
         if b.get("ggam") is None or tuple(b["ggam"].shape) != tuple(b["gam"].shape):
             b["ggam"] = _device.ndarray(rd, tuple(b["gam"].shape))
         self._adjoint_warm_key(gl, b, ("lam",))
-        self._slip = 3 if self.walls == "slip" else 0
-        hist, converged, n, seconds = self._adjoint_iterate(b, max_steps, tol)
+        report = self._adjoint_iterate(b, max_steps, tol)
         gv = _device.ndarray(rd, res.vertices.shape)
         gv.fill(0)
         K.solid_fraction_vjp(b["v"], b["tri"], b["box"], b["sd"], b["near"], b["bary"], b["ggam"], b["prm"], gv)
-        out = gv.to_numpy().astype(np.float64) / self.dx
-        res.adjoint = dict(steps=n, converged=converged, seconds=seconds, residuals=hist)
-        return out
+        return self._vertex_gradient(res, gv, report)
 
     # ------------------------------------------------------------------ kernel launches
 
@@ -326,14 +320,6 @@ class Flow3D(SteadyLBM):
         if steps % 2:
             K.step(b["f"], b["fn"], *args)
             b["f"], b["fn"] = b["fn"], b["f"]
-
-    def _measure(self, b):
-        K = _kernels()
-        out = b["out"]
-        K.velocity_change(b["f"], b["msnap"], out)
-        dv = out.to_numpy()
-        K.force(b["f"], b["gam"], b["box"], b["prm"], out)
-        return dv, out.to_numpy().astype(np.float64)
 
     def _adj_advance(self, b, steps):
         K = _kernels()
