@@ -4,11 +4,12 @@ fraction of a triangle mesh.
 The scheme is the 2D one (``_lbm_kernels``) on the D3Q19 lattice: state ``f[k, i, j, l]``
 shifted by the rest weights (structure of arrays, ``l`` fastest); a step collides every cell
 (BGK blended with the Noble-Torczynski partially saturated operator where the solid fraction
-gamma > 0, and the drain of nearly solid cells), pushes the post-collision values to the
-neighbours (halfway bounce-back or specular reflection at the walls y = 0, ny and z = 0, nz),
-then overwrites the plane i = 0 with the inflow equilibrium at the density of plane 1 and the
-plane i = nx - 1 with the outflow equilibrium at density 1 and the velocity of plane nx - 2.
-The force on the body is ``F = sum_x B(gamma(x)) m(x)``.
+gamma > 0, and the reset of nearly solid cells toward rest), pushes the post-collision values to
+the neighbours (halfway bounce-back or specular reflection at the walls y = 0, ny and z = 0,
+nz). The plane i = 0 holds the inflow equilibrium at the density of plane 1 and the plane
+i = nx - 1 the outflow equilibrium at density 1 and the velocity of plane nx - 2; a step computes
+them where it reads them, and ``apply_bc`` stores them. The force on the body is
+``F = sum_x (B + r (1 - B)) m(x)`` (``_force_weight``).
 
 The adjoint step is a gather (the transpose of the push), so it needs no atomics. The solid
 fraction is stored only over the body's box ``[i0, i1) x [j0, j1) x [l0, l1)``: ``gam[i - i0,
@@ -23,7 +24,7 @@ import math
 
 import taichi as ti
 
-from ._lbm_kernels import _psm_b, _ramp, _reset
+from ._lbm_kernels import _force_weight, _psm_b, _ramp, _relax, _relax_t, _reset
 
 nd1 = ti.types.ndarray(ndim=1)
 nd2 = ti.types.ndarray(ndim=2)
@@ -112,7 +113,7 @@ def _macro(fl):
 
 @ti.func
 def _solid_weights(gam: ti.template(), box: ti.template(), i, j, l, tau):
-    """B(gamma) and the drain fraction r(gamma) of a cell; both 0 outside the body's box."""
+    """B(gamma) and the reset fraction r(gamma) of a cell; both 0 outside the body's box."""
     B = 0.0
     r = 0.0
     if _in_box(box, i, j, l):
@@ -139,26 +140,6 @@ def _collide(fl, B, tau):
             solid = fl[OPP[k]] - fl[k] + W[k] * drho - feq[OPP[k]]
             out[k] += B * (om * (fl[k] - feq[k]) + solid)
     return out
-
-
-@ti.func
-def _drain(post, r):
-    """Remove the fraction r of the cell's density deviation, spread like the rest weights."""
-    dm = r * post.sum()
-    for k in ti.static(range(Q)):
-        post[k] -= W[k] * dm
-    return post
-
-
-@ti.func
-def _drain_t(lh, r):
-    """Transpose of ``_drain``: lh - r (w . lh) 1."""
-    a = 0.0
-    for k in ti.static(range(Q)):
-        a += W[k] * lh[k]
-    for k in ti.static(range(Q)):
-        lh[k] -= r * a
-    return lh
 
 
 @ti.func
@@ -218,24 +199,44 @@ def init_state(f: nd4, uin: nd2, gam: nd3, box: nd_i32_1):
 
 
 @ti.func
+def _moments(f: ti.template(), i, j, l):
+    return _macro(_load(f, i, j, l))
+
+
+@ti.func
+def _load_bc(f: ti.template(), uin: ti.template(), i, j, l, nx):
+    """Populations of a cell; on the inflow and outflow planes the equilibria that ``apply_bc``
+    would write there, computed from the neighbouring plane instead of read (so a step is one
+    pass over the grid; ``apply_bc`` makes the stored planes current at the end of a check
+    interval)."""
+    fl = ti.Vector([0.0] * Q)
+    if i == 0:
+        d1, _, _, _, _, _, _ = _moments(f, 1, j, l)
+        for k in ti.static(range(Q)):
+            fl[k] = _heq(k, d1, uin[j, l], 0.0, 0.0)
+    elif i == nx - 1:
+        _, _, _, _, ux, uy, uz = _moments(f, nx - 2, j, l)
+        for k in ti.static(range(Q)):
+            fl[k] = _heq(k, 0.0, ux, uy, uz)
+    else:
+        fl = _load(f, i, j, l)
+    return fl
+
+
+@ti.func
 def _step_body(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.template(), prm: ti.template(),
-               slip):
+               slip, uin: ti.template()):
     nx, ny, nz = f.shape[1], f.shape[2], f.shape[3]
     tau = prm[P_TAU]
     for i, j, l in ti.ndrange(nx, ny, nz):
         B, r = _solid_weights(gam, box, i, j, l, tau)
-        post = _collide(_load(f, i, j, l), B, tau)
+        post = _collide(_load_bc(f, uin, i, j, l, nx), B, tau)
         if r > 0.0:
-            post = _drain(post, r)
+            post = _relax(post, r)
         for k in ti.static(range(Q)):
             kk, ii, jj, ll, _, _, _, ok = _dest(k, i, j, l, nx, ny, nz, slip)
             if ok:
                 fn[kk, ii, jj, ll] = post[k]
-
-
-@ti.func
-def _moments(f: ti.template(), i, j, l):
-    return _macro(_load(f, i, j, l))
 
 
 @ti.func
@@ -251,34 +252,39 @@ def _bc_body(fn: ti.template(), uin: ti.template()):
 
 @ti.kernel
 def step(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
-    """One whole step f -> fn: collide and push, then the inflow and outflow planes."""
-    _step_body(f, fn, gam, box, prm, slip)
-    _bc_body(fn, uin)
+    """One collide-and-push step f -> fn (its inflow/outflow planes stale until ``apply_bc``)."""
+    _step_body(f, fn, gam, box, prm, slip, uin)
 
 
 @ti.kernel
 def step_pair(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
-    """Two whole steps f -> fn -> f in one launch."""
-    _step_body(f, fn, gam, box, prm, slip)
-    _bc_body(fn, uin)
-    _step_body(fn, f, gam, box, prm, slip)
+    """Two steps f -> fn -> f in one launch (inflow/outflow planes stale until ``apply_bc``)."""
+    _step_body(f, fn, gam, box, prm, slip, uin)
+    _step_body(fn, f, gam, box, prm, slip, uin)
+
+
+@ti.kernel
+def apply_bc(f: nd4, uin: nd2):
+    """Inflow equilibrium (density of plane 1, the inflow profile) and outflow equilibrium
+    (density 1, velocity of plane nx - 2)."""
     _bc_body(f, uin)
 
 
 @ti.kernel
 def force(f: nd4, gam: nd3, box: nd_i32_1, prm: nd1, out: nd1):
-    """out[0:3] = sum over the box of B(gamma) m (the force on the body, lattice units)."""
+    """out[0:3] = sum over the box of w(gamma) m (the force on the body, lattice units; w from
+    ``_force_weight``)."""
     tau = prm[P_TAU]
     for c in range(3):
         out[c] = 0.0
     for i, j, l in ti.ndrange((box[B_I0], box[B_I1]), (box[B_J0], box[B_J1]), (box[B_L0], box[B_L1])):
         g = gam[i - box[B_I0], j - box[B_J0], l - box[B_L0]]
         if g > 0.0:
-            B, _ = _psm_b(g, tau)
+            wf, _ = _force_weight(g, tau)
             _, mx, my, mz, _, _, _ = _moments(f, i, j, l)
-            out[0] += B * mx
-            out[1] += B * my
-            out[2] += B * mz
+            out[0] += wf * mx
+            out[1] += wf * my
+            out[2] += wf * mz
 
 
 @ti.kernel
@@ -362,17 +368,21 @@ def _lam_tilde(lam: ti.template(), bc: ti.template(), kk, cx, cy, cz, i, j, l, n
 def _gather(lam: ti.template(), bc: ti.template(), i, j, l, nx, ny, nz, slip):
     """lamhat(i, j, l): the transpose of the push streaming applied to BC^T lam."""
     lh = ti.Vector([0.0] * Q)
-    for k in ti.static(range(Q)):
-        kk, ii, jj, ll, cx, cy, cz, ok = _dest(k, i, j, l, nx, ny, nz, slip)
-        if ok:
-            lh[k] = _lam_tilde(lam, bc, kk, cx, cy, cz, ii, jj, ll, nx)
+    if (i > 2) & (i < nx - 3) & (j > 0) & (j < ny - 1) & (l > 0) & (l < nz - 1):
+        for k in ti.static(range(Q)):  # no wall, plane or boundary term in reach: plain gather
+            lh[k] = lam[k, i + CX[k], j + CY[k], l + CZ[k]]
+    else:
+        for k in ti.static(range(Q)):
+            kk, ii, jj, ll, cx, cy, cz, ok = _dest(k, i, j, l, nx, ny, nz, slip)
+            if ok:
+                lh[k] = _lam_tilde(lam, bc, kk, cx, cy, cz, ii, jj, ll, nx)
     return lh
 
 
 @ti.func
-def _collide_t(fl, lh, B, tau):
-    """C_f^T lh: the transposed Jacobian of ``_collide`` at fl applied to lh."""
-    _, _, _, _, ux, uy, uz = _macro(fl)
+def _collide_t(ux, uy, uz, lh, B, tau):
+    """C_f^T lh: the transposed Jacobian of ``_collide`` at a state of velocity (ux, uy, uz)
+    applied to lh (the Jacobian depends on the state through its velocity only)."""
     uu = ux * ux + uy * uy + uz * uz
     a = 1.0 - (1.0 - B) / tau - B
     S = 0.0
@@ -399,33 +409,49 @@ def _collide_t(fl, lh, B, tau):
 
 
 @ti.func
-def _adj_step_body(lam: ti.template(), lamn: ti.template(), f: ti.template(), gam: ti.template(),
+def _adj_step_body(lam: ti.template(), lamn: ti.template(), u: ti.template(), gam: ti.template(),
                    box: ti.template(), prm: ti.template(), bc: ti.template(), slip):
-    nx, ny, nz = f.shape[1], f.shape[2], f.shape[3]
+    nx, ny, nz = lam.shape[1], lam.shape[2], lam.shape[3]
     tau = prm[P_TAU]
+    gx = prm[P_GX]  # read once: the stores below could alias prm, so reads between them repeat
+    gy = prm[P_GY]
+    gz = prm[P_GZ]
     for i, j, l in ti.ndrange(nx, ny, nz):
         B, r = _solid_weights(gam, box, i, j, l, tau)
         lh = _gather(lam, bc, i, j, l, nx, ny, nz, slip)
-        out = _collide_t(_load(f, i, j, l), _drain_t(lh, r), B, tau)
+        out = _collide_t(u[0, i, j, l], u[1, i, j, l], u[2, i, j, l], _relax_t(lh, r), B, tau)
+        wf = B + r * (1.0 - B)
         for k in ti.static(range(Q)):
-            lamn[k, i, j, l] = out[k] + B * (prm[P_GX] * CX[k] + prm[P_GY] * CY[k] + prm[P_GZ] * CZ[k])
+            lamn[k, i, j, l] = out[k] + wf * (gx * CX[k] + gy * CY[k] + gz * CZ[k])
 
 
 @ti.kernel
-def adj_step_pair(lam: nd4, lamn: nd4, f: nd4, gam: nd3, box: nd_i32_1, prm: nd1, bc: nd3, slip: ti.i32,
-                  uin: nd2):
+def adj_step_pair(lam: nd4, lamn: nd4, f: nd4, u: nd4, gam: nd3, box: nd_i32_1, prm: nd1, bc: nd3,
+                  slip: ti.i32, uin: nd2):
     """Two adjoint steps lam -> lamn -> lam, each with its boundary terms, in one launch."""
     _adj_bc_body(lam, f, uin, bc)
-    _adj_step_body(lam, lamn, f, gam, box, prm, bc, slip)
+    _adj_step_body(lam, lamn, u, gam, box, prm, bc, slip)
     _adj_bc_body(lamn, f, uin, bc)
-    _adj_step_body(lamn, lam, f, gam, box, prm, bc, slip)
+    _adj_step_body(lamn, lam, u, gam, box, prm, bc, slip)
 
 
 @ti.kernel
-def adj_step(lam: nd4, lamn: nd4, f: nd4, gam: nd3, box: nd_i32_1, prm: nd1, bc: nd3, slip: ti.i32, uin: nd2):
-    """One adjoint step lam -> lamn = G_f^T lam + dJ/df, with its boundary terms."""
+def adj_step(lam: nd4, lamn: nd4, f: nd4, u: nd4, gam: nd3, box: nd_i32_1, prm: nd1, bc: nd3, slip: ti.i32,
+             uin: nd2):
+    """One adjoint step lam -> lamn = G_f^T lam + dJ/df at the state f of velocity u
+    (``velocity``), with its boundary terms."""
     _adj_bc_body(lam, f, uin, bc)
-    _adj_step_body(lam, lamn, f, gam, box, prm, bc, slip)
+    _adj_step_body(lam, lamn, u, gam, box, prm, bc, slip)
+
+
+@ti.kernel
+def velocity(f: nd4, u: nd4):
+    """u = the velocity of the state f: all the adjoint step reads of it."""
+    for i, j, l in ti.ndrange(f.shape[1], f.shape[2], f.shape[3]):
+        _, _, _, _, ux, uy, uz = _moments(f, i, j, l)
+        u[0, i, j, l] = ux
+        u[1, i, j, l] = uy
+        u[2, i, j, l] = uz
 
 
 @ti.kernel
@@ -444,9 +470,10 @@ def adj_gamma(lam: nd4, f: nd4, gam: nd3, box: nd_i32_1, prm: nd1, bc: nd3, slip
         r, dr = _reset(g)
         fl = _load(f, i, j, l)
         lh = _gather(lam, bc, i, j, l, nx, ny, nz, slip)
-        lhd = _drain_t(lh, r)
+        lhd = _relax_t(lh, r)
         drho, mx, my, mz, ux, uy, uz = _macro(fl)
-        acc = prm[P_GX] * mx + prm[P_GY] * my + prm[P_GZ] * mz
+        _, dwf = _force_weight(g, tau)
+        acc = 0.0
         for k in ti.static(range(Q)):
             fe = _heq(k, drho, ux, uy, uz)
             om = fl[OPP[k]] - fl[k] + W[k] * drho - _heq(OPP[k], drho, ux, uy, uz)
@@ -454,8 +481,8 @@ def adj_gamma(lam: nd4, f: nd4, gam: nd3, box: nd_i32_1, prm: nd1, bc: nd3, slip
         post = _collide(fl, B, tau)
         wl = 0.0
         for k in ti.static(range(Q)):
-            wl += W[k] * lh[k]
-        ggam[a, b_, c] = dB * acc - dr * wl * post.sum()
+            wl += lh[k] * post[k]
+        ggam[a, b_, c] = dB * acc + dwf * (prm[P_GX] * mx + prm[P_GY] * my + prm[P_GZ] * mz) - dr * wl
 
 
 # --------------------------------------------------------------------------- solid fraction

@@ -4,13 +4,14 @@ State: ``f[k, i, j]``, the pre-collision populations stored shifted by their res
 ``f_k - w_k`` (structure of arrays, ``j`` fastest): in f32 the shift keeps round-off from
 swamping the small deviations that carry the flow. Densities are ``1 + sum_k f_k``.
 One step ``f' = G(f, gamma)`` is: collide at every cell (BGK, and Noble-Torczynski partially
-saturated collision where the solid fraction gamma > 0), push the post-collision values to
-the neighbours (halfway bounce-back or specular reflection at the walls y = 0 and y = ny),
-then overwrite column 0 with the inflow equilibrium at the density of column 1 and column
-nx - 1 with the outflow equilibrium at density 1 and the velocity of column nx - 2.
+saturated collision where the solid fraction gamma > 0, then a reset of nearly solid cells
+toward rest), push the post-collision values to the neighbours (halfway bounce-back or specular
+reflection at the walls y = 0 and y = ny). Column 0 holds the inflow equilibrium at the density
+of column 1 and column nx - 1 the outflow equilibrium at density 1 and the velocity of column
+nx - 2; a step computes them where it reads them (``_load_bc``), and ``apply_bc`` stores them.
 
-The force on the body is the momentum the solid term removes, which for the Noble-Torczynski
-operator reduces to ``F = sum_x B(gamma(x)) m(x)``, m the momentum of f(x).
+The force on the body is the momentum the solid term and the reset remove, which reduces to
+``F = sum_x (B + r (1 - B)) m(x)``, m the momentum of f(x) (``_force_weight``).
 
 The adjoint of a push step is a pull: ``lam(x) = C_f(x)^T lamhat(x) + dF/df(x)`` with
 ``lamhat_k(x) = lamtilde_k(x + c_k)`` (bounce-back/reflection at the walls), where
@@ -88,33 +89,37 @@ GAMMA_RESET = 0.9  # above this solid fraction the post-collision state relaxes 
 
 @ti.func
 def _reset(gam):
-    """Fraction r(gamma) of the excess density removed after collision in nearly solid cells,
-    and dr/dgamma: 0 up to GAMMA_RESET, a C1 smoothstep to 1 at gamma = 1. Without it the
-    Noble-Torczynski operator pumps mass into the body's interior, whose density then grows
-    without bound and makes the drag drift for tens of thousands of steps."""
+    """Fraction r(gamma) of a nearly solid cell's post-collision state relaxed to rest
+    (``_relax``), and dr/dgamma: 0 up to GAMMA_RESET, a C1 smoothstep to 1 at gamma = 1. Without
+    it the Noble-Torczynski operator pumps mass into the body's interior, whose density then
+    grows without bound, and populations carry momentum through the solid (into no-slip walls
+    where a body pierces them)."""
     s = ti.max(gam - GAMMA_RESET, 0.0) / (1.0 - GAMMA_RESET)
     s = ti.min(s, 1.0)
     return s * s * (3.0 - 2.0 * s), 6.0 * s * (1.0 - s) / (1.0 - GAMMA_RESET)
 
 
 @ti.func
-def _drain(post, r):
-    """Remove the fraction r of the cell's density deviation, spread like the rest weights."""
-    dm = r * post.sum()
-    for k in ti.static(range(9)):
-        post[k] -= W[k] * dm
-    return post
+def _force_weight(gam, tau):
+    """Weight of a cell's (pre-collision) momentum m in the force on the body, and its derivative
+    in gamma: the solid operator takes B m, the reset (``_relax``) the fraction r of the (1 - B) m left."""
+    B, dB = _psm_b(gam, tau)
+    r, dr = _reset(gam)
+    return B + r * (1.0 - B), dB * (1.0 - r) + dr * (1.0 - B)
 
 
 @ti.func
-def _drain_t(lh, r):
-    """Transpose of ``_drain``: lh - r (w . lh) 1."""
-    a = 0.0
-    for k in ti.static(range(9)):
-        a += W[k] * lh[k]
-    for k in ti.static(range(9)):
-        lh[k] -= r * a
-    return lh
+def _relax(post, r):
+    """Relax the fraction r of a nearly solid cell's post-collision state to rest (shifted
+    populations scaled by 1 - r): density excess and non-equilibrium populations alike, so no
+    momentum travels through the solid interior."""
+    return post * (1.0 - r)
+
+
+@ti.func
+def _relax_t(lh, r):
+    """Transpose of ``_relax``."""
+    return lh * (1.0 - r)
 
 
 @ti.func
@@ -124,7 +129,7 @@ def _in_box(box: ti.template(), i, j) -> ti.i32:
 
 @ti.func
 def _solid_weights(gam: ti.template(), box: ti.template(), i, j, tau):
-    """B(gamma) and the drain fraction r(gamma) of cell (i, j); both 0 outside the body's box."""
+    """B(gamma) and the reset fraction r(gamma) of cell (i, j); both 0 outside the body's box."""
     B = 0.0
     r = 0.0
     if _in_box(box, i, j):
@@ -179,15 +184,35 @@ def init_state(f: nd3, uin: nd1, gam: nd2, box: nd_i32_1):
 
 
 @ti.func
+def _load_bc(f: ti.template(), uin: ti.template(), i, j, nx):
+    """Populations of cell (i, j); on the inflow and outflow columns the equilibria that
+    ``apply_bc`` would write there, computed from the neighbouring column instead of read. The
+    steps set the boundary columns when they read them, so a step is one pass over the grid, and
+    the stored columns are only made current by ``apply_bc`` at the end of a check interval."""
+    fl = ti.Vector([0.0] * 9)
+    if i == 0:
+        rho1, _, _ = _moments(f, 1, j)
+        for k in ti.static(range(9)):
+            fl[k] = _heq(k, rho1 - 1.0, uin[j], 0.0)
+    elif i == nx - 1:
+        rho2, mx2, my2 = _moments(f, nx - 2, j)
+        for k in ti.static(range(9)):
+            fl[k] = _heq(k, 0.0, mx2 / rho2, my2 / rho2)
+    else:
+        fl = _load(f, i, j)
+    return fl
+
+
+@ti.func
 def _step_body(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.template(), prm: ti.template(),
-               slip):
+               slip, uin: ti.template()):
     nx, ny = f.shape[1], f.shape[2]
     tau = prm[P_TAU]
     for i, j in ti.ndrange(nx, ny):
         B, r = _solid_weights(gam, box, i, j, tau)
-        post = _collide(_load(f, i, j), B, tau)
+        post = _collide(_load_bc(f, uin, i, j, nx), B, tau)
         if r > 0.0:
-            post = _drain(post, r)
+            post = _relax(post, r)
         for k in ti.static(range(9)):
             ti_ = i + CX[k]
             tj = j + CY[k]
@@ -213,9 +238,9 @@ def _bc_body(fn: ti.template(), uin: ti.template()):
 
 
 @ti.kernel
-def step(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32):
-    """One collide-and-push step f -> fn (boundary columns are set by ``apply_bc`` after it)."""
-    _step_body(f, fn, gam, box, prm, slip)
+def step(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd1):
+    """One collide-and-push step f -> fn (its boundary columns are stale until ``apply_bc``)."""
+    _step_body(f, fn, gam, box, prm, slip, uin)
 
 
 @ti.kernel
@@ -227,26 +252,25 @@ def apply_bc(fn: nd3, uin: nd1):
 
 @ti.kernel
 def step_pair(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd1):
-    """Two whole steps (collide-and-push and boundary columns) f -> fn -> f in one launch: on a
-    CPU a kernel launch costs about as much as a step of a small grid."""
-    _step_body(f, fn, gam, box, prm, slip)
-    _bc_body(fn, uin)
-    _step_body(fn, f, gam, box, prm, slip)
-    _bc_body(f, uin)
+    """Two steps f -> fn -> f in one launch (boundary columns stale until ``apply_bc``): on a CPU
+    a kernel launch costs about as much as a step of a small grid."""
+    _step_body(f, fn, gam, box, prm, slip, uin)
+    _step_body(fn, f, gam, box, prm, slip, uin)
 
 
 @ti.kernel
 def force(f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, out: nd1):
-    """out[0:2] = sum over the box of B(gamma) m (the force on the body, lattice units)."""
+    """out[0:2] = sum over the box of w(gamma) m (the force on the body, lattice units; w from
+    ``_force_weight``)."""
     tau = prm[P_TAU]
     out[0] = 0.0
     out[1] = 0.0
     for i, j in ti.ndrange((box[B_I0], box[B_I1]), (box[B_J0], box[B_J1])):
-        B, _ = _psm_b(gam[i, j], tau)
-        if B > 0.0:
+        wf, _ = _force_weight(gam[i, j], tau)
+        if wf > 0.0:
             _, mx, my = _moments(f, i, j)
-            out[0] += B * mx
-            out[1] += B * my
+            out[0] += wf * mx
+            out[1] += wf * my
 
 
 @ti.kernel
@@ -340,9 +364,9 @@ def _gather(lam: ti.template(), bc: ti.template(), i, j, nx, ny, slip):
 
 
 @ti.func
-def _collide_t(fl, lh, B, tau):
-    """C_f^T lh: the transposed Jacobian of ``_collide`` at fl applied to lh."""
-    _, _, _, ux, uy = _macro(fl)
+def _collide_t(ux, uy, lh, B, tau):
+    """C_f^T lh: the transposed Jacobian of ``_collide`` at a state of velocity (ux, uy) applied
+    to lh (the Jacobian depends on the state through its velocity only)."""
     uu = ux * ux + uy * uy
     a = 1.0 - (1.0 - B) / tau - B
     S = 0.0
@@ -367,34 +391,44 @@ def _collide_t(fl, lh, B, tau):
 
 
 @ti.func
-def _adj_step_body(lam: ti.template(), lamn: ti.template(), f: ti.template(), gam: ti.template(),
+def _adj_step_body(lam: ti.template(), lamn: ti.template(), u: ti.template(), gam: ti.template(),
                    box: ti.template(), prm: ti.template(), bc: ti.template(), slip):
-    nx, ny = f.shape[1], f.shape[2]
+    nx, ny = lam.shape[1], lam.shape[2]
     tau = prm[P_TAU]
     gx = prm[P_GX]
     gy = prm[P_GY]
     for i, j in ti.ndrange(nx, ny):
         B, r = _solid_weights(gam, box, i, j, tau)
         lh = _gather(lam, bc, i, j, nx, ny, slip)
-        out = _collide_t(_load(f, i, j), _drain_t(lh, r), B, tau)
+        out = _collide_t(u[0, i, j], u[1, i, j], _relax_t(lh, r), B, tau)
         for k in ti.static(range(9)):
-            lamn[k, i, j] = out[k] + B * (gx * CX[k] + gy * CY[k])
+            lamn[k, i, j] = out[k] + (B + r * (1.0 - B)) * (gx * CX[k] + gy * CY[k])
 
 
 @ti.kernel
-def adj_step(lam: nd3, lamn: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip: ti.i32):
-    """lamn = G_f^T lam + dJ/df at the state f, J = gx Fx + gy Fy (call ``adj_bc_terms`` first)."""
-    _adj_step_body(lam, lamn, f, gam, box, prm, bc, slip)
+def adj_step(lam: nd3, lamn: nd3, u: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip: ti.i32):
+    """lamn = G_f^T lam + dJ/df at the state f of velocity u (``velocity``), J = gx Fx + gy Fy
+    (call ``adj_bc_terms`` first)."""
+    _adj_step_body(lam, lamn, u, gam, box, prm, bc, slip)
 
 
 @ti.kernel
-def adj_step_pair(lam: nd3, lamn: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip: ti.i32,
-                  uin: nd1):
+def adj_step_pair(lam: nd3, lamn: nd3, f: nd3, u: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2,
+                  slip: ti.i32, uin: nd1):
     """Two adjoint steps lam -> lamn -> lam, each with its boundary terms, in one launch."""
     _adj_bc_body(lam, f, uin, bc)
-    _adj_step_body(lam, lamn, f, gam, box, prm, bc, slip)
+    _adj_step_body(lam, lamn, u, gam, box, prm, bc, slip)
     _adj_bc_body(lamn, f, uin, bc)
-    _adj_step_body(lamn, lam, f, gam, box, prm, bc, slip)
+    _adj_step_body(lamn, lam, u, gam, box, prm, bc, slip)
+
+
+@ti.kernel
+def velocity(f: nd3, u: nd3):
+    """u = the velocity of the state f: all the adjoint step reads of it."""
+    for i, j in ti.ndrange(f.shape[1], f.shape[2]):
+        _, _, _, ux, uy = _macro(_load(f, i, j))
+        u[0, i, j] = ux
+        u[1, i, j] = uy
 
 
 @ti.kernel
@@ -409,9 +443,10 @@ def adj_gamma(lam: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip
         r, dr = _reset(gam[i, j])
         fl = _load(f, i, j)
         lh = _gather(lam, bc, i, j, nx, ny, slip)
-        lhd = _drain_t(lh, r)
+        lhd = _relax_t(lh, r)
         drho, mx, my, ux, uy = _macro(fl)
-        acc = gx * mx + gy * my
+        _, dwf = _force_weight(gam[i, j], tau)
+        acc = 0.0
         for k in ti.static(range(9)):
             fe = _heq(k, drho, ux, uy)
             om = fl[OPP[k]] - fl[k] + W[k] * drho - _heq(OPP[k], drho, ux, uy)
@@ -419,8 +454,8 @@ def adj_gamma(lam: nd3, f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, bc: nd2, slip
         post = _collide(fl, B, tau)
         wl = 0.0
         for k in ti.static(range(9)):
-            wl += W[k] * lh[k]
-        ggam[i, j] = dB * acc - dr * wl * post.sum()
+            wl += lh[k] * post[k]
+        ggam[i, j] = dB * acc + dwf * (gx * mx + gy * my) - dr * wl
 
 
 @ti.kernel

@@ -137,7 +137,7 @@ class Flow2D(SteadyLBM):
 
     def __init__(self, size=(2.2, 0.41), resolution=100, viscosity=1e-3, inflow_velocity=0.3,
                  inflow_profile="parabolic", walls="no-slip", *, lattice_velocity=0.06, smoothing=1.5,
-                 retraction=0.4, tol=1e-6, max_steps=200_000, check_every=200):
+                 retraction=0.3, tol=1e-6, max_steps=200_000, check_every=200):
         self._setup(size, resolution, viscosity, inflow_velocity, inflow_profile, walls, lattice_velocity,
                     smoothing, retraction, tol, max_steps, check_every)
         self.nx, self.ny = self.shape
@@ -258,6 +258,7 @@ class Flow2D(SteadyLBM):
             b["ggam"] = _device.ndarray(rd, (self.nx, self.ny))
         self._adjoint_warm_key(gl, b, ("lam",))
         b["ggam"].fill(0)
+        K.velocity(b["f"], b["msnap"])  # the adjoint steps read the velocity only; solve() refreshes msnap
         box = res.box
         b["gbox"] = _device.ndarray(rd, (int(box[1] - box[0]), int(box[3] - box[2])))
         report = self._adjoint_iterate(b, max_steps, tol)
@@ -273,17 +274,17 @@ class Flow2D(SteadyLBM):
         # two steps per kernel, ending in b["f"]; the pairs go out as one compute graph
         self._repeat(K.step_pair, steps // 2, b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip, b["uin"])
         if steps % 2:
-            K.step(b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip)
-            K.apply_bc(b["fn"], b["uin"])
+            K.step(b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip, b["uin"])
             b["f"], b["fn"] = b["fn"], b["f"]
+        K.apply_bc(b["f"], b["uin"])  # the steps leave the boundary columns stale
 
     def _adj_advance(self, b, steps):
         K = _kernels()
-        self._repeat(K.adj_step_pair, steps // 2, b["lam"], b["lamn"], b["f"], b["gam"], b["box"], b["prm"],
-                     b["bc"], self._slip, b["uin"])  # two steps per kernel, ending in b["lam"]
+        self._repeat(K.adj_step_pair, steps // 2, b["lam"], b["lamn"], b["f"], b["msnap"], b["gam"], b["box"],
+                     b["prm"], b["bc"], self._slip, b["uin"])  # two steps per kernel, ending in b["lam"]
         if steps % 2:
             K.adj_bc_terms(b["lam"], b["f"], b["uin"], b["bc"])
-            K.adj_step(b["lam"], b["lamn"], b["f"], b["gam"], b["box"], b["prm"], b["bc"], self._slip)
+            K.adj_step(b["lam"], b["lamn"], b["msnap"], b["gam"], b["box"], b["prm"], b["bc"], self._slip)
             b["lam"], b["lamn"] = b["lamn"], b["lam"]
 
     def _adj_measure(self, b):
