@@ -3,8 +3,8 @@ and boundaries included, launched the way ``solve`` launches them) against the m
 measured in the same process.
 
 D2Q9 in f32 moves 72 bytes per forward cell update (9 populations read, 9 written); the adjoint
-step reads the adjoint populations and the converged state and writes the adjoint: 108 bytes.
-D3Q19: 152 and 228 bytes. The roofline is the best copy bandwidth (bytes read + written) of a
+step reads the adjoint populations and the converged state's velocity and writes the adjoint:
+80 bytes. D3Q19: 152 and 164 bytes. The roofline is the best copy bandwidth (bytes read + written) of a
 Taichi copy kernel, numpy (CPU) and PyTorch (GPU, when installed).
 
     python benchmarks/bench_flow.py --arch cpu --grid 440x82 --grid 1024x512 --grid 64x64x64
@@ -21,6 +21,7 @@ import numpy as np
 
 import tigeom
 from tigeom.sim import ConvergenceWarning, Flow2D, Flow3D, meshes, polygons
+from tigeom.sim._steady import Repeat
 
 
 def copy_bandwidth(n_bytes: int, gpu: bool) -> dict:
@@ -108,7 +109,10 @@ def main(argv=None):
     ap.add_argument("--arch", default="cpu")
     ap.add_argument("--grid", action="append", default=None)
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--no-graphs", action="store_true",
+                    help="launch every step from Python instead of through Taichi compute graphs")
     a = ap.parse_args(argv)
+    Repeat.graphs = not a.no_graphs
     cfg = tigeom.init(arch=a.arch, precision="f32")
     gpu = cfg.backend != "cpu"
     grids = a.grid or (["1024x512", "4096x2048"] if gpu else ["440x82", "1024x512"])
@@ -116,14 +120,14 @@ def main(argv=None):
     bw = max(v for k, v in roof.items() if isinstance(v, float))
     print(f"# backend {cfg.backend}, {platform.processor() or platform.machine()}; copy bandwidth (GB/s): "
           + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in roof.items() if isinstance(v, float)))
-    print(f"# roofline: D2Q9 forward {bw / 72 / 1e9:.2f} GLUPS (72 B/update), adjoint {bw / 108 / 1e9:.2f} "
-          f"GLUPS (108 B); D3Q19 forward {bw / 152 / 1e9:.2f} (152 B), adjoint {bw / 228 / 1e9:.2f} (228 B)")
+    print(f"# roofline: D2Q9 forward {bw / 72 / 1e9:.2f} GLUPS (72 B/update), adjoint {bw / 80 / 1e9:.2f} "
+          f"GLUPS (80 B); D3Q19 forward {bw / 152 / 1e9:.2f} (152 B), adjoint {bw / 164 / 1e9:.2f} (164 B)")
     print("| grid | forward MLUPS | % of roofline | adjoint MLUPS | % of roofline | adjoint/forward time | "
           "bytes per cell (forward) |")
     print("|---|---|---|---|---|---|---|")
     for g in grids:
         shape = tuple(int(t) for t in g.split("x"))
-        fb, ab = (72, 108) if len(shape) == 2 else (152, 228)
+        fb, ab = (72, 80) if len(shape) == 2 else (152, 164)
         steps = a.steps or 200 * max(1, round((4e9 if gpu else 2e8) / np.prod(shape) / 200))  # whole check intervals
         r = bench(shape, steps)
         print(f"| {' x '.join(map(str, shape))} | {r['forward'] / 1e6:.0f} | {100 * r['forward'] * fb / bw:.0f}% | "
