@@ -56,7 +56,7 @@ class Drag2D(Scene):
         # optimiser: step = boundary move in flow cells
         "step_cells": 0.8, "min_step_cells": 0.02, "smooth_passes": 20, "patience": 5, "stop_rel": 1e-3,
         "refine_below_cells": 0.1, "adjoint_tol_min": 3e-5, "adjoint_max_steps": 20000,
-        "compare_aspects": [3.0, 4.0, 4.4, 4.6, 4.8, 5.0, 5.5, 6.0],
+        "compare_aspects": [3.0, 4.0, 4.5, 5.0, 6.0],
         "precision": "f32",
     }
 
