@@ -122,8 +122,9 @@ class Flow2D(SteadyLBM):
         flow is so viscous that the relaxation time would exceed 1.
     smoothing : half-width, in cells, of the solid-fraction ramp across the body's boundary.
     retraction : how far, in cells, the ramp's centre lies inside the boundary (the diffuse
-        body's effective wall sits outside its half-solid level; 0.4 with the default smoothing
-        puts it on the polygon: see docs/flow.md). Between -smoothing and smoothing.
+        body's effective wall sits outside its half-solid level; 0.3 with the default smoothing,
+        chosen on the Schaefer-Turek 2D-1 and 3D-1Z drags, puts it on the polygon: see
+        docs/flow.md). Between -smoothing and smoothing.
     tol : relative tolerance on the extrapolated change of the force (and on the per-step
         velocity change) that declares the flow steady.
     max_steps : step limit; a solve that reaches it warns with :class:`ConvergenceWarning`.
