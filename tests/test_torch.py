@@ -50,6 +50,32 @@ def test_marching_cubes_accepts_non_contiguous_values():
     np.testing.assert_allclose(t.grad.numpy(), g.vjp(np.ones_like(g.vertices)))
 
 
+def test_marching_reads_the_tensor_in_place_and_the_host_path_agrees(monkeypatch):
+    """A CPU tensor on the CPU runtime goes to the kernels as it is (same memory); the host-array
+    path (taken for a tensor on another device than the kernels) gives the same result."""
+    vals, h = _ellipsoid_grid(9)
+    vals = vals.requires_grad_(True)
+    seen = []
+    real = tt._iso.extract_kernel_array
+
+    def spy(v, *a, **k):
+        seen.append(v)
+        return real(v, *a, **k)
+
+    monkeypatch.setattr(tt._iso, "extract_kernel_array", spy)
+    v, f = tt.marching_cubes(vals, 0.0, h, -1.0)
+    (v ** 2).sum().backward()
+    assert isinstance(seen[0], torch.Tensor) and seen[0].data_ptr() == vals.data_ptr()
+    g_direct = vals.grad.clone()
+    vals.grad = None
+    monkeypatch.setattr(tt, "_on_runtime_device", lambda t: False)
+    v2, f2 = tt.marching_cubes(vals, 0.0, h, -1.0)
+    (v2 ** 2).sum().backward()
+    assert isinstance(seen[1], np.ndarray)  # the host path hands the kernels a host copy
+    assert torch.equal(v, v2) and torch.equal(f, f2)
+    torch.testing.assert_close(vals.grad, g_direct, rtol=0, atol=1e-15)
+
+
 class Ball(torch.nn.Module):
     """s(x) = |x - c| - r: a distance field with parameters."""
 

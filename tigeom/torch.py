@@ -6,9 +6,10 @@ the numpy API (``Surface.vjp``, ``FaceProbabilities.vjp``, ``FlowResult.vjp``, .
 are checked with ``torch.autograd.gradcheck`` in float64 (with ``tigeom.init(precision="f64")``;
 in f32 the kernels compute in f32 whatever the tensor's dtype).
 
-Data path: the tensors are handed to the kernels through host arrays. On a CPU that costs a
-copy of each input and output; on CUDA it is a device-host round trip per call (the zero-copy
-path for CUDA tensors is not built yet, see docs/torch.md).
+Data path: ``marching_cubes`` and ``marching_squares`` read a grid tensor in place when it lives
+where the kernels run (a CUDA tensor on a CUDA runtime, a CPU tensor on a CPU runtime) and write
+their vjp into a tensor there; only the extracted vertices and elements (and small index
+arrays) cross to the host. The other functions go through host arrays (see docs/torch.md).
 
     import tigeom.torch as tt
     verts, faces = tt.marching_cubes(values, level=0.0, spacing=(1, 1, 1), origin=(0, 0, 0))
@@ -29,6 +30,8 @@ except ImportError as exc:  # pragma: no cover - the extra is installed for the 
     raise ImportError("tigeom.torch needs PyTorch: pip install 'tigeom[torch]'") from exc
 
 from . import dmesh as _dmesh
+from . import runtime
+from .isosurface import extract as _iso
 from .isosurface import marching_cubes as _marching_cubes
 from .isosurface import marching_squares as _marching_squares
 
@@ -85,23 +88,51 @@ def _same_device(name_ref, tensors):
 # --------------------------------------------------------------------------- iso-surfaces
 
 
+def _on_runtime_device(t: torch.Tensor) -> bool:
+    """Whether the kernels can read ``t`` in place: a CUDA tensor on a CUDA runtime, a CPU tensor
+    on a CPU runtime."""
+    return (t.device.type == "cuda") == runtime.on_gpu() and t.device.type in ("cpu", "cuda")
+
+
+def _runtime_dtype() -> torch.dtype:
+    return torch.float64 if runtime.real_dtype() == np.float64 else torch.float32
+
+
 class _Extract(torch.autograd.Function):
+    """Extraction straight from the tensor's memory when it lives where the kernels run (values
+    converted to the runtime's dtype on the device when they differ); the vjp writes into a
+    tensor on that device. Elsewhere through host arrays."""
+
     @staticmethod
     def forward(ctx, values, level, spacing, origin, dim):
-        fn = _marching_cubes if dim == 3 else _marching_squares
-        res = fn(_host(values), level=level, spacing=spacing, origin=origin)
-        ctx.res = res
         ctx.values_meta = _meta(values)
-        elems = res.faces if dim == 3 else res.segments
+        if _on_runtime_device(values):
+            name = "marching_cubes" if dim == 3 else "marching_squares"
+            level, spacing, origin = _iso.check_grid_args(tuple(values.shape), level, spacing, origin, dim, name)
+            vals = values.detach().to(_runtime_dtype()).contiguous()
+            verts, vedge, elems = _iso.extract_kernel_array(vals, tuple(vals.shape), level, spacing, origin, dim)
+            ctx.direct = (vals, vedge, spacing, level)
+        else:
+            fn = _marching_cubes if dim == 3 else _marching_squares
+            ctx.res = fn(_host(values), level=level, spacing=spacing, origin=origin)
+            ctx.direct = None
+            verts, elems = ctx.res.vertices, (ctx.res.faces if dim == 3 else ctx.res.segments)
         out_e = torch.as_tensor(np.ascontiguousarray(elems), dtype=torch.int64, device=values.device)
         ctx.mark_non_differentiable(out_e)
-        return _like(res.vertices, values), out_e
+        return _like(verts, values), out_e
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_verts, _grad_elems):
-        g = ctx.res.vjp(_host(grad_verts).astype(np.float64))
-        return _like(g, ctx.values_meta), None, None, None, None
+        g = _host(grad_verts).astype(np.float64)
+        if ctx.direct is None:
+            return _like(ctx.res.vjp(g), ctx.values_meta), None, None, None, None
+        vals, vedge, spacing, level = ctx.direct
+        out = torch.zeros(vals.numel(), dtype=vals.dtype, device=vals.device)
+        vmax = float(vals.abs().max()) if len(vedge) else 0.0
+        _iso.grid_vjp(vals.reshape(-1), tuple(vals.shape), vmax, vedge, g, spacing, level, out)
+        dtype, device = ctx.values_meta
+        return out.reshape(vals.shape).to(dtype=dtype, device=device), None, None, None, None
 
 
 def _spec(x, n, name):

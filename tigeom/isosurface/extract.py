@@ -178,23 +178,30 @@ def _weld(verts, vedge, vsnap, elems):
     return verts[used], vedge[used], remap[elems]
 
 
-def _prepare(values, level, spacing, origin, dim: int, name: str):
-    """Validate cheaply: finiteness is checked by the count kernel, which reads every value."""
-    vals = as_array(values, "values", dtype=None, finite=False)
-    if vals.ndim != dim:
-        raise ValueError(f"values: {name} needs a {dim}-dimensional grid, got shape {vals.shape}")
-    if min(vals.shape) < 2:
-        raise ValueError(f"values: every axis needs at least 2 samples, got shape {vals.shape}")
-    if vals.size > _MAX_NODES:
-        raise ValueError(f"values: {vals.size} nodes exceed the supported {_MAX_NODES}")
+def check_grid_args(shape: tuple, level, spacing, origin, dim: int, name: str):
+    """Validate a grid's shape and the level, spacing and origin of an extraction; returns
+    (level rounded to the runtime's real dtype, spacing, origin) and initialises the runtime."""
+    if len(shape) != dim:
+        raise ValueError(f"values: {name} needs a {dim}-dimensional grid, got shape {tuple(shape)}")
+    if min(shape) < 2:
+        raise ValueError(f"values: every axis needs at least 2 samples, got shape {tuple(shape)}")
+    size = int(np.prod(shape))
+    if size > _MAX_NODES:
+        raise ValueError(f"values: {size} nodes exceed the supported {_MAX_NODES}")
     level = as_scalar(level, "level")
     spacing = as_vector(spacing, "spacing", dim, positive=True)
     origin = as_vector(origin, "origin", dim)
     runtime.ensure_init()
-    rdt = runtime.real_dtype()
+    return float(runtime.real_dtype().type(level)), spacing, origin
+
+
+def _prepare(values, level, spacing, origin, dim: int, name: str):
+    """Validate cheaply: finiteness is checked by the count kernel, which reads every value."""
+    vals = as_array(values, "values", dtype=None, finite=False)
+    level, spacing, origin = check_grid_args(vals.shape, level, spacing, origin, dim, name)
     with np.errstate(over="ignore"):
-        vals = np.ascontiguousarray(vals, dtype=rdt)
-    return vals, float(rdt.type(level)), spacing, origin
+        vals = np.ascontiguousarray(vals, dtype=runtime.real_dtype())
+    return vals, level, spacing, origin
 
 
 def _check_layout(layout, shape) -> tuple[int, int]:
@@ -209,18 +216,46 @@ def _check_layout(layout, shape) -> tuple[int, int]:
     return sweep, S
 
 
-def _extract(values, level, spacing, origin, dim: int, name: str, layout):
-    vals, level, spacing, origin = _prepare(values, level, spacing, origin, dim, name)
-    sweep, S = _check_layout(layout, vals.shape)
-    res = _marcher(dim).run(_device.upload(vals), vals.shape, level, origin, spacing, sweep, S)
+def extract_kernel_array(vals, shape: tuple, level: float, spacing: np.ndarray, origin: np.ndarray, dim: int,
+                         layout=None):
+    """(vertices (V, d) float64, vedge (V,) int64, elements (E, d) int64) of the level set of a
+    grid held in a kernel-ready array ``vals`` of ``shape`` in the runtime's real dtype: a numpy
+    array, a Taichi ndarray, or a torch tensor on the runtime's device (read in place, no copy).
+    The arguments are taken as validated; NaN or infinite values raise ValueError."""
+    sweep, S = _check_layout(layout, shape)
+    res = _marcher(dim).run(vals, shape, level, origin, spacing, sweep, S)
     if res["V"] == 0:
-        return vals, level, spacing, origin, np.zeros((0, dim)), np.zeros(0, np.int64), np.zeros((0, dim), np.int64)
+        return np.zeros((0, dim)), np.zeros(0, np.int64), np.zeros((0, dim), np.int64)
     verts = _device.fetch(res["verts"], res["V"]).astype(np.float64)
     vedge = _device.fetch(res["vedge"], res["V"]).astype(np.int64)
     elems = _device.fetch(res["elems"], res["T"]).astype(np.int64)
     if int(_device.fetch(res["flags"])[1]) > 0:  # vertices landed on grid nodes: weld
         vsnap = _device.fetch(res["vsnap"], res["V"])
         verts, vedge, elems = _weld(verts, vedge, vsnap, elems)
+    return verts, vedge, elems
+
+
+def grid_vjp(vflat, shape: tuple, vmax: float, vedge: np.ndarray, grad_vertices: np.ndarray, spacing: np.ndarray,
+             level: float, out) -> None:
+    """Add ``d(sum(grad_vertices * vertices)) / d values`` into ``out``: the flat grid values
+    ``vflat`` and ``out`` are kernel-ready arrays in the runtime's real dtype (numpy, Taichi
+    ndarrays or torch tensors on the runtime's device); ``vmax`` is max |values| (it scales the
+    clamp of tiny edge differences)."""
+    if len(vedge) == 0:
+        return
+    dim = len(shape)
+    rdt = runtime.real_dtype()
+    axis = (vedge % dim).astype(np.int64)
+    gaxis = np.ascontiguousarray(grad_vertices[np.arange(len(grad_vertices)), axis], dtype=rdt)
+    eps = (1e-12 if rdt == np.float64 else 1e-6) * max(1.0, float(vmax))
+    strides = np.array([int(np.prod(shape[d + 1:])) for d in range(dim)], np.int32)
+    _kernels().vertex_vjp(vflat, _device.upload(vedge), len(vedge), _device.upload(gaxis), _device.upload(strides),
+                          _device.upload(np.asarray(spacing).astype(rdt)), dim, level, eps, out)
+
+
+def _extract(values, level, spacing, origin, dim: int, name: str, layout):
+    vals, level, spacing, origin = _prepare(values, level, spacing, origin, dim, name)
+    verts, vedge, elems = extract_kernel_array(_device.upload(vals), vals.shape, level, spacing, origin, dim, layout)
     return vals, level, spacing, origin, verts, vedge, elems
 
 
@@ -258,19 +293,12 @@ class _IsoResult:
         clamped so the result stays finite.
         """
         g = self._check_grad(grad_vertices)
-        out = np.zeros(self._values.size, dtype=self._values.dtype)
-        if len(self.vertices) == 0:
-            return out.reshape(self._values.shape).astype(np.float64)
-        axis = (self._vedge % self.dim).astype(np.int64)
-        gaxis = np.ascontiguousarray(g[np.arange(len(g)), axis], dtype=self._values.dtype)
-        eps = (1e-12 if self._values.dtype == np.float64 else 1e-6) * max(1.0, float(np.abs(self._values).max()))
-        K = _kernels()
         runtime.ensure_init()
-        out_k = _device.upload(out)
-        K.vertex_vjp(_device.upload(self._values.ravel()), _device.upload(self._vedge), len(self._vedge),
-                     _device.upload(gaxis), _device.upload(self._strides()),
-            _device.upload(self.spacing.astype(self._values.dtype)), self.dim, self.level, eps, out_k)
-        return _device.fetch(out_k).reshape(self._values.shape).astype(np.float64)
+        out = _device.upload(np.zeros(self._values.size, dtype=self._values.dtype))
+        vmax = float(np.abs(self._values).max()) if len(self.vertices) else 0.0
+        grid_vjp(_device.upload(self._values.ravel()), self._values.shape, vmax, self._vedge, g, self.spacing,
+                 self.level, out)
+        return _device.fetch(out).reshape(self._values.shape).astype(np.float64)
 
     @cached_property
     def normals(self) -> np.ndarray:
