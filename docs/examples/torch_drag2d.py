@@ -76,9 +76,10 @@ def minimise_drag(model, flow, steps, lr=5e-4, area_weight=100.0, resolution=101
         opt.zero_grad()
         loss.backward()
         opt.step()
-        cd = 2 * float(drag) / (0.2 ** 2 * 2 * (float(area) / torch.pi) ** 0.5)  # Cd on the equal-area diameter
-        history.append(dict(step=it, drag=float(drag), cd=cd, area=float(area)))
-        log(f"step {it:3d}  Cd {cd:.4f}  area {float(area):.6f}")
+        d, A = drag.item(), area.item()
+        cd = 2 * d / (0.2 ** 2 * 2 * (A / torch.pi) ** 0.5)  # Cd on the equal-area diameter
+        history.append(dict(step=it, drag=d, cd=cd, area=A))
+        log(f"step {it:3d}  Cd {cd:.4f}  area {A:.6f}")
     return history
 
 
