@@ -1,5 +1,7 @@
 """tigeom.torch on the device: marching cubes forward + backward on a grid tensor, against the
-numpy API in the same process, and gradcheck of the tensor path on the arch's tensors.
+numpy API in the same process; meshsdf with an MLP field, its time split into the network's
+grid evaluation, the extraction and the backward; gradcheck of the tensor path on the arch's
+tensors.
 
     python benchmarks/bench_torch.py --arch cuda --n 256
     python benchmarks/bench_torch.py --arch cpu --n 128
@@ -38,11 +40,51 @@ def best(fn, reps):
     return min(ts)
 
 
+def meshsdf_split(device, n, reps):
+    """One meshsdf step with an MLP field (3-128-128-1, softplus), f32: grid evaluation without
+    gradient, extraction, and the backward of a loss of the vertices into the weights."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 128), torch.nn.Softplus(beta=20), torch.nn.Linear(128, 128),
+                              torch.nn.Softplus(beta=20), torch.nn.Linear(128, 1)).to(device)
+    with torch.no_grad():
+        mlp[-1].bias.fill_(-0.3)
+
+    def sdf(x):
+        return (x.norm(dim=1) - 0.5) + 0.05 * mlp(x).squeeze(-1)
+
+    bounds = ((-1.0,) * 3, (1.0,) * 3)
+    x = torch.linspace(-1, 1, n, device=device)
+    grid = torch.stack(torch.meshgrid(x, x, x, indexing="ij"), -1).reshape(-1, 3)
+    h = float(x[1] - x[0])
+
+    def net():
+        with torch.no_grad():
+            return torch.cat([sdf(grid[i:i + (1 << 18)]) for i in range(0, len(grid), 1 << 18)]).reshape(n, n, n)
+
+    vals = net()
+
+    def extract():
+        with torch.no_grad():
+            return tt.marching_cubes(vals, 0.0, h, -1.0)
+
+    def step():
+        v, _ = tt.meshsdf(sdf, bounds, resolution=n, device=device)
+        (v * v).sum().backward()
+        mlp.zero_grad()
+
+    t_net, t_ext, t_step = best(net, reps), best(extract, reps), best(step, reps)
+    t_bwd = max(t_step - t_net - t_ext, 0.0)
+    print(f"# meshsdf at {n}^3, MLP 3-128-128-1: step {1e3 * t_step:.1f} ms = network {1e3 * t_net:.1f} ms "
+          f"+ extraction {1e3 * t_ext:.1f} ms + vertices and backward {1e3 * t_bwd:.1f} ms "
+          f"(extraction {100 * t_ext / t_step:.0f}%)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="cpu")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--meshsdf-n", type=int, default=128)
     a = ap.parse_args(argv)
     cfg = tigeom.init(arch=a.arch, precision="f32")
     device = "cuda" if cfg.backend == "cuda" else "cpu"
@@ -67,6 +109,7 @@ def main(argv=None):
     t_np_b = best(lambda: surf.vjp(ones), a.reps)
     print(f"| {a.n}^3 | {len(surf.vertices):,} | {1e3 * t_torch:.2f} | {1e3 * t_np_f:.2f} | {1e3 * t_np_b:.2f} | "
           f"{(t_np_f + t_np_b) / t_torch:.1f}x |")
+    meshsdf_split(device, a.meshsdf_n, a.reps)
     # gradcheck of the tensor path on this arch's tensors (f64 kernels)
     tigeom.init(arch=a.arch, precision="f64")
     g, h = sphere_grid(9, device, torch.float64)

@@ -229,3 +229,19 @@ def test_docs_example_mlp_sdf_drag_runs_a_few_steps():
     assert all(abs(h["area"] / hist[0]["area"] - 1) < 0.1 for h in hist)
     assert abs(hist[0]["area"] / (np.pi * 0.05 ** 2) - 1) < 0.2  # the fitted circle
     assert any((p.detach() - b).abs().max() > 0 for p, b in zip(model.parameters(), before))
+
+
+def test_meshsdf_without_an_input_gradient_uses_the_grid_normals():
+    """A field that autograd cannot differentiate in its points (here it detaches them) still
+    gets the MeshSDF gradient, with the grid's unit normals for grad s: dv/dr = n."""
+    r = torch.tensor(0.55, dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([0.1, -0.05], dtype=torch.float64)
+
+    def field(x):
+        return (x.detach() - c).norm(dim=1) - r
+
+    v, _ = tt.meshsdf(field, ((-1.0, -1.0), (1.0, 1.0)), resolution=65)
+    n = (v.detach() - c) / (v.detach() - c).norm(dim=1, keepdim=True)
+    w = torch.randn(v.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (v * w).sum().backward()
+    assert abs(r.grad.item() / (w * n).sum().item() - 1) < 1e-2

@@ -174,7 +174,8 @@ def _sdf_dtype_device(sdf):
     return torch.get_default_dtype(), torch.device("cpu")
 
 
-def meshsdf(sdf, bounds, resolution: int = 64, level: float = 0.0, *, chunk: int = 1 << 18):
+def meshsdf(sdf, bounds, resolution: int = 64, level: float = 0.0, *, chunk: int = 1 << 18, device=None,
+            dtype=None):
     """Extract the level set of a differentiable field ``sdf`` (a callable, e.g. an
     ``nn.Module``, mapping (N, d) points to (N,) values) and return vertices that carry the
     MeshSDF gradient into its parameters.
@@ -185,7 +186,9 @@ def meshsdf(sdf, bounds, resolution: int = 64, level: float = 0.0, *, chunk: int
     ``dv/dtheta = -grad s (ds/dtheta) / |grad s|^2`` at each vertex (``-n ds/dtheta`` for a
     distance field), with ``grad s`` the field's own gradient there (autograd), so a loss of the
     vertices back-propagates into the field. d = 3 gives (vertices, faces), d = 2 (vertices,
-    segments).
+    segments). The grid is sampled in ``dtype`` on ``device``: by default those of the first
+    parameter of an ``nn.Module``, else the default dtype on the CPU (give them for a plain
+    function whose tensors live elsewhere).
     """
     lo, hi = (np.asarray(b, dtype=np.float64) for b in bounds) if len(bounds) == 2 else (None, None)
     if lo is None or lo.shape != hi.shape or lo.ndim != 1 or lo.shape[0] not in (2, 3):
@@ -196,7 +199,9 @@ def meshsdf(sdf, bounds, resolution: int = 64, level: float = 0.0, *, chunk: int
     if n < 2:
         raise ValueError(f"resolution: need at least 2 nodes per axis, got {resolution}")
     d = lo.shape[0]
-    dtype, device = _sdf_dtype_device(sdf)
+    mdtype, mdevice = _sdf_dtype_device(sdf)
+    dtype = mdtype if dtype is None else dtype
+    device = mdevice if device is None else torch.device(device)
     axes = [torch.linspace(float(lo[a]), float(hi[a]), n, dtype=dtype, device=device) for a in range(d)]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, d)
     with torch.no_grad():
@@ -204,11 +209,9 @@ def meshsdf(sdf, bounds, resolution: int = 64, level: float = 0.0, *, chunk: int
     if vals.shape[0] != len(grid):
         raise ValueError(f"sdf: expected one value per point ({len(grid)}), got {vals.shape[0]}")
     spacing = (hi - lo) / (n - 1)
-    fn = _marching_cubes if d == 3 else _marching_squares
-    res = fn(_host(vals.reshape((n,) * d)).astype(np.float64), level=level, spacing=spacing, origin=lo)
-    elems = torch.as_tensor(np.ascontiguousarray(res.faces if d == 3 else res.segments), dtype=torch.int64,
-                            device=device)
-    v0 = torch.as_tensor(res.vertices, dtype=dtype, device=device)
+    grid_vals = vals.reshape((n,) * d)
+    with torch.no_grad():  # the grid in place where the kernels run
+        v0, elems = (marching_cubes if d == 3 else marching_squares)(grid_vals, level, spacing, lo)
     if len(v0) == 0:
         return v0, elems
     x = v0.clone().requires_grad_(True)
@@ -216,7 +219,9 @@ def meshsdf(sdf, bounds, resolution: int = 64, level: float = 0.0, *, chunk: int
         s = sdf(x).reshape(-1)
         (g,) = torch.autograd.grad(s.sum(), x, retain_graph=True, allow_unused=True)
     if g is None:  # the field does not depend on its points through autograd: the grid's normals
-        g = torch.as_tensor(res.normals, dtype=dtype, device=device)
+        fn = _marching_cubes if d == 3 else _marching_squares
+        g = torch.as_tensor(fn(_host(grid_vals), level=level, spacing=spacing, origin=lo).normals, dtype=dtype,
+                            device=device)
     g = g.detach()
     scale = g / (g * g).sum(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
     return v0 - scale * (s - s.detach()).unsqueeze(1), elems
