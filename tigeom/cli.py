@@ -23,6 +23,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--input", default=None, help="input mesh for scenes that take one (tet_quality)")
     sub.add_parser("scenes", help="list the scenes")
+    b = sub.add_parser("batch", help="run a scene over a parameter grid and seeds on Dask (extra tigeom[batch])",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("scene", help="scene name (see `tigeom scenes`)")
+    b.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a configuration key (or iters) and its values, parsed as TOML scalars; repeatable")
+    b.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per combination")
+    b.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
+    b.add_argument("--workers", type=int, default=None, help="local cluster workers (default 2; with --arch cuda "
+                                                               "one per GPU to pin)")
+    b.add_argument("--arch", choices=["auto", "cpu", "cuda"], default=None, help="Taichi arch of every run")
+    b.add_argument("--out", required=True, help="batch folder: one folder per run and results.csv")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
     m = sub.add_parser("improve-tets", help="improve a tet mesh keeping its boundary (any meshio tet format)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     m.add_argument("input", help="mesh file holding 'tetra' cells (.vtu, .vtk, .msh, .mesh)")
@@ -73,6 +85,18 @@ def main(argv=None) -> int:
         except (ValueError, OSError) as exc:
             print(f"tigeom: error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "batch":
+        from . import batch
+
+        try:
+            rows = batch.run(args.scene, args.grid, seeds=args.seeds, scheduler=args.scheduler, out=args.out,
+                             workers=args.workers, arch=args.arch, progress=not args.quiet)
+        except (ValueError, ImportError) as exc:
+            print(f"tigeom: error: {exc}", file=sys.stderr)
+            return 2
+        failed = [r for r in rows if r["status"] != "ok"]
+        print(f"{len(rows)} runs, {len(failed)} failed; table in {args.out}/results.csv")
+        return 1 if failed else 0
     if args.command == "run":
         try:
             summary = scene.run(args.scene, out=args.out, arch=args.arch, iters=args.iters, seed=args.seed,
