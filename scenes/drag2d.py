@@ -51,7 +51,7 @@ class Drag2D(Scene):
         "inflow_profile": "parabolic", "walls": "no-slip", "flow_tol": 2e-6, "flow_tol_max": 2e-5, "flow_tol_factor": 3e-3,
         "adjoint_tol": 3e-4, "eval_tol": 1e-6,
         # body and design grid
-        "body": "circle", "center": [0.3, 0.2], "diameter": 0.1,
+        "body": "circle", "aspect": 1.0, "center": [0.3, 0.2], "diameter": 0.1,
         "design_box": [0.1, 0.03, 0.6, 0.38], "design_spacing": 0.005,
         # optimiser: step = boundary move in flow cells
         "step_cells": 0.8, "min_step_cells": 0.02, "smooth_passes": 20, "patience": 5, "stop_rel": 1e-3,
@@ -83,7 +83,12 @@ class Drag2D(Scene):
         X, Y = np.meshgrid(gx, gy, indexing="ij")
         self.nodes = np.column_stack([X.ravel(), Y.ravel()])
         D = float(c["diameter"])
-        if c["body"] == "circle":
+        aspect = float(c["aspect"])
+        if not (np.isfinite(aspect) and aspect > 0):
+            raise ValueError(f"aspect: must be a finite number > 0, got {c['aspect']!r}")
+        if c["body"] == "circle" and aspect != 1.0:  # the ellipse of the circle's area
+            v, s = polygons.equal_area_ellipse(c["center"], np.pi * D * D / 4, aspect, 256)
+        elif c["body"] == "circle":
             v, s = polygons.circle(c["center"], D / 2, 256)
         elif c["body"] == "square":
             a = D / 2

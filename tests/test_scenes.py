@@ -260,3 +260,16 @@ def test_pointcloud_scenes_run_and_resume(tmp_path):
     t = json.loads((out3 / "summary.json").read_text())["figures"]["torus"]
     assert t["chamfer"] < 0.006 and t["faces"] > 1000, t
     assert (out3 / "torus.ply").is_file() and (out3 / "torus.png").stat().st_size > 0
+
+
+def test_drag2d_starts_from_an_ellipse_of_the_circles_area(tmp_path):
+    """``aspect`` sets the starting body: the ellipse of the circle's area, length/thickness A."""
+    from tigeom.scenes.drag2d import Drag2D
+
+    cfg = scene.resolve_config(Drag2D, resolution=60, design_spacing=0.008, aspect=2.0)
+    sc = Drag2D(cfg, tmp_path)
+    assert abs(sc.area0 / (np.pi * 0.05 ** 2) - 1) < 1e-3
+    v = sc._extract().vertices
+    assert abs(np.ptp(v[:, 0]) / np.ptp(v[:, 1]) / 2.0 - 1) < 0.05  # the extracted start is the ellipse
+    with pytest.raises(ValueError, match="aspect: must be a finite number > 0"):
+        Drag2D(scene.resolve_config(Drag2D, aspect=-1.0), tmp_path)
