@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import logging
 import math
 import os
 import re
@@ -182,8 +183,21 @@ def _write_csv(path: Path, rows: list[dict], param_keys: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def _plot(path: Path, rows: list[dict], grid: dict) -> None:
-    """The first scalar figure against each swept numeric parameter (one panel per parameter)."""
+def _main_figure(rows: list[dict], figure: str | None) -> str | None:
+    """The figure to plot: ``figure`` when given, else the first with 'final' in its name, else
+    the first."""
+    names = [k for r in rows for k in r.get("figures", {})]
+    if figure and figure in names:
+        return figure
+    if figure:
+        logging.getLogger(__name__).warning("figure: %r is not among the runs' figures %s; plotting the default",
+                                            figure, sorted(set(names)))
+    return next((k for k in names if "final" in k), names[0] if names else None)
+
+
+def _plot(path: Path, rows: list[dict], grid: dict, figure: str | None = None) -> None:
+    """One panel per swept numeric parameter: the figure against it, a line per combination of
+    the other parameters."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,18 +206,26 @@ def _plot(path: Path, rows: list[dict], grid: dict) -> None:
     ok = [r for r in rows if r["status"] == "ok" and r.get("figures")]
     keys = [k for k, vals in grid.items() if all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                  for v in vals) and len(vals) > 1]
-    if not ok or not keys:
+    name = _main_figure(ok, figure)
+    if not ok or not keys or name is None:
         return
-    fig_name = next(iter(ok[0]["figures"]))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        xs = [r["params"][key] for r in ok if fig_name in r["figures"]]
-        ys = [r["figures"][fig_name] for r in ok if fig_name in r["figures"]]
-        ax.plot(xs, ys, "o", alpha=0.8)
+        groups: dict = {}
+        for r in ok:
+            if name in r["figures"]:
+                other = tuple((k, v) for k, v in r["params"].items() if k != key) + (("seed", r["seed"]),)
+                groups.setdefault(other, []).append((r["params"][key], r["figures"][name]))
+        for other, pts in list(groups.items())[:12]:
+            pts.sort()
+            label = ", ".join(f"{k}={v}" for k, v in other if k != "seed" or len({o[-1] for o in groups}) > 1)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", alpha=0.85, label=label or None)
         ax.set_xlabel(key)
-        ax.set_ylabel(fig_name)
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{len(ok)} runs")
+        if any(ax.get_legend_handles_labels()[1]):
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{name}: {len(ok)} runs")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -247,13 +269,15 @@ def _client(scheduler: str | None, workers: int | None, arch: str | None):
 
 
 def run(scene: str, grid, seeds: int = 1, scheduler: str | None = None, out: str = "batch",
-        workers: int | None = None, arch: str | None = None, progress: bool = True, client=None) -> list[dict]:
+        workers: int | None = None, arch: str | None = None, progress: bool = True, client=None,
+        figure: str | None = None) -> list[dict]:
     """Run ``scene`` for every combination of ``grid`` ({key: [values]} or ["KEY=V1,V2", ...])
     and ``seeds`` seeds on Dask; returns the rows of ``out/results.csv``.
 
     ``scheduler``: a Dask scheduler address (default: a local cluster of ``workers`` processes,
     2 unless given; with ``arch="cuda"`` one worker per GPU). ``client``: an existing
-    ``dask.distributed.Client`` to use instead (left open).
+    ``dask.distributed.Client`` to use instead (left open). ``figure``: the summary figure that
+    ``out/batch.png`` plots (default: the first with 'final' in its name).
     """
     runs = plan(scene, grid, seeds)
     grid = parse_grid(grid)
@@ -271,7 +295,7 @@ def run(scene: str, grid, seeds: int = 1, scheduler: str | None = None, out: str
     _write_csv(table, rows, list(grid))
     if todo:
         _run_tasks(scene, todo, rows, outdir, table, grid, scheduler, workers, arch, progress, client)
-    _plot(outdir / "batch.png", rows, grid)
+    _plot(outdir / "batch.png", rows, grid, figure)
     return sorted(rows, key=lambda r: r["run"])
 
 

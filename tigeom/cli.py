@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                                                                "one per GPU to pin)")
     b.add_argument("--arch", choices=["auto", "cpu", "cuda"], default=None, help="Taichi arch of every run")
     b.add_argument("--out", required=True, help="batch folder: one folder per run and results.csv")
+    b.add_argument("--figure", default=None, help="summary figure to plot in DIR/batch.png (default: the first "
+                                                   "with 'final' in its name)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     m = sub.add_parser("improve-tets", help="improve a tet mesh keeping its boundary (any meshio tet format)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
 
         try:
             rows = batch.run(args.scene, args.grid, seeds=args.seeds, scheduler=args.scheduler, out=args.out,
-                             workers=args.workers, arch=args.arch, progress=not args.quiet)
+                             workers=args.workers, arch=args.arch, progress=not args.quiet, figure=args.figure)
         except (ValueError, ImportError) as exc:
             print(f"tigeom: error: {exc}", file=sys.stderr)
             return 2
