@@ -109,3 +109,16 @@ def test_bad_input_is_refused_before_any_run(tmp_path):
 def test_grid_values_are_toml_scalars():
     g = batch.parse_grid(["a=1,2.5,true", 'b="x,y",word', "c=[1, 2],[3, 4]"])
     assert g == {"a": [1, 2.5, True], "b": ["x,y", "word"], "c": [[1, 2], [3, 4]]}
+
+
+def test_cuda_workers_are_pinned_one_gpu_each():
+    """With arch cuda the local cluster has one worker per GPU, each seeing only its device
+    (checked through the environment; no GPU is needed for that)."""
+    c, owned = batch._client(None, 2, "cuda")
+    try:
+        seen = sorted(c.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES")).values())
+        assert owned and seen == ["0", "1"]
+    finally:
+        cluster = c.cluster
+        c.close()
+        cluster.close()
