@@ -57,6 +57,45 @@ def extrapolated_done(deltas: list, tol: float) -> bool:
     return d1 * q / (1.0 - q) < tol
 
 
+class SteadyResult:
+    """What the results of both flows share (``force``, ``flow``, ``state``, ``_vjp_cache`` are
+    fields of the dataclasses that mix this in)."""
+
+    @property
+    def drag(self) -> float:
+        return float(self.force[0])
+
+    @property
+    def lift(self) -> float:
+        return float(self.force[1])
+
+    def fields(self):
+        """(velocity (*grid, d), pressure (*grid)) at the cell centres, physical units; pressure
+        relative to the outflow (density 1)."""
+        K = self.flow._kernels()
+        velocities = tuple(getattr(K, c) for c in ("CX", "CY", "CZ")[:self.flow.DIM])
+        return macroscopic(self.state, velocities, self.flow.velocity_scale)
+
+    def pressure_at(self, points) -> np.ndarray:
+        """Pressure (multilinear in the cell centres) at physical points (P, d)."""
+        d = self.flow.DIM
+        p = as_array(points, "points", ndim=2)
+        if p.shape[1] != d:
+            raise ValueError(f"points: expected shape (P, {d}), got {p.shape}")
+        return interpolate(self.fields()[1], p, self.flow.dx)
+
+    def vjp(self, grad_force, *, tol: float | None = None, max_steps: int | None = None) -> np.ndarray:
+        """d(grad_force . force)/d(vertices), (V, d), by the discrete adjoint of the steady state."""
+        d = self.flow.DIM
+        g = as_array(grad_force, "grad_force")
+        if g.shape != (d,):
+            raise ValueError(f"grad_force: expected shape ({d},), got {g.shape}")
+        key = (*map(float, g), tol, max_steps)
+        if key not in self._vjp_cache:
+            self._vjp_cache[key] = self.flow._adjoint(self, g, tol=tol, max_steps=max_steps)
+        return self._vjp_cache[key].copy()
+
+
 class SteadyLBM:
     """Base of :class:`Flow2D` and :class:`Flow3D` (see their docstrings for the parameters)."""
 

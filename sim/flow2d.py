@@ -20,7 +20,7 @@ from tigeom import runtime
 from tigeom._core import device as _device
 from tigeom._core.validate import as_array, as_index_array
 
-from ._steady import ConvergenceWarning, SteadyLBM, interpolate, macroscopic, reuse
+from ._steady import ConvergenceWarning, SteadyLBM, SteadyResult, reuse
 
 logger = logging.getLogger(__name__)
 __all__ = ["Flow2D", "FlowResult", "ConvergenceWarning", "polygon_area"]
@@ -59,7 +59,7 @@ def polygon_area(vertices, segments) -> float:
 
 
 @dataclass
-class FlowResult:
+class FlowResult(SteadyResult):
     """Outcome of :meth:`Flow2D.solve`. ``force`` is (drag, lift) per unit depth, density 1."""
 
     force: np.ndarray
@@ -76,35 +76,6 @@ class FlowResult:
     adjoint: dict = field(default_factory=dict)  # steps, converged, seconds of the last vjp
     _vjp_cache: dict = field(default_factory=dict, repr=False)
     _token: int = field(default=0, repr=False)
-
-    @property
-    def drag(self) -> float:
-        return float(self.force[0])
-
-    @property
-    def lift(self) -> float:
-        return float(self.force[1])
-
-    def fields(self):
-        """(velocity (nx, ny, 2), pressure (nx, ny)) at the cell centres, physical units;
-        pressure relative to the outflow (density 1)."""
-        K = _kernels()
-        return macroscopic(self.state, (K.CX, K.CY), self.flow.velocity_scale)
-
-    def pressure_at(self, points) -> np.ndarray:
-        """Pressure (bilinear in the cell centres) at physical points (P, 2)."""
-        p = as_array(points, "points", ndim=2)
-        return interpolate(self.fields()[1], p, self.flow.dx)
-
-    def vjp(self, grad_force, *, tol: float | None = None, max_steps: int | None = None) -> np.ndarray:
-        """d(grad_force . force)/d(vertices), (V, 2), by the discrete adjoint of the steady state."""
-        g = as_array(grad_force, "grad_force")
-        if g.shape != (2,):
-            raise ValueError(f"grad_force: expected shape (2,), got {g.shape}")
-        key = (float(g[0]), float(g[1]), tol, max_steps)
-        if key not in self._vjp_cache:
-            self._vjp_cache[key] = self.flow._adjoint(self, g, tol=tol, max_steps=max_steps)
-        return self._vjp_cache[key].copy()
 
 
 class Flow2D(SteadyLBM):

@@ -11,7 +11,6 @@ chained through the solid fraction to the vertices.
 from __future__ import annotations
 
 import time
-import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ from tigeom import runtime
 from tigeom._core import device as _device
 from tigeom._core.validate import as_array, as_index_array
 
-from ._steady import SteadyLBM, interpolate, macroscopic, reuse
+from ._steady import SteadyLBM, SteadyResult, reuse
 
 __all__ = ["Flow3D", "FlowResult3D", "check_closed_mesh", "mesh_volume"]
 
@@ -72,7 +71,7 @@ def check_closed_mesh(vertices, faces):
 
 
 @dataclass
-class FlowResult3D:
+class FlowResult3D(SteadyResult):
     """Outcome of :meth:`Flow3D.solve`: ``force`` is (drag, lift, side force), density 1."""
 
     force: np.ndarray
@@ -91,42 +90,11 @@ class FlowResult3D:
     _token: int = field(default=0, repr=False)
 
     @property
-    def drag(self) -> float:
-        return float(self.force[0])
-
-    @property
-    def lift(self) -> float:
-        return float(self.force[1])
-
-    @property
     def state(self) -> np.ndarray:
         """Converged populations minus the rest weights, (19, nx, ny, nz), lattice units."""
         if self._state is not None:
             return self._state
         return self.flow._bufs["f"].to_numpy()
-
-    def fields(self):
-        """(velocity (nx, ny, nz, 3), pressure (nx, ny, nz)) at the cell centres, physical units;
-        pressure relative to the outflow (density 1)."""
-        K = _kernels()
-        return macroscopic(self.state, (K.CX, K.CY, K.CZ), self.flow.velocity_scale)
-
-    def pressure_at(self, points) -> np.ndarray:
-        """Pressure (trilinear in the cell centres) at physical points (P, 3)."""
-        p = as_array(points, "points", ndim=2)
-        if p.shape[1] != 3:
-            raise ValueError(f"points: expected shape (P, 3), got {p.shape}")
-        return interpolate(self.fields()[1], p, self.flow.dx)
-
-    def vjp(self, grad_force, *, tol: float | None = None, max_steps: int | None = None) -> np.ndarray:
-        """d(grad_force . force)/d(vertices), (V, 3), by the discrete adjoint of the steady state."""
-        g = as_array(grad_force, "grad_force")
-        if g.shape != (3,):
-            raise ValueError(f"grad_force: expected shape (3,), got {g.shape}")
-        key = (*map(float, g), tol, max_steps)
-        if key not in self._vjp_cache:
-            self._vjp_cache[key] = self.flow._adjoint(self, g, tol=tol, max_steps=max_steps)
-        return self._vjp_cache[key].copy()
 
 
 class Flow3D(SteadyLBM):

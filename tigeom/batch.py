@@ -23,7 +23,6 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 from . import scene as _scene
 
@@ -279,8 +278,8 @@ def run(scene: str, grid, seeds: int = 1, scheduler: str | None = None, out: str
     ``dask.distributed.Client`` to use instead (left open). ``figure``: the summary figure that
     ``out/batch.png`` plots (default: the first with 'final' in its name).
     """
-    runs = plan(scene, grid, seeds)
     grid = parse_grid(grid)
+    runs = plan(scene, grid, seeds)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     table = outdir / "results.csv"
