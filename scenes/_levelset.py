@@ -28,6 +28,20 @@ def shortened_step(t: float, drag: float, accepted_drag: float, slope: float) ->
     return min(max(t_new, 0.1 * t), 0.5 * t)
 
 
+def trial_drag(solve, accepted):
+    """(result, drag) of ``solve()`` for a trial shape. When the flow grid refuses the shape (a
+    ValueError: thinner than 3 cells, too close to the channel's boundary) the result is None and
+    the drag infinite, so the step is rejected like one that raised the drag; the first shape
+    (nothing accepted yet) must be feasible."""
+    try:
+        res = solve()
+    except ValueError:
+        if accepted is None:
+            raise
+        return None, np.inf
+    return res, res.drag
+
+
 def stalled(cd_hist, patience: int, stop_rel: float) -> bool:
     """The accepted drag improved by less than stop_rel (relative) over ``patience`` accepted steps."""
     return len(cd_hist) > patience and (cd_hist[-patience - 1] - cd_hist[-1]) < stop_rel * cd_hist[-1]

@@ -38,7 +38,7 @@ from tigeom.sim.flow2d import ConvergenceWarning
 from tigeom.scene import Scene
 
 from . import plotting
-from ._levelset import accepted_state, crossed_nodes, load_accepted, shortened_step, stalled
+from ._levelset import accepted_state, crossed_nodes, load_accepted, shortened_step, stalled, trial_drag
 
 
 class Drag2D(Scene):
@@ -204,18 +204,14 @@ class Drag2D(Scene):
     def step(self, it):
         c = self.config
         curve = self._extract()
-        try:
+
+        def solve():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                res = self.flow.solve(curve.vertices, curve.segments, warm_start=self.warm, tol=self.trial_tol)
-        except ValueError:
-            # the trial shape is infeasible for the flow grid (thinner than 3 cells, or too close
-            # to the channel's boundary): reject it like a step that raised the drag
-            if self.accepted is None:
-                raise
-            res = None
+                return self.flow.solve(curve.vertices, curve.segments, warm_start=self.warm, tol=self.trial_tol)
+
+        res, drag = trial_drag(solve, self.accepted)
         self.warm = True
-        drag = res.drag if res is not None else np.inf
         accepted = self.accepted is None or drag <= self.accepted[1]
         adj_steps = 0
         if accepted:

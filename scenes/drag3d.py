@@ -39,7 +39,7 @@ from tigeom.sim import ConvergenceWarning, Flow3D, meshes
 from tigeom.spatial import NearestIndex
 
 from . import plotting
-from ._levelset import accepted_state, crossed_nodes, load_accepted, shortened_step, stalled
+from ._levelset import accepted_state, crossed_nodes, load_accepted, shortened_step, stalled, trial_drag
 
 
 class OutOfDesignBox(RuntimeError):
@@ -183,14 +183,8 @@ class Drag3D(Scene):
     def step(self, it):
         c = self.config
         surf = self._extract()
-        try:
-            res = self._solve(surf, float(c["flow_tol"]))
-        except ValueError:  # infeasible for the flow grid (too thin, or at the inflow): reject
-            if self.accepted is None:
-                raise
-            res = None
+        res, drag = trial_drag(lambda: self._solve(surf, float(c["flow_tol"])), self.accepted)
         self.warm = True
-        drag = res.drag if res is not None else np.inf
         accepted = self.accepted is None or drag <= self.accepted[1]
         adj_steps = 0
         if accepted:
