@@ -40,8 +40,8 @@ def main(argv=None):
     ideal = work / a.workers
     print(f"# {platform.processor() or platform.machine()}, {a.workers} local workers, {a.runs} runs of sdf_fit "
           f"({' '.join(a.grid)})")
-    print(f"| runs | workers | mean run (s) | batch wall (s) | ideal (s) | batch / ideal |")
-    print(f"|---|---|---|---|---|---|")
+    print("| runs | workers | mean run (s) | batch wall (s) | ideal (s) | batch / ideal |")
+    print("|---|---|---|---|---|---|")
     print(f"| {a.runs} | {a.workers} | {work / len(rows):.2f} | {wall:.1f} | {ideal:.1f} | {wall / ideal:.2f} |")
 
 

@@ -23,6 +23,8 @@ import tigeom
 from tigeom.sim import ConvergenceWarning, Flow2D, Flow3D, meshes, polygons
 from tigeom.sim._steady import Repeat
 
+from _timing import best_synced
+
 
 def copy_bandwidth(n_bytes: int, gpu: bool) -> dict:
     import taichi as ti
@@ -37,16 +39,8 @@ def copy_bandwidth(n_bytes: int, gpu: bool) -> dict:
         for i in range(x.shape[0]):
             y[i] = x[i]
 
-    def best(fn, reps=10):
-        fn()
-        tigeom.runtime.sync()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            tigeom.runtime.sync()
-            ts.append(time.perf_counter() - t)
-        return 2 * n * 4 / min(ts)
+    def best(fn):
+        return 2 * n * 4 / best_synced(fn)
 
     out = {"taichi_copy": best(lambda: cp(a, b))}
     if gpu:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import numpy as np
 import torch
@@ -19,25 +18,13 @@ import torch
 import tigeom
 import tigeom.torch as tt
 
+from _timing import best_synced
+
 
 def sphere_grid(n, device, dtype):
     x = torch.linspace(-1, 1, n, device=device, dtype=dtype)
     X, Y, Z = torch.meshgrid(x, x, x, indexing="ij")
     return (X * X + 1.3 * Y * Y + 0.8 * Z * Z).sqrt() - 0.6, float(x[1] - x[0])
-
-
-def best(fn, reps):
-    fn()
-    tigeom.runtime.sync()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        tigeom.runtime.sync()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 def meshsdf_split(device, n, reps):
@@ -72,7 +59,7 @@ def meshsdf_split(device, n, reps):
         (v * v).sum().backward()
         mlp.zero_grad()
 
-    t_net, t_ext, t_step = best(net, reps), best(extract, reps), best(step, reps)
+    t_net, t_ext, t_step = best_synced(net, reps), best_synced(extract, reps), best_synced(step, reps)
     t_bwd = max(t_step - t_net - t_ext, 0.0)
     print(f"# meshsdf at {n}^3, MLP 3-128-128-1: step {1e3 * t_step:.1f} ms = network {1e3 * t_net:.1f} ms "
           f"+ extraction {1e3 * t_ext:.1f} ms + vertices and backward {1e3 * t_bwd:.1f} ms "
@@ -104,9 +91,9 @@ def main(argv=None):
 
     surf = numpy_f()
     ones = np.ones_like(surf.vertices)
-    t_torch = best(torch_fb, a.reps)
-    t_np_f = best(numpy_f, a.reps)
-    t_np_b = best(lambda: surf.vjp(ones), a.reps)
+    t_torch = best_synced(torch_fb, a.reps)
+    t_np_f = best_synced(numpy_f, a.reps)
+    t_np_b = best_synced(lambda: surf.vjp(ones), a.reps)
     print(f"| {a.n}^3 | {len(surf.vertices):,} | {1e3 * t_torch:.2f} | {1e3 * t_np_f:.2f} | {1e3 * t_np_b:.2f} | "
           f"{(t_np_f + t_np_b) / t_torch:.1f}x |")
     meshsdf_split(device, a.meshsdf_n, a.reps)
