@@ -259,6 +259,16 @@ def step_pair(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32, 
 
 
 @ti.kernel
+def step_oct(f: nd3, fn: nd3, gam: nd2, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd1):
+    """Eight steps f -> fn -> ... -> f in one launch (boundary columns stale until ``apply_bc``):
+    on a GPU a 1024 x 512 step takes about as long as the host needs to launch a kernel, so
+    batching steps keeps the device busy (used there; a CPU compiles the eight bodies for little)."""
+    for _ in ti.static(range(4)):
+        _step_body(f, fn, gam, box, prm, slip, uin)
+        _step_body(fn, f, gam, box, prm, slip, uin)
+
+
+@ti.kernel
 def force(f: nd3, gam: nd2, box: nd_i32_1, prm: nd1, out: nd1):
     """out[0:2] = sum over the box of w(gamma) m (the force on the body, lattice units; w from
     ``_force_weight``)."""

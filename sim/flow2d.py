@@ -105,6 +105,7 @@ class Flow2D(SteadyLBM):
     DIM = 2
     Q = 9
     NAME = "Flow2D"
+    _eight_per_launch = None  # eight steps per kernel launch: None for on a GPU only
     KERNELS = "tigeom.sim._lbm_kernels"
 
     def __init__(self, size=(2.2, 0.41), resolution=100, viscosity=1e-3, inflow_velocity=0.3,
@@ -243,8 +244,13 @@ class Flow2D(SteadyLBM):
 
     def _advance(self, b, steps):
         K = _kernels()
-        # two steps per kernel, ending in b["f"]; the pairs go out as one compute graph
-        self._repeat(K.step_pair, steps // 2, b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip, b["uin"])
+        args = (b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip, b["uin"])
+        # several steps per kernel, ending in b["f"]; the kernels go out as one compute graph
+        eight = self._eight_per_launch
+        if runtime.on_gpu() if eight is None else eight:
+            self._repeat(K.step_oct, steps // 8, *args)
+            steps %= 8
+        self._repeat(K.step_pair, steps // 2, *args)
         if steps % 2:
             K.step(b["f"], b["fn"], b["gam"], b["box"], b["prm"], self._slip, b["uin"])
             b["f"], b["fn"] = b["fn"], b["f"]

@@ -114,12 +114,13 @@ def test_slip_walls_and_uniform_inflow_gradient(small):
 
 @pytest.mark.parametrize("walls", ["no-slip", "slip"])
 def test_two_steps_per_launch_equal_single_steps(walls):
-    """The solver runs two steps per kernel launch and one more for an odd check interval: the
-    state and the adjoint after 42 steps do not depend on how the steps were grouped."""
+    """The solver runs two steps per kernel launch (eight on a GPU) and one more for an odd check
+    interval: the state and the adjoint after 42 steps do not depend on how the steps were grouped."""
     out = []
-    for every in (7, 6):  # 7: pairs plus a single step per check; 6: pairs only
+    for every, eight in ((7, False), (6, False), (21, True)):  # pairs and a single step; pairs; eights too
         fl = Flow2D(size=(0.6, 0.3), resolution=50, viscosity=0.02, inflow_velocity=1.0, walls=walls,
                     tol=1e-30, check_every=every)
+        fl._eight_per_launch = eight  # the GPU's grouping, on this machine too
         v, s = small_body()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -127,8 +128,9 @@ def test_two_steps_per_launch_equal_single_steps(walls):
             g = res.vjp([1.0, 0.5], tol=1e-30, max_steps=42)
         assert res.steps == 42 and res.adjoint["steps"] == 42
         out.append((res.state, g))
-    np.testing.assert_allclose(out[0][0], out[1][0], rtol=0, atol=1e-14)
-    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-12, atol=1e-14 * np.abs(out[1][1]).max())
+    for o in out[1:]:
+        np.testing.assert_allclose(o[0], out[0][0], rtol=0, atol=1e-14)
+        np.testing.assert_allclose(o[1], out[0][1], rtol=1e-12, atol=1e-14 * np.abs(out[0][1]).max())
 
 
 def test_warns_when_not_converged(small):
