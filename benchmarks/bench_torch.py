@@ -27,6 +27,34 @@ def sphere_grid(n, device, dtype):
     return (X * X + 1.3 * Y * Y + 0.8 * Z * Z).sqrt() - 0.6, float(x[1] - x[0])
 
 
+def device_internal(host: np.ndarray, h: float, reps: int) -> float:
+    """Marching cubes forward + vjp on Taichi ndarrays, outputs left in the marcher's buffers and
+    the vjp's small arrays uploaded once: the kernels' own time, the floor of any interface (as
+    bench_isosurface.py's device rows)."""
+    from tigeom._core import device as dev
+    from tigeom.isosurface import _kernels as K
+    from tigeom.isosurface import extract as iso
+
+    shape = host.shape
+    vals, flat = dev.upload(host), dev.upload(host.ravel())
+    sweep, S = iso.default_layout(shape)
+    m = iso._marcher(3)
+    spc, org = np.full(3, h), np.full(3, -1.0)
+    V = m.run(vals, shape, 0.0, org, spc, sweep, S)["V"]
+    ones = dev.upload(np.ones((V, 3), host.dtype))
+    vmax = dev.upload(np.array([np.abs(host).max()], host.dtype))
+    strides = dev.upload(np.array([shape[1] * shape[2], shape[2], 1], np.int32))
+    spc_d = dev.upload(spc.astype(host.dtype))
+    out = dev.empty((host.size,), host.dtype)
+
+    def fb():
+        r = m.run(vals, shape, 0.0, org, spc, sweep, S)
+        out.fill(0)
+        K.vertex_vjp(flat, r["vedge"], r["V"], ones, strides, spc_d, 3, 0.0, 1e-6, vmax, out)
+
+    return best_synced(fb, reps)
+
+
 def meshsdf_split(device, n, reps):
     """One meshsdf step with an MLP field (3-128-128-1, softplus), f32: grid evaluation without
     gradient, extraction, and the backward of a loss of the vertices into the weights."""
@@ -72,7 +100,10 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--meshsdf-n", type=int, default=128)
+    ap.add_argument("--gradcheck-only", action="store_true")
     a = ap.parse_args(argv)
+    if a.gradcheck_only:
+        return gradchecks(a.arch, "cuda" if a.arch == "cuda" else "cpu")
     cfg = tigeom.init(arch=a.arch, precision="f32")
     device = "cuda" if cfg.backend == "cuda" else "cpu"
     print(f"# backend {cfg.backend}, {platform.processor() or platform.machine()}, torch {torch.__version__}")
@@ -91,19 +122,63 @@ def main(argv=None):
 
     surf = numpy_f()
     ones = np.ones_like(surf.vertices)
+    t_dev = device_internal(host, h, a.reps)
     t_torch = best_synced(torch_fb, a.reps)
     t_np_f = best_synced(numpy_f, a.reps)
     t_np_b = best_synced(lambda: surf.vjp(ones), a.reps)
-    print(f"| {a.n}^3 | {len(surf.vertices):,} | {1e3 * t_torch:.2f} | {1e3 * t_np_f:.2f} | {1e3 * t_np_b:.2f} | "
-          f"{(t_np_f + t_np_b) / t_torch:.1f}x |")
+    print("| grid | vertices | device-internal forward + vjp (ms) | tt.marching_cubes forward + backward (ms) | "
+          "ratio | numpy API forward (ms) | numpy API vjp (ms) | numpy / torch |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {a.n}^3 | {len(surf.vertices):,} | {1e3 * t_dev:.2f} | {1e3 * t_torch:.2f} | {t_torch / t_dev:.2f} | "
+          f"{1e3 * t_np_f:.2f} | {1e3 * t_np_b:.2f} | {(t_np_f + t_np_b) / t_torch:.1f}x |")
     meshsdf_split(device, a.meshsdf_n, a.reps)
-    # gradcheck of the tensor path on this arch's tensors (f64 kernels)
-    tigeom.init(arch=a.arch, precision="f64")
+    gradchecks(a.arch, device)
+
+
+def gradchecks(arch, device):
+    """torch.autograd.gradcheck (f64 kernels) of every function on this arch's tensors."""
+    from tigeom import dmesh
+    from tigeom.dmesh import losses
+    from tigeom.sim import Flow2D, Flow3D, meshes, polygons
+
+    tigeom.init(arch=arch, precision="f64")
+    gc = torch.autograd.gradcheck
+    # as the CPU tests (near ties of DMesh's arg-min choices); on a GPU, sums by atomic adds in f64
+    # differ in the last bits from call to call, so backward is reentrant to 1e-12, not exactly
+    dm = dict(eps=1e-7, atol=1e-6, rtol=1e-4, nondet_tol=1e-12 if device == "cuda" else 0.0)
+    ok = {}
     g, h = sphere_grid(9, device, torch.float64)
-    ok = torch.autograd.gradcheck(lambda t: tt.marching_cubes(t, 0.0, h, -1.0)[0], (g.requires_grad_(True),))
-    g2 = g.detach()[:, :, 4]
-    ok2 = torch.autograd.gradcheck(lambda t: tt.marching_squares(t, 0.0, h, -1.0)[0], (g2.clone().requires_grad_(True),))
-    print(f"# gradcheck on {device} tensors: marching_cubes {ok}, marching_squares {ok2}")
+    ok["marching_cubes"] = gc(lambda t: tt.marching_cubes(t, 0.0, h, -1.0)[0], (g.requires_grad_(True),))
+    g2 = g.detach()[:, :, 4].clone()
+    ok["marching_squares"] = gc(lambda t: tt.marching_squares(t, 0.0, h, -1.0)[0], (g2.requires_grad_(True),))
+    rng = np.random.default_rng(7)
+    p, w, r = rng.random((24, 2)), rng.random(24) * 2e-3, rng.uniform(0.2, 1.0, 24)
+    P, W, R = (torch.tensor(x, device=device, requires_grad=True) for x in (p, w, r))
+    fw = dmesh.candidate_faces(p, triangulation=tigeom.weighted_delaunay(p, w))
+    ok["face_probabilities wdt"] = gc(lambda a, b, c: tt.face_probabilities(a, b, c, fw, method="wdt", sharpness=20.0),
+                                      (P, W, R), **dm)
+    fm = dmesh.candidate_faces(p)
+    ok["face_probabilities minball"] = gc(
+        lambda a, c: tt.face_probabilities(a, None, c, fm, method="minball", sharpness=20.0), (P, R), **dm)
+    rng = np.random.default_rng(41)
+    p = rng.random((20, 2))
+    faces = dmesh.candidate_faces(p, k=4)
+    PR = torch.tensor(rng.uniform(0.05, 0.95, len(faces)), device=device, requires_grad=True)
+    tg = losses.Targets(rng.random((50, 2)))
+    P = torch.tensor(p, device=device, requires_grad=True)
+    ok["expected_chamfer"] = gc(lambda a, b: tt.expected_chamfer(a, faces, b, tg), (P, PR), **dm)
+    fl2 = Flow2D(size=(0.6, 0.3), resolution=40, viscosity=0.02, inflow_velocity=1.0, tol=1e-12, check_every=100)
+    v, sg = polygons.circle((0.2, 0.153), 0.06, 12)
+    V = torch.tensor(v * np.array([1.2, 1.0]), device=device, requires_grad=True)
+    ok["flow_force 2D"] = gc(lambda t: tt.flow_force(fl2, t, sg), (V,), eps=1e-5, atol=1e-7, rtol=1e-4, fast_mode=True,
+                            nondet_tol=dm["nondet_tol"])
+    fl3 = Flow3D(size=(0.6, 0.3, 0.3), resolution=30, viscosity=0.02, inflow_velocity=1.0, tol=1e-12,
+                 check_every=100)
+    v3, f3 = meshes.sphere((0.22, 0.1623, 0.14), 0.07, 1)
+    V3 = torch.tensor(v3, device=device, requires_grad=True)
+    ok["flow_force 3D"] = gc(lambda t: tt.flow_force(fl3, t, f3), (V3,), eps=1e-5, atol=1e-7, rtol=1e-4,
+                             fast_mode=True, nondet_tol=dm["nondet_tol"])
+    print(f"# gradcheck on {device} tensors (f64): " + ", ".join(f"{k} {v}" for k, v in ok.items()))
 
 
 if __name__ == "__main__":

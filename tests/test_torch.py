@@ -51,29 +51,51 @@ def test_marching_cubes_accepts_non_contiguous_values():
 
 
 def test_marching_reads_the_tensor_in_place_and_the_host_path_agrees(monkeypatch):
-    """A CPU tensor on the CPU runtime goes to the kernels as it is (same memory); the host-array
-    path (taken for a tensor on another device than the kernels) gives the same result."""
+    """A CPU tensor on the CPU runtime goes to the kernels as it is (same memory) and the kernels
+    write the outputs into tensors; the host-array path (taken for a tensor on another device
+    than the kernels) gives the same result."""
     vals, h = _ellipsoid_grid(9)
     vals = vals.requires_grad_(True)
     seen = []
-    real = tt._iso.extract_kernel_array
+    real = tt._iso._Marcher.run
 
-    def spy(v, *a, **k):
-        seen.append(v)
-        return real(v, *a, **k)
+    def spy(self, v, *a, **k):
+        out = real(self, v, *a, **k)
+        seen.append((v, out["verts"]))
+        return out
 
-    monkeypatch.setattr(tt._iso, "extract_kernel_array", spy)
+    monkeypatch.setattr(tt._iso._Marcher, "run", spy)
     v, f = tt.marching_cubes(vals, 0.0, h, -1.0)
     (v ** 2).sum().backward()
-    assert isinstance(seen[0], torch.Tensor) and seen[0].data_ptr() == vals.data_ptr()
+    assert isinstance(seen[0][0], torch.Tensor) and seen[0][0].data_ptr() == vals.data_ptr()
+    assert isinstance(seen[0][1], torch.Tensor)
     g_direct = vals.grad.clone()
     vals.grad = None
     monkeypatch.setattr(tt, "_on_runtime_device", lambda t: False)
     v2, f2 = tt.marching_cubes(vals, 0.0, h, -1.0)
     (v2 ** 2).sum().backward()
-    assert isinstance(seen[1], np.ndarray)  # the host path hands the kernels a host copy
+    assert not isinstance(seen[1][0], torch.Tensor)  # the host path hands the kernels a host copy
     assert torch.equal(v, v2) and torch.equal(f, f2)
     torch.testing.assert_close(vals.grad, g_direct, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_in_place_extraction_welds_vertices_on_grid_nodes_as_the_numpy_api(dim):
+    """Grid values exactly at the level put vertices on nodes; the tensor path welds them as the
+    numpy API does (same vertices, elements and vjp)."""
+    n = 7
+    ax = torch.arange(n, dtype=torch.float64) - 3.0
+    grids = torch.meshgrid(*([ax] * dim), indexing="ij")
+    vals = (sum(g ** 2 for g in grids) - 4.0).requires_grad_(True)  # radius 2 in node units: nodes on it
+    assert (vals.detach() == 0).any()
+    fn = tt.marching_cubes if dim == 3 else tt.marching_squares
+    ref = (tigeom.marching_cubes if dim == 3 else tigeom.marching_squares)(vals.detach().numpy(), 0.0, 1 / 3, -1.0)
+    v, e = fn(vals, 0.0, 1 / 3, -1.0)
+    np.testing.assert_array_equal(v.detach().numpy(), ref.vertices)
+    np.testing.assert_array_equal(e.numpy(), ref.faces if dim == 3 else ref.segments)
+    g = torch.randn(v.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    (v * g).sum().backward()
+    np.testing.assert_allclose(vals.grad.numpy(), ref.vjp(g.numpy()), rtol=1e-13, atol=1e-13)
 
 
 class Ball(torch.nn.Module):

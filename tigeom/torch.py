@@ -7,9 +7,9 @@ are checked with ``torch.autograd.gradcheck`` in float64 (with ``tigeom.init(pre
 in f32 the kernels compute in f32 whatever the tensor's dtype).
 
 Data path: ``marching_cubes`` and ``marching_squares`` read a grid tensor in place when it lives
-where the kernels run (a CUDA tensor on a CUDA runtime, a CPU tensor on a CPU runtime) and write
-their vjp into a tensor there; only the extracted vertices and elements (and small index
-arrays) cross to the host. The other functions go through host arrays (see docs/torch.md).
+where the kernels run (a CUDA tensor on a CUDA runtime, a CPU tensor on a CPU runtime), write
+the vertices and elements into tensors there and their vjp too; only the output size crosses
+to the host. The other functions go through host arrays (see docs/torch.md).
 
     import tigeom.torch as tt
     verts, faces = tt.marching_cubes(values, level=0.0, spacing=(1, 1, 1), origin=(0, 0, 0))
@@ -98,10 +98,53 @@ def _runtime_dtype() -> torch.dtype:
     return torch.float64 if runtime.real_dtype() == np.float64 else torch.float32
 
 
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                 np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}
+
+
+def _extract_in_place(vals: torch.Tensor, level: float, spacing, origin, dim: int):
+    """(vertices in the runtime's dtype, vedge int64, elements int64) as tensors on ``vals``'s
+    device: the kernels read ``vals`` and write their outputs in tensors of the exact size, so
+    only the output size crosses to the host (and, where grid values equal the level exactly,
+    the snapped vertices are welded through the host, as the numpy API does)."""
+    shape = tuple(vals.shape)
+    sweep, S = _iso.default_layout(shape)
+
+    def alloc(name, shp, dtype):
+        return torch.empty(shp, dtype=_TORCH_DTYPES[np.dtype(dtype)], device=vals.device)
+
+    res = _iso._marcher(dim).run(vals, shape, level, origin, spacing, sweep, S, alloc=alloc)
+    if res["V"] == 0:
+        return (torch.zeros((0, dim), dtype=vals.dtype, device=vals.device),
+                torch.zeros(0, dtype=torch.int64, device=vals.device),
+                torch.zeros((0, dim), dtype=torch.int64, device=vals.device))
+    verts, vedge, elems = res["verts"], res["vedge"], res["elems"].long()
+    if res["at_level"] and int(_iso._device.fetch(res["flags"])[1]) > 0:  # vertices on grid nodes: weld
+        v, ve, el = _iso._weld(_host(verts), _host(vedge), _host(res["vsnap"]), _host(elems))
+        verts, vedge, elems = (torch.as_tensor(np.ascontiguousarray(a), device=vals.device) for a in (v, ve, el))
+    return verts, vedge, elems
+
+
+_SMALL: dict = {}
+
+
+def _small_tensor(arr: np.ndarray, device) -> torch.Tensor:
+    """A tiny constant array (strides, spacing) as a tensor on ``device``, uploaded once: an
+    upload from pageable host memory waits for the device, so repeating it every call would
+    serialise the host and the GPU."""
+    key = (str(device), arr.dtype.str, arr.shape, arr.tobytes())
+    t = _SMALL.get(key)
+    if t is None:
+        if len(_SMALL) > 64:
+            _SMALL.clear()
+        t = _SMALL[key] = torch.as_tensor(np.ascontiguousarray(arr), device=device)
+    return t
+
+
 class _Extract(torch.autograd.Function):
     """Extraction straight from the tensor's memory when it lives where the kernels run (values
-    converted to the runtime's dtype on the device when they differ); the vjp writes into a
-    tensor on that device. Elsewhere through host arrays."""
+    converted to the runtime's dtype on the device when they differ), outputs and vjp in tensors
+    there. Elsewhere through host arrays."""
 
     @staticmethod
     def forward(ctx, values, level, spacing, origin, dim):
@@ -110,13 +153,14 @@ class _Extract(torch.autograd.Function):
             name = "marching_cubes" if dim == 3 else "marching_squares"
             level, spacing, origin = _iso.check_grid_args(tuple(values.shape), level, spacing, origin, dim, name)
             vals = values.detach().to(_runtime_dtype()).contiguous()
-            verts, vedge, elems = _iso.extract_kernel_array(vals, tuple(vals.shape), level, spacing, origin, dim)
+            verts, vedge, elems = _extract_in_place(vals, level, spacing, origin, dim)
             ctx.direct = (vals, vedge, spacing, level)
-        else:
-            fn = _marching_cubes if dim == 3 else _marching_squares
-            ctx.res = fn(_host(values), level=level, spacing=spacing, origin=origin)
-            ctx.direct = None
-            verts, elems = ctx.res.vertices, (ctx.res.faces if dim == 3 else ctx.res.segments)
+            ctx.mark_non_differentiable(elems)
+            return verts.to(values.dtype), elems
+        fn = _marching_cubes if dim == 3 else _marching_squares
+        ctx.res = fn(_host(values), level=level, spacing=spacing, origin=origin)
+        ctx.direct = None
+        verts, elems = ctx.res.vertices, (ctx.res.faces if dim == 3 else ctx.res.segments)
         out_e = torch.as_tensor(np.ascontiguousarray(elems), dtype=torch.int64, device=values.device)
         ctx.mark_non_differentiable(out_e)
         return _like(verts, values), out_e
@@ -124,13 +168,16 @@ class _Extract(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_verts, _grad_elems):
-        g = _host(grad_verts).astype(np.float64)
         if ctx.direct is None:
+            g = _host(grad_verts).astype(np.float64)
             return _like(ctx.res.vjp(g), ctx.values_meta), None, None, None, None
         vals, vedge, spacing, level = ctx.direct
         out = torch.zeros(vals.numel(), dtype=vals.dtype, device=vals.device)
-        vmax = float(vals.abs().max()) if len(vedge) else 0.0
-        _iso.grid_vjp(vals.reshape(-1), tuple(vals.shape), vmax, vedge, g, spacing, level, out)
+        if len(vedge):
+            g = grad_verts.detach().to(device=vals.device, dtype=vals.dtype).contiguous()
+            vmax = vals.abs().amax().reshape(1)  # stays on the device
+            _iso.grid_vjp(vals.reshape(-1), tuple(vals.shape), vmax, vedge, g, spacing, level, out,
+                          small=lambda a: _small_tensor(a, vals.device))
         dtype, device = ctx.values_meta
         return out.reshape(vals.shape).to(dtype=dtype, device=device), None, None, None, None
 

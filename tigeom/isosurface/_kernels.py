@@ -135,9 +135,11 @@ def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S
         cnt_v = 0
         cnt_t = 0
         bad = 0
+        at = 0
         for s in range(s0, s1):
             x = _val3(sweep, vals, s, u, v)
             bad += ti.cast(not (ti.abs(x) <= big), ti.i32)  # NaN fails every comparison
+            at += ti.cast(x == level, ti.i32)
             sn = ti.min(s + 1, ns - 1)
             hs = ti.cast(s + 1 < ns, ti.i32)
             n = _win3(sweep, vals, sn, u, v, u1, v1, level)
@@ -150,6 +152,8 @@ def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S
         cnt[nch * nu * nv + r] = cnt_t
         if bad > 0:
             ti.atomic_add(flags[0], bad)  # flags[0]: non-finite values
+        if at > 0:
+            ti.atomic_add(flags[2], at)  # flags[2]: nodes exactly at the level (vertices may snap there)
 
 
 @ti.func
@@ -310,8 +314,11 @@ def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S
         cnt_v = 0
         cnt_t = 0
         bad = 0
+        at = 0
         for s in range(s0, s1):
-            bad += ti.cast(not (ti.abs(_val2(sweep, vals, s, u)) <= big), ti.i32)
+            x = _val2(sweep, vals, s, u)
+            bad += ti.cast(not (ti.abs(x) <= big), ti.i32)
+            at += ti.cast(x == level, ti.i32)
             hs = ti.cast(s + 1 < ns, ti.i32)
             n = _win2(sweep, vals, ti.min(s + 1, ns - 1), u, u1, level)
             e = _edges2(sweep, b, n, hs, hu)
@@ -322,6 +329,8 @@ def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S
         cnt[nch * nu + c * nu + u] = cnt_t
         if bad > 0:
             ti.atomic_add(flags[0], bad)  # flags[0]: non-finite values
+        if at > 0:
+            ti.atomic_add(flags[2], at)  # flags[2]: nodes exactly at the level (vertices may snap there)
 
 
 @ti.kernel
@@ -411,15 +420,16 @@ def emit_segments2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.templ
 # --------------------------------------------------------------------------------------------
 
 @ti.kernel
-def vertex_vjp(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, n: ti.i32, gaxis: ti.types.ndarray(ndim=1),
-               strides: nd_i32, spc: ti.types.ndarray(ndim=1), dim: ti.i32, level: float, eps: float,
-               out: ti.types.ndarray(ndim=1)):
+def vertex_vjp(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, n: ti.i32, grad: ti.types.ndarray(ndim=2),
+               strides: nd_i32, spc: ti.types.ndarray(ndim=1), dim: ti.i32, level: float, eps_rel: float,
+               vmax: ti.types.ndarray(ndim=1), out: ti.types.ndarray(ndim=1)):
     """out[node] += d(sum_v g_v . x_v)/d values[node] for each vertex's edge (A, B).
 
     x_v = x_A + t (x_B - x_A) along one axis, t = (level - a) / (b - a):
-    dt/da = (level - b) / (b - a)^2, dt/db = (a - level) / (b - a)^2. ``gaxis`` holds g_v's
-    component along the vertex's axis; |b - a| is clamped below by ``eps``. Vertices 0..n-1.
+    dt/da = (level - b) / (b - a)^2, dt/db = (a - level) / (b - a)^2. ``grad`` holds g (V, dim);
+    |b - a| is clamped below by eps_rel * max(1, vmax[0]) (vmax: max |values|). Vertices 0..n-1.
     """
+    eps = eps_rel * ti.max(1.0, vmax[0])
     for v in range(n):
         e = vedge[v]
         axis = ti.cast(e % dim, ti.i32)
@@ -430,7 +440,7 @@ def vertex_vjp(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, n: ti.i32, gaxis:
         d = b - a
         if ti.abs(d) < eps:
             d = eps if d >= 0 else -eps
-        coef = gaxis[v] * spc[axis] / (d * d)
+        coef = grad[v, axis] * spc[axis] / (d * d)
         out[fa] += coef * (level - b)
         out[fb] += coef * (a - level)
 
@@ -477,8 +487,10 @@ def vertex_normals(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, shape: nd_i32
 
 @ti.kernel
 def gather_totals(base: nd_i32, R: ti.i32, flags: nd_i32, out: nd_i32):
-    """One small array for the host: [vertices, vertices + elements, non-finite values]."""
+    """One small array for the host: [vertices, vertices + elements, non-finite values, nodes at
+    the level]."""
     for _ in range(1):
         out[0] = base[R]
         out[1] = base[2 * R]
         out[2] = flags[0]
+        out[3] = flags[2]

@@ -57,13 +57,17 @@ class _Marcher:
                 R=R,
                 cnt=_device.empty((2 * R,), np.int32), base=_device.empty((2 * R + 1,), np.int32),
                 node_vid=_device.empty((int(np.prod(shape)),), np.int32),
-                flags=_device.empty((2,), np.int32), totals=_device.empty((3,), np.int32),
+                flags=_device.empty((3,), np.int32), totals=_device.empty((4,), np.int32),
                 scan=ExclusiveScan(2 * R))
         return self._scratch[key]
 
     def run(self, vals, shape: tuple, level: float, origin: np.ndarray, spacing: np.ndarray,
-            sweep: int, S: int):
-        """Extract from a kernel array ``vals``; returns kernel arrays and counts.
+            sweep: int, S: int, alloc=None):
+        """Extract from a kernel array ``vals``; returns kernel arrays and counts: V vertices, T
+        elements and ``at_level``, the number of nodes whose value is exactly the level (only
+        then can vertices land on nodes and need welding). ``alloc(name, shape, dtype)`` makes
+        the output arrays (default: this marcher's buffers; the torch interface passes tensors
+        of the exact size, so the outputs never leave the device).
 
         Raises ValueError when ``vals`` holds NaN or infinite values (checked by the count pass).
         """
@@ -74,27 +78,28 @@ class _Marcher:
             count, emit_v, emit_e = K.count3, K.emit_vertices3, K.emit_triangles3
         else:
             count, emit_v, emit_e = K.count2, K.emit_vertices2, K.emit_segments2
-        b["flags"].fill(0)  # [non-finite values, snapped vertices]
+        b["flags"].fill(0)  # [non-finite values, snapped vertices, nodes at the level]
         count(vals, level, sweep, S, self.count, b["cnt"], b["flags"])
         R = b["R"]
         # one scan over [vertex counts | element counts]: base[R] = V, base[2R] = V + T
         b["scan"].run(b["cnt"], b["base"], 2 * R)
         K.gather_totals(b["base"], R, b["flags"], b["totals"])
-        V, VT, nbad = (int(x) for x in _device.fetch(b["totals"])[:3])  # the only host sync
+        V, VT, nbad, at_level = (int(x) for x in _device.fetch(b["totals"]))  # the only host sync
         if nbad:
             raise ValueError(f"values: contains {nbad} NaN or infinite value(s)"
                              + (" (or values beyond the float32 range: use precision='f64')"
                                 if rdt == np.float32 else ""))
         T = VT - V
-        out = dict(V=V, T=T)
+        out = dict(V=V, T=T, at_level=at_level)
         if V == 0:
             return out
+        alloc = alloc or self._out
         org = self._small(origin.astype(rdt), "org")
         spc = self._small(spacing.astype(rdt), "spc")
-        verts = self._out("verts", (V, self.dim), rdt)
-        vedge = self._out("vedge", (V,), np.int64)
-        vsnap = self._out("vsnap", (V,), np.int32)
-        elems = self._out("elems", (T, self.dim), np.int32)
+        verts = alloc("verts", (V, self.dim), rdt)
+        vedge = alloc("vedge", (V,), np.int64)
+        vsnap = alloc("vsnap", (V,), np.int32)
+        elems = alloc("elems", (T, self.dim), np.int32)
         emit_v(vals, level, sweep, S, b["base"], org, spc, verts, vedge, vsnap, b["node_vid"], b["flags"])
         emit_e(vals, level, sweep, S, b["base"], self.count, self.elems, self.stride, self.edge_corner,
                self.edge_axis, b["node_vid"], elems)
@@ -229,28 +234,36 @@ def extract_kernel_array(vals, shape: tuple, level: float, spacing: np.ndarray, 
     verts = _device.fetch(res["verts"], res["V"]).astype(np.float64)
     vedge = _device.fetch(res["vedge"], res["V"]).astype(np.int64)
     elems = _device.fetch(res["elems"], res["T"]).astype(np.int64)
-    if int(_device.fetch(res["flags"])[1]) > 0:  # vertices landed on grid nodes: weld
+    if res["at_level"] and int(_device.fetch(res["flags"])[1]) > 0:  # vertices landed on grid nodes: weld
         vsnap = _device.fetch(res["vsnap"], res["V"])
         verts, vedge, elems = _weld(verts, vedge, vsnap, elems)
     return verts, vedge, elems
 
 
-def grid_vjp(vflat, shape: tuple, vmax: float, vedge: np.ndarray, grad_vertices: np.ndarray, spacing: np.ndarray,
-             level: float, out) -> None:
+def grid_vjp(vflat, shape: tuple, vmax, vedge, grad_vertices, spacing: np.ndarray, level: float, out,
+             small=None, n: int | None = None) -> None:
     """Add ``d(sum(grad_vertices * vertices)) / d values`` into ``out``: the flat grid values
-    ``vflat`` and ``out`` are kernel-ready arrays in the runtime's real dtype (numpy, Taichi
-    ndarrays or torch tensors on the runtime's device); ``vmax`` is max |values| (it scales the
-    clamp of tiny edge differences)."""
-    if len(vedge) == 0:
+    ``vflat``, ``out``, ``vedge`` (V,) int64 and ``grad_vertices`` (V, d) in the runtime's real
+    dtype are kernel-ready arrays (numpy, Taichi ndarrays or torch tensors on the runtime's
+    device); ``vmax`` is max |values| (it scales the clamp of tiny edge differences), a float or
+    a one-element kernel array. ``small`` turns the small constant arrays into kernel arrays
+    (default: Taichi ndarrays). ``n``: the first n vertices (default: all of ``vedge``)."""
+    n = int(vedge.shape[0]) if n is None else int(n)
+    if n == 0:
         return
+    small = small or _device.upload
     dim = len(shape)
     rdt = runtime.real_dtype()
-    axis = (vedge % dim).astype(np.int64)
-    gaxis = np.ascontiguousarray(grad_vertices[np.arange(len(grad_vertices)), axis], dtype=rdt)
-    eps = (1e-12 if rdt == np.float64 else 1e-6) * max(1.0, float(vmax))
+    eps_rel = 1e-12 if rdt == np.float64 else 1e-6
     strides = np.array([int(np.prod(shape[d + 1:])) for d in range(dim)], np.int32)
-    _kernels().vertex_vjp(vflat, _device.upload(vedge), len(vedge), _device.upload(gaxis), _device.upload(strides),
-                          _device.upload(np.asarray(spacing).astype(rdt)), dim, level, eps, out)
+    if isinstance(vmax, (float, int, np.floating)):
+        vmax = small(np.array([vmax], rdt))
+    if isinstance(vedge, np.ndarray):
+        vedge = _device.upload(np.ascontiguousarray(vedge, np.int64))
+    if isinstance(grad_vertices, np.ndarray):
+        grad_vertices = _device.upload(np.ascontiguousarray(grad_vertices, rdt))
+    _kernels().vertex_vjp(vflat, vedge, n, grad_vertices, small(strides), small(np.asarray(spacing).astype(rdt)),
+                          dim, level, eps_rel, vmax, out)
 
 
 def _extract(values, level, spacing, origin, dim: int, name: str, layout):
