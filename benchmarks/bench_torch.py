@@ -94,6 +94,55 @@ def meshsdf_split(device, n, reps):
           f"(extraction {100 * t_ext / t_step:.0f}%)")
 
 
+def step_comparisons(device, reps):
+    """A DMesh step (minball face probabilities and the expected Chamfer loss, forward and
+    backward) and a Flow2D gradient (a warm-started solve and its vjp) through tigeom.torch on
+    this arch's tensors, against the same calls of the numpy API in the same process."""
+    from tigeom import dmesh
+    from tigeom.dmesh import losses
+    from tigeom.sim import Flow2D, polygons
+
+    rng = np.random.default_rng(0)
+    p = rng.random((4000, 2))
+    r = rng.uniform(0.2, 1.0, len(p))
+    faces = dmesh.candidate_faces(p)
+    t = rng.random(20000) * 2 * np.pi
+    tg = losses.Targets(np.column_stack([0.5 + 0.3 * np.cos(t), 0.5 + 0.3 * np.sin(t)]))
+
+    def np_dmesh():
+        fp = dmesh.face_probabilities(p, None, r, faces, method="minball", sharpness=20.0)
+        loss = losses.expected_chamfer(p, faces, fp.probs, tg)
+        gp, gprob, _ = loss.vjp(1.0)
+        fp.vjp(gprob)
+
+    P = torch.tensor(p, device=device, dtype=torch.float32, requires_grad=True)
+    R = torch.tensor(r, device=device, dtype=torch.float32, requires_grad=True)
+
+    def tt_dmesh():
+        probs = tt.face_probabilities(P, None, R, faces, method="minball", sharpness=20.0)
+        tt.expected_chamfer(P, faces, probs, tg).backward()
+        P.grad = R.grad = None
+
+    fl = Flow2D(size=(2.2, 0.41), resolution=50, viscosity=1e-3, inflow_velocity=0.3, inflow_profile="parabolic")
+    v, sg = polygons.circle((0.2, 0.2), 0.05, 64)
+    fl.solve(v, sg)
+    V = torch.tensor(v, device=device, dtype=torch.float64, requires_grad=True)  # the same vertices as numpy
+
+    def np_flow():
+        fl.solve(v, sg, warm_start=True).vjp([1.0, 0.0])
+
+    def tt_flow():
+        tt.flow_force(fl, V, sg)[0].backward()
+        V.grad = None
+
+    print(f"| step | numpy API (ms) | tigeom.torch on {device} tensors (ms) | torch / numpy |")
+    print("|---|---|---|---|")
+    for name, a, b in (("DMesh: 4,000 points, %d candidate edges, 20,000 targets" % len(faces), np_dmesh, tt_dmesh),
+                       ("Flow2D gradient: Schaefer-Turek 2D-1 at 10 cells/D, warm solve + vjp", np_flow, tt_flow)):
+        tn, tt_ = best_synced(a, reps), best_synced(b, reps)
+        print(f"| {name} | {1e3 * tn:.2f} | {1e3 * tt_:.2f} | {tt_ / tn:.3f} |", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="cpu")
@@ -101,9 +150,13 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--meshsdf-n", type=int, default=128)
     ap.add_argument("--gradcheck-only", action="store_true")
+    ap.add_argument("--steps-only", action="store_true", help="only the DMesh step and the Flow2D gradient")
     a = ap.parse_args(argv)
     if a.gradcheck_only:
         return gradchecks(a.arch, "cuda" if a.arch == "cuda" else "cpu")
+    if a.steps_only:
+        cfg = tigeom.init(arch=a.arch, precision="f32")
+        return step_comparisons("cuda" if cfg.backend == "cuda" else "cpu", a.reps)
     cfg = tigeom.init(arch=a.arch, precision="f32")
     device = "cuda" if cfg.backend == "cuda" else "cpu"
     print(f"# backend {cfg.backend}, {platform.processor() or platform.machine()}, torch {torch.__version__}")
@@ -132,6 +185,7 @@ def main(argv=None):
     print(f"| {a.n}^3 | {len(surf.vertices):,} | {1e3 * t_dev:.2f} | {1e3 * t_torch:.2f} | {t_torch / t_dev:.2f} | "
           f"{1e3 * t_np_f:.2f} | {1e3 * t_np_b:.2f} | {(t_np_f + t_np_b) / t_torch:.1f}x |")
     meshsdf_split(device, a.meshsdf_n, a.reps)
+    step_comparisons(device, a.reps)
     gradchecks(a.arch, device)
 
 

@@ -267,3 +267,31 @@ def test_meshsdf_without_an_input_gradient_uses_the_grid_normals():
     w = torch.randn(v.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     (v * w).sum().backward()
     assert abs(r.grad.item() / (w * n).sum().item() - 1) < 1e-2
+
+
+def test_functions_run_under_torch_compile():
+    """torch.compile (Dynamo and AOT autograd; the 'aot_eager' backend needs no C++ compiler)
+    runs the autograd functions, breaking the graph around them, with the eager results and
+    gradients."""
+    vals, h = _ellipsoid_grid(9)
+    rng = np.random.default_rng(3)
+    p = rng.random((20, 2))
+    r = rng.uniform(0.2, 1.0, 20)
+    faces = dmesh.candidate_faces(p, k=4)
+    tg = losses.Targets(rng.random((30, 2)))
+
+    def f(vals, P, R):
+        v, _ = tt.marching_cubes(vals * 1.0, 0.0, h, -1.0)
+        probs = tt.face_probabilities(P, None, R, faces, method="minball", sharpness=20.0)
+        return (v ** 2).sum() + tt.expected_chamfer(P, faces, probs, tg)
+
+    outs = []
+    for fn in (f, torch.compile(f, backend="aot_eager")):
+        args = [vals.detach().clone().requires_grad_(True), torch.tensor(p, requires_grad=True),
+                torch.tensor(r, requires_grad=True)]
+        loss = fn(*args)
+        loss.backward()
+        outs.append((loss.detach(), [a.grad for a in args]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-12, atol=0)
+    for a, b in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
