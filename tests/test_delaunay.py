@@ -369,3 +369,33 @@ def test_cell_with_many_vertices_is_rerun_with_more_room():
     lower, hidden = lifted_lower_hull(p, np.zeros(len(p)))
     assert canon(tri.simplices) == canon(lower) and not tri.hidden.any()
     check_valid(tri)
+
+
+def _simplex_set(tri):
+    return set(map(tuple, np.sort(tri.simplices, axis=1).tolist()))
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_any_finite_input_scale_gives_the_same_triangulation(d):
+    """Points scaled by anything from 1e-300 to 1e300 (and weights by its square, where that is
+    a float64) give the triangulation of the unscaled input: the input is brought to unit size
+    internally by an exact power-of-two scaling."""
+    rng = np.random.default_rng(11)
+    p = rng.random((300, d))
+    w = rng.random(300) * (0.5 * 300 ** (-1.0 / d)) ** 2
+    ref, refw = _simplex_set(tigeom.weighted_delaunay(p)), _simplex_set(tigeom.weighted_delaunay(p, w))
+    assert len(ref) > 300 and refw != ref
+    for s in (1e-300, 2.0 ** -1000, 1e-150, 1e-100, 1e-40, 1e12, 1e40, 1e60, 1e150, 2.0 ** 1000, 1e300):
+        tri = tigeom.weighted_delaunay(p * s)
+        assert _simplex_set(tri) == ref, s
+        assert tri.points[0, 0] == p[0, 0] * s  # the caller's points, not the scaled copy
+        if 1e-150 <= s <= 1e150:
+            assert _simplex_set(tigeom.weighted_delaunay(p * s, w * s * s)) == refw, s
+    off = tigeom.weighted_delaunay(p * 1e-100 + 1e-95)  # an offset of 1e5 extents
+    assert _simplex_set(off) == ref
+
+
+def test_weights_too_large_for_the_extent_are_refused():
+    p = np.random.default_rng(0).random((20, 2)) * 1e-200
+    with pytest.raises(ValueError, match="weights: too large"):
+        tigeom.weighted_delaunay(p, np.full(20, 1e300))

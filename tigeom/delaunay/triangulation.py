@@ -144,7 +144,22 @@ class Triangulation:
 # --------------------------------------------------------------------------- entry point
 
 
+def unit_scale(pts: np.ndarray) -> float:
+    """The power of two s that brings the largest side of the points' bounding box into
+    [0.5, 1). Multiplying by a power of two is exact in floating point (short of underflow), and
+    the regular triangulation does not change when points scale by s and weights by s^2, so
+    triangulating the scaled input gives the same simplices for any finite input scale, with
+    every intermediate quantity of unit size."""
+    half = float((pts.max(axis=0) * 0.5 - pts.min(axis=0) * 0.5).max())  # halves: no overflow
+    if not half > 0.0:
+        return 1.0
+    _, e = np.frexp(half)  # half = m 2^e, m in [0.5, 1): the side is m 2^(e + 1)
+    return float(np.ldexp(1.0, -(int(e) + 1)))
+
+
 def _validate(points, weights):
+    """(points, weights, duplicate mask, scale): the input scaled by ``unit_scale`` (weights by
+    its square)."""
     pts = as_points(points, "points")
     n, d = pts.shape
     if weights is None:
@@ -153,6 +168,14 @@ def _validate(points, weights):
         w = as_array(weights, "weights")
         if w.ndim != 1 or len(w) != n:
             raise ValueError(f"weights: expected shape ({n},) to match points, got {w.shape}")
+    scale = unit_scale(pts)
+    if scale != 1.0:
+        pts = pts * scale
+        with np.errstate(over="ignore", under="ignore"):
+            w = w * scale * scale
+        if not np.isfinite(w).all():
+            raise ValueError("weights: too large for the points' extent (a weight beyond about 1e300 times the "
+                             "squared side of the points' bounding box)")
     dup = _duplicates(pts, w)
     uniq = pts[~dup]
     if len(uniq) < d + 1:
@@ -162,7 +185,7 @@ def _validate(points, weights):
     if sv[-1] <= 1e-12 * sv[0]:
         what = "one line" if d == 2 else "one plane"
         raise ValueError(f"points: all points lie on {what}; the triangulation would be degenerate")
-    return pts, w, dup
+    return pts, w, dup, scale
 
 
 def _duplicates(pts: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -189,10 +212,14 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     ``check`` (default True) certifies that neighbouring cells agree and recomputes the cells
     that do not with exact arithmetic; switching it off saves one pass.
 
+    Any finite input scale works: the points are scaled internally by the power of two that
+    brings their bounding box to unit size (weights by its square), which is exact and leaves
+    the triangulation unchanged (``stats["scale"]``).
+
     Raises ValueError for a wrong shape or dimension, NaN/inf, weights of the wrong length,
     fewer than d + 1 distinct points, or all points on one line (2D) / plane (3D).
     """
-    pts, w, dup = _validate(points, weights)
+    pts, w, dup, scale = _validate(points, weights)
     runtime.ensure_init()
     from . import _kernels as K
 
@@ -215,6 +242,10 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     faces = faces if len(faces) else faces.reshape(0, d)
     laps("finish")
     stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
+    stats["scale"] = scale
+    if scale != 1.0:  # the caller's points and weights, not the scaled copies
+        pts = as_points(points, "points")
+        w = np.zeros(n) if weights is None else as_array(weights, "weights")
     return Triangulation(pts, w, simplices.astype(np.int64, copy=False), hidden, faces.astype(np.int64, copy=False),
                          stats)
 
