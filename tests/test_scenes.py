@@ -231,7 +231,8 @@ def test_improve_tets_cli(tmp_path, capsys):
     io.write_volume(src, v, t)
     assert cli.main(["improve-tets", str(src), str(dst), "--arch", "cpu", "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "min dihedral" in text and "before" in text
+    assert "min dihedral" in text and "before" in text and "tets outside [30, 150] deg" in text
+    assert "[170, 180]" in text  # the histogram of dihedral angles, before and after
     v2, t2 = io.read_volume(dst)
     from tigeom.tetmesh import tet_quality
 

@@ -45,7 +45,12 @@ def test_sliver():
     assert q["min_dihedral"][0] < 1.0
     assert q["radius_ratio"][0] < 0.02
     s = q.summary()
-    assert s["tets_below_10deg"] == 1 and s["tets_above_150deg"] == 1
+    assert s["tets_below_10deg"] == 1 and s["tets_above_150deg"] == 1 and s["tets_outside_30_150deg"] == 1
+    hist = s["dihedral_histogram_10deg"]
+    assert len(hist) == 18 and sum(hist) == 6 and hist[17] == 2  # the two flat angles near 180
+    r = tet_quality(CORNER, ONE).summary()  # 90 deg three times, 54.7 deg three times: all inside
+    h = r["dihedral_histogram_10deg"]
+    assert r["tets_outside_30_150deg"] == 0 and h[5] == 3 and h[8] + h[9] == 3 and sum(h) == 6
 
 
 def test_inverted_tet_is_signed():

@@ -59,12 +59,17 @@ def _improve_tets(args) -> int:
     rows = [("tets", "tets"), ("min dihedral [deg]", "min_dihedral"), ("max dihedral [deg]", "max_dihedral"),
             ("min radius ratio", "min_radius_ratio"), ("min mean ratio", "min_mean_ratio"),
             ("tets with an angle < 10 deg", "tets_below_10deg"), ("tets with an angle < 30 deg", "tets_below_30deg"),
-            ("tets with an angle > 150 deg", "tets_above_150deg"), ("total volume", "total_volume")]
+            ("tets with an angle > 150 deg", "tets_above_150deg"),
+            ("tets outside [30, 150] deg", "tets_outside_30_150deg"), ("total volume", "total_volume")]
     print(f"{'':30s} {'before':>14s} {'after':>14s}")
     for label, key in rows:
         b, a = out.before[key], out.after[key]
         fmt = (lambda x: f"{x:14d}") if isinstance(b, int) else (lambda x: f"{x:14.6g}")
         print(f"{label:30s} {fmt(b)} {fmt(a)}")
+    print("dihedral angles per 10-degree bin (6 per tet)")
+    hb, ha = out.before["dihedral_histogram_10deg"], out.after["dihedral_histogram_10deg"]
+    for k, (b, a) in enumerate(zip(hb, ha)):
+        print(f"{f'  [{10 * k:3d}, {10 * k + 10:3d}' + (']' if k == 17 else ')'):30s} {b:14d} {a:14d}")
     print(f"{out.stats['sweeps']} sweeps in {out.stats['seconds']:.2f} s: {out.stats['flip23']} 2-3 flips, "
           f"{out.stats['edge_removal']} edge removals, {out.stats['splits']} insertions, "
           f"{out.stats['smooth_moves']} vertex moves; written to {args.output}")

@@ -90,6 +90,9 @@ class TetQuality(Mapping):
             "tets_below_10deg": int((self._a["min_dihedral"] < 10).sum()),
             "tets_below_30deg": int((self._a["min_dihedral"] < 30).sum()),
             "tets_above_150deg": int((self._a["max_dihedral"] > 150).sum()),
+            "tets_outside_30_150deg": int(((self._a["min_dihedral"] < 30) | (self._a["max_dihedral"] > 150)).sum()),
+            # every dihedral angle (6 per tet) in 10-degree bins [0, 10), ..., [170, 180]
+            "dihedral_histogram_10deg": [int(c) for c in np.histogram(d.ravel(), bins=18, range=(0.0, 180.0))[0]],
         }
 
     def histogram(self, bins=36, key: str = "dihedrals", range=(0.0, 180.0)):
