@@ -449,6 +449,16 @@ def _gather(P: ti.template(), skip: ti.template(), start: ti.template(), order: 
 
 
 @ti.func
+def _band_hi2(pas, h):
+    """Squared outer radius of distance band ``pas`` of the gathered candidates (the last band
+    takes the rest)."""
+    hi2 = ti.f64(1e300)
+    if pas < NPASS - 1:
+        hi2 = (ti.f64(BAND0) * ti.pow(ti.f64(BAND_GROWTH), pas) * h) ** 2
+    return hi2
+
+
+@ti.func
 def _ring_done(st, r, rmax, h, need2):
     """After ring r: stop on a status, past the grid, or once unvisited points (at least r h
     away) lie beyond the security distance."""
@@ -806,55 +816,82 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             st = 0
             need2 = _need2_3(vy, w, nt, wmax - W[i])
             c = _cell_of(pi, lo, h, r3, 3)
-            r = 0
             m = _gather(P, skip, start, order, i, pi, c, R1_3D, r3, cand, cdist, w, 3)
-            if m >= 0:
-                lo2 = _f64(-1.0)
-                for pas in range(NPASS):
-                    hi2 = (ti.f64(BAND0) * ti.pow(ti.f64(BAND_GROWTH), pas) * h) ** 2 if pas < NPASS - 1 else ti.f64(1e300)
-                    k = 0
-                    while k < m and st == 0:
+            # One loop hands out the clipping candidates in the order of the two searches (the
+            # gathered nearby points in growing distance bands, then rings of grid cells), one
+            # candidate or one search step per turn, so that _clip3 has a single call site:
+            # every inlined copy of it costs about a minute of compilation on a CPU.
+            phase = 0  # 0: gathered candidates, 1: rings, 2: finished
+            r = 0
+            pas = 0
+            k = 0
+            lo2 = _f64(-1.0)
+            hi2 = _band_hi2(0, h)
+            a = 0
+            b = 0
+            e = 0
+            s = 0
+            send = 0
+            if m < 0:
+                phase = 1
+            while phase < 2 and st == 0:
+                j = -1
+                if phase == 0:
+                    if k < m:
                         dk = cdist[w, k]
                         if lo2 <= dk and dk < hi2 and dk < need2:
-                            nt0 = nt
-                            npl0 = npl
-                            nt, npl, st = _clip3(P, W, i, pi, cand[w, k], w, nt, npl, tri, pl, vy, flag, cl, be,
-                                                 box_lo, box_hi, tcap, pcap)
-                            if st == 0 and (npl != npl0 or nt != nt0):
-                                need2 = _need2_3(vy, w, nt, wmax - W[i])
+                            j = cand[w, k]
                         k += 1
-                    lo2 = hi2
-                r = R1_3D + 1
-            done = m >= 0 and (R1_3D * h * ti.f64(SHRINK)) ** 2 >= need2
-            while not done:
-                a = -r
-                while a <= r and st == 0:
-                    b = -r
-                    while b <= r and st == 0:
-                        edge = ti.abs(a) == r or ti.abs(b) == r
+                    else:
+                        lo2 = hi2
+                        pas += 1
+                        k = 0
+                        if pas < NPASS:
+                            hi2 = _band_hi2(pas, h)
+                        else:
+                            r = R1_3D + 1
+                            a = -r
+                            b = -r
+                            e = -r
+                            phase = 1
+                            if (R1_3D * h * ti.f64(SHRINK)) ** 2 >= need2:
+                                phase = 2
+                elif s < send:  # the points of the grid cell being visited
+                    jj = order[s]
+                    s += 1
+                    dj = _pt(P, jj, 3) - pi
+                    if jj != i and skip[jj] == 0 and dj.dot(dj) < need2:
+                        j = jj
+                elif a > r:  # ring r visited
+                    if _ring_done(st, r, rmax, h, need2):
+                        phase = 2
+                    else:
+                        r += 1
+                        a = -r
+                        b = -r
                         e = -r
-                        while e <= r and st == 0:
-                            cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
-                            inside = 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]
-                            if inside and _box_dist2(pi, ti.Vector([cx, cy, cz]), lo, h) < need2:
-                                f = (cx * r3[1] + cy) * r3[2] + cz
-                                s = start[f]
-                                while s < start[f + 1] and st == 0:
-                                    j = order[s]
-                                    dj = _pt(P, j, 3) - pi
-                                    if j != i and skip[j] == 0 and dj.dot(dj) < need2:
-                                        nt0 = nt
-                                        npl0 = npl
-                                        nt, npl, st = _clip3(P, W, i, pi, j, w, nt, npl, tri, pl, vy,
-                                                             flag, cl, be, box_lo, box_hi, tcap, pcap)
-                                        if st == 0 and (npl != npl0 or nt != nt0):
-                                            need2 = _need2_3(vy, w, nt, wmax - W[i])
-                                    s += 1
-                            e += 1 if (edge or r == 0) else 2 * r
+                else:  # visit grid cell (a, b, e) of ring r, then step to the next one
+                    cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
+                    inside = 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]
+                    if inside and _box_dist2(pi, ti.Vector([cx, cy, cz]), lo, h) < need2:
+                        f = (cx * r3[1] + cy) * r3[2] + cz
+                        s = start[f]
+                        send = start[f + 1]
+                    edge = ti.abs(a) == r or ti.abs(b) == r
+                    e += 1 if (edge or r == 0) else 2 * r
+                    if e > r:
+                        e = -r
                         b += 1
-                    a += 1
-                done = _ring_done(st, r, rmax, h, need2)
-                r += 1
+                        if b > r:
+                            b = -r
+                            a += 1
+                if j >= 0:
+                    nt0 = nt
+                    npl0 = npl
+                    nt, npl, st = _clip3(P, W, i, pi, j, w, nt, npl, tri, pl, vy, flag, cl, be, box_lo, box_hi,
+                                         tcap, pcap)
+                    if st == 0 and (npl != npl0 or nt != nt0):
+                        need2 = _need2_3(vy, w, nt, wmax - W[i])
             status[i] = st
             cnt = 0
             if st == 0:
