@@ -592,45 +592,61 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             st = 0
             need2 = _need2_2(vy, w, cur, n, wmax - W[i])
             c = _cell_of(pi, lo, h, r3, 2)
-            r = 0
             m = _gather(P, skip, start, order, i, pi, c, R1_2D, r3, cand, cdist, w, 2)
-            if m >= 0:
-                k = 0
-                while k < m and st == 0:
-                    if cdist[w, k] < need2:
-                        cur0 = cur
-                        n, cur, st = _clip2(P, W, i, pi, cand[w, k], w, n, cur, planes, vy, flag, box_lo,
-                                            box_hi, cap)
-                        if st == 0 and cur != cur0:
-                            need2 = _need2_2(vy, w, cur, n, wmax - W[i])
-                    k += 1
-                r = R1_2D + 1
-            done = m >= 0 and (R1_2D * h * ti.f64(SHRINK)) ** 2 >= need2
-            while not done:
-                a = -r
-                while a <= r and st == 0:
-                    bstep = 1 if (ti.abs(a) == r or r == 0) else 2 * r
-                    b = -r
-                    while b <= r and st == 0:
-                        cx = c[0] + a
-                        cy = c[1] + b
-                        if 0 <= cx < r3[0] and 0 <= cy < r3[1]:
-                            f = cx * r3[1] + cy
-                            s = start[f]
-                            while s < start[f + 1] and st == 0:
-                                j = order[s]
-                                dj = _pt(P, j, 2) - pi
-                                if j != i and skip[j] == 0 and dj.dot(dj) < need2:
-                                    cur0 = cur
-                                    n, cur, st = _clip2(P, W, i, pi, j, w, n, cur, planes, vy, flag,
-                                                        box_lo, box_hi, cap)
-                                    if st == 0 and cur != cur0:
-                                        need2 = _need2_2(vy, w, cur, n, wmax - W[i])
-                                s += 1
-                        b += bstep
-                    a += 1
-                done = _ring_done(st, r, rmax, h, need2)
-                r += 1
+            # one loop hands out the candidates of both searches, so that _clip2 is inlined once
+            # (as in cells3d)
+            phase = 0  # 0: gathered candidates, 1: rings, 2: finished
+            r = 0
+            kc = 0
+            a = 0
+            b = 0
+            s = 0
+            send = 0
+            if m < 0:
+                phase = 1
+            while phase < 2 and st == 0:
+                j = -1
+                if phase == 0:
+                    if kc < m:
+                        if cdist[w, kc] < need2:
+                            j = cand[w, kc]
+                        kc += 1
+                    else:
+                        r = R1_2D + 1
+                        a = -r
+                        b = -r
+                        phase = 1
+                        if (R1_2D * h * ti.f64(SHRINK)) ** 2 >= need2:
+                            phase = 2
+                elif s < send:  # the points of the grid cell being visited
+                    jj = order[s]
+                    s += 1
+                    dj = _pt(P, jj, 2) - pi
+                    if jj != i and skip[jj] == 0 and dj.dot(dj) < need2:
+                        j = jj
+                elif a > r:  # ring r visited
+                    if _ring_done(st, r, rmax, h, need2):
+                        phase = 2
+                    else:
+                        r += 1
+                        a = -r
+                        b = -r
+                else:  # visit grid cell (a, b) of ring r, then step to the next one
+                    cx = c[0] + a
+                    cy = c[1] + b
+                    if 0 <= cx < r3[0] and 0 <= cy < r3[1]:
+                        f = cx * r3[1] + cy
+                        s = start[f]
+                        send = start[f + 1]
+                    b += 1 if (ti.abs(a) == r or r == 0) else 2 * r
+                    if b > r:
+                        b = -r
+                        a += 1
+                if j >= 0:
+                    cur0 = cur
+                    n, cur, st = _clip2(P, W, i, pi, j, w, n, cur, planes, vy, flag, box_lo, box_hi, cap)
+                    if st == 0 and cur != cur0:
+                        need2 = _need2_2(vy, w, cur, n, wmax - W[i])
             status[i] = st
             cnt = 0
             if st == 0:
