@@ -496,6 +496,41 @@ def _emit_close(buf: ti.template(), slot, left):
 
 
 @ti.func
+def _ring_cell2(start: ti.template(), c, r3, a, b, r, s, send):
+    """Visit grid cell c + (a, b) of ring r: the range [s, send) of its points in the grid order
+    (left as it was outside the grid); then step to the next cell of the ring."""
+    cx = c[0] + a
+    cy = c[1] + b
+    if 0 <= cx < r3[0] and 0 <= cy < r3[1]:
+        f = cx * r3[1] + cy
+        s = start[f]
+        send = start[f + 1]
+    b += 1 if (ti.abs(a) == r or r == 0) else 2 * r
+    if b > r:
+        b = -r
+        a += 1
+    return s, send, a, b
+
+
+@ti.func
+def _emit_cell2(P: ti.template(), W: ti.template(), i, w, n, cur, planes: ti.template(), box_lo, box_hi, band,
+                buf: ti.template(), counter: ti.template(), slot, left, chunk: ti.template()):
+    """Emit the finished 2D cell's simplices (edges between two bisector planes, owned by the
+    box); returns (count, slot, left)."""
+    cnt = 0
+    for k in range(n):
+        a2 = planes[w, cur, k]
+        b2 = planes[w, cur, (k + 1) % n]
+        # nested ifs: Taichi's `and` does not short-circuit, and box planes are
+        # negative ids that must never index P (an out-of-bounds read on CUDA)
+        if a2 >= 0 and b2 >= 0:
+            if inside_box_canonical(P, W, i, ti.Vector([a2, b2]), box_lo, box_hi, band, 2):
+                slot, left = _emit(buf, counter, i, cnt, ti.Vector([a2, b2]), 2, slot, left, chunk)
+                cnt += 1
+    return cnt, slot, left
+
+
+@ti.func
 def _clip2(P: ti.template(), W: ti.template(), i, pi, j, w, n, cur, planes: ti.template(), vy: ti.template(), flag: ti.template(),
            box_lo, box_hi, cap):
     """Clip polygon `cur` of worker w (n vertices) by bisector j; returns (n, cur, status)."""
@@ -631,17 +666,8 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                         r += 1
                         a = -r
                         b = -r
-                else:  # visit grid cell (a, b) of ring r, then step to the next one
-                    cx = c[0] + a
-                    cy = c[1] + b
-                    if 0 <= cx < r3[0] and 0 <= cy < r3[1]:
-                        f = cx * r3[1] + cy
-                        s = start[f]
-                        send = start[f + 1]
-                    b += 1 if (ti.abs(a) == r or r == 0) else 2 * r
-                    if b > r:
-                        b = -r
-                        a += 1
+                else:
+                    s, send, a, b = _ring_cell2(start, c, r3, a, b, r, s, send)
                 if j >= 0:
                     cur0 = cur
                     n, cur, st = _clip2(P, W, i, pi, j, w, n, cur, planes, vy, flag, box_lo, box_hi, cap)
@@ -650,15 +676,8 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             status[i] = st
             cnt = 0
             if st == 0:
-                for k in range(n):
-                    a2 = planes[w, cur, k]
-                    b2 = planes[w, cur, (k + 1) % n]
-                    # nested ifs: Taichi's `and` does not short-circuit, and box planes are
-                    # negative ids that must never index P (an out-of-bounds read on CUDA)
-                    if a2 >= 0 and b2 >= 0:
-                        if inside_box_canonical(P, W, i, ti.Vector([a2, b2]), box_lo, box_hi, band, 2):
-                            slot, left = _emit(buf, counter, i, cnt, ti.Vector([a2, b2]), 2, slot, left, chunk)
-                            cnt += 1
+                cnt, slot, left = _emit_cell2(P, W, i, w, n, cur, planes, box_lo, box_hi, band, buf, counter, slot,
+                                              left, chunk)
             count[i] = cnt
             q += qs
         _emit_close(buf, slot, left)
@@ -801,6 +820,45 @@ def _box_cell3(P: ti.template(), W: ti.template(), i, pi, w, tri: ti.template(),
         vy[w, k, 2] = y[2]
 
 
+@ti.func
+def _ring_cell3(start: ti.template(), c, r3, a, b, e, r, s, send, pi, lo, h, need2):
+    """Visit grid cell c + (a, b, e) of ring r: the range [s, send) of its points in the grid
+    order (left as it was outside the grid or beyond the security distance); then step to the
+    next cell of the ring (its surface only)."""
+    cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
+    inside = 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]
+    if inside and _box_dist2(pi, ti.Vector([cx, cy, cz]), lo, h) < need2:
+        f = (cx * r3[1] + cy) * r3[2] + cz
+        s = start[f]
+        send = start[f + 1]
+    edge = ti.abs(a) == r or ti.abs(b) == r
+    e += 1 if (edge or r == 0) else 2 * r
+    if e > r:
+        e = -r
+        b += 1
+        if b > r:
+            b = -r
+            a += 1
+    return s, send, a, b, e
+
+
+@ti.func
+def _emit_cell3(P: ti.template(), W: ti.template(), i, w, nt, tri: ti.template(), pl: ti.template(), box_lo,
+                box_hi, band, buf: ti.template(), counter: ti.template(), slot, left, chunk: ti.template()):
+    """Emit the finished 3D cell's simplices (vertices of three bisector planes, owned by the
+    box); returns (count, slot, left)."""
+    cnt = 0
+    for t in range(nt):
+        a3 = pl[w, tri[w, t, 0]]
+        b3 = pl[w, tri[w, t, 1]]
+        c3 = pl[w, tri[w, t, 2]]
+        if a3 >= 0 and b3 >= 0 and c3 >= 0:  # nested: `and` does not short-circuit
+            if inside_box_canonical(P, W, i, ti.Vector([a3, b3, c3]), box_lo, box_hi, band, 3):
+                slot, left = _emit(buf, counter, i, cnt, ti.Vector([a3, b3, c3]), 3, slot, left, chunk)
+                cnt += 1
+    return cnt, slot, left
+
+
 @ti.kernel
 def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res: nd_i32,
             start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, prm: nd_f64,
@@ -833,10 +891,8 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             need2 = _need2_3(vy, w, nt, wmax - W[i])
             c = _cell_of(pi, lo, h, r3, 3)
             m = _gather(P, skip, start, order, i, pi, c, R1_3D, r3, cand, cdist, w, 3)
-            # One loop hands out the clipping candidates in the order of the two searches (the
-            # gathered nearby points in growing distance bands, then rings of grid cells), one
-            # candidate or one search step per turn, so that _clip3 has a single call site:
-            # every inlined copy of it costs about a minute of compilation on a CPU.
+            # one loop hands out the candidates of both searches (gathered points by distance
+            # bands, then rings of grid cells) so that _clip3, costly to compile, is inlined once
             phase = 0  # 0: gathered candidates, 1: rings, 2: finished
             r = 0
             pas = 0
@@ -886,21 +942,8 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                         a = -r
                         b = -r
                         e = -r
-                else:  # visit grid cell (a, b, e) of ring r, then step to the next one
-                    cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
-                    inside = 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]
-                    if inside and _box_dist2(pi, ti.Vector([cx, cy, cz]), lo, h) < need2:
-                        f = (cx * r3[1] + cy) * r3[2] + cz
-                        s = start[f]
-                        send = start[f + 1]
-                    edge = ti.abs(a) == r or ti.abs(b) == r
-                    e += 1 if (edge or r == 0) else 2 * r
-                    if e > r:
-                        e = -r
-                        b += 1
-                        if b > r:
-                            b = -r
-                            a += 1
+                else:
+                    s, send, a, b, e = _ring_cell3(start, c, r3, a, b, e, r, s, send, pi, lo, h, need2)
                 if j >= 0:
                     nt0 = nt
                     npl0 = npl
@@ -911,14 +954,8 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             status[i] = st
             cnt = 0
             if st == 0:
-                for t in range(nt):
-                    a3 = pl[w, tri[w, t, 0]]
-                    b3 = pl[w, tri[w, t, 1]]
-                    c3 = pl[w, tri[w, t, 2]]
-                    if a3 >= 0 and b3 >= 0 and c3 >= 0:  # nested: `and` does not short-circuit
-                        if inside_box_canonical(P, W, i, ti.Vector([a3, b3, c3]), box_lo, box_hi, band, 3):
-                            slot, left = _emit(buf, counter, i, cnt, ti.Vector([a3, b3, c3]), 3, slot, left, chunk)
-                            cnt += 1
+                cnt, slot, left = _emit_cell3(P, W, i, w, nt, tri, pl, box_lo, box_hi, band, buf, counter, slot,
+                                              left, chunk)
             count[i] = cnt
             q += qs
         _emit_close(buf, slot, left)
@@ -1085,10 +1122,18 @@ def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), o, q, 
             v2[a] = F[a]
         u2[dim] = q
         v2[dim] = o
-        us, pu = _sort_small(u2, dim + 1)
-        vs, pv = _sort_small(v2, dim + 1)
-        so = _sign_orient_sorted(P, us, dim) * pu
-        sp = _sign_orient_sorted(P, vs, dim) * pv
+        so = 0
+        sp = 0
+        for t in range(2):  # a runtime loop, not two calls: the predicate is inlined once
+            x = u2
+            if t == 1:
+                x = v2
+            xs, px = _sort_small(x, dim + 1)
+            sg = _sign_orient_sorted(P, xs, dim) * px
+            if t == 0:
+                so = sg
+            else:
+                sp = sg
         if so != 0 and so != sp:
             dq = cf - pq
             tq = (dq.dot(dq) - W[q] - pow_f) / (2.0 * n.dot(pq - cf))
