@@ -496,6 +496,17 @@ def _emit_close(buf: ti.template(), slot, left):
 
 
 @ti.func
+def _cell_point(P: ti.template(), skip: ti.template(), order: ti.template(), i, pi, s, need2, dim: ti.template()):
+    """Point s of the grid order as a clipping candidate of cell i: (its index, or -1 when it is
+    i itself, skipped, or beyond the security distance; s + 1)."""
+    j = order[s]
+    dj = _pt(P, j, dim) - pi
+    if j == i or skip[j] != 0 or dj.dot(dj) >= need2:
+        j = -1
+    return j, s + 1
+
+
+@ti.func
 def _ring_cell2(start: ti.template(), c, r3, a, b, r, s, send):
     """Visit grid cell c + (a, b) of ring r: the range [s, send) of its points in the grid order
     (left as it was outside the grid); then step to the next cell of the ring."""
@@ -654,11 +665,7 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                         if (R1_2D * h * ti.f64(SHRINK)) ** 2 >= need2:
                             phase = 2
                 elif s < send:  # the points of the grid cell being visited
-                    jj = order[s]
-                    s += 1
-                    dj = _pt(P, jj, 2) - pi
-                    if jj != i and skip[jj] == 0 and dj.dot(dj) < need2:
-                        j = jj
+                    j, s = _cell_point(P, skip, order, i, pi, s, need2, 2)
                 elif a > r:  # ring r visited
                     if _ring_done(st, r, rmax, h, need2):
                         phase = 2
@@ -929,11 +936,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                             if (R1_3D * h * ti.f64(SHRINK)) ** 2 >= need2:
                                 phase = 2
                 elif s < send:  # the points of the grid cell being visited
-                    jj = order[s]
-                    s += 1
-                    dj = _pt(P, jj, 3) - pi
-                    if jj != i and skip[jj] == 0 and dj.dot(dj) < need2:
-                        j = jj
+                    j, s = _cell_point(P, skip, order, i, pi, s, need2, 3)
                 elif a > r:  # ring r visited
                     if _ring_done(st, r, rmax, h, need2):
                         phase = 2
