@@ -12,6 +12,8 @@ import os
 import time
 import warnings
 
+import weakref
+
 import numpy as np
 
 from tigeom import runtime
@@ -60,6 +62,18 @@ def extrapolated_done(deltas: list, tol: float) -> bool:
 class SteadyResult:
     """What the results of both flows share (``force``, ``flow``, ``state``, ``_vjp_cache`` are
     fields of the dataclasses that mix this in)."""
+
+    @property
+    def state(self) -> np.ndarray:
+        """Converged populations minus the rest weights, (Q, *grid), lattice units. They stay on
+        the device while this result owns the flow's buffers and come to the host when another
+        solve takes them."""
+        if self._state is not None:
+            return self._state
+        if self.flow._resident_result() is not self:
+            raise RuntimeError("state: the device buffers that held it were released (the runtime was "
+                               "initialised again after the solve); solve again")
+        return self.flow._bufs["f"].to_numpy()
 
     @property
     def drag(self) -> float:
@@ -169,6 +183,7 @@ class SteadyLBM:
         self._bufs = None
         self._gen = None
         self._owner = None  # token of the result whose state is in the buffers
+        self._resident = None  # weak reference to that result
         self._lam_key = None
         self._tokens = 0
         self._repeat = Repeat()
@@ -302,7 +317,32 @@ class SteadyLBM:
         """Give a new result the token that says its state is the one in the buffers."""
         self._tokens += 1
         result._token = self._owner = self._tokens
+        self._resident = weakref.ref(result)
         return result
+
+    def _resident_result(self):
+        """The result whose state is in the buffers (None when none, or when the buffers were
+        rebuilt for a new runtime)."""
+        if self._resident is None or self._bufs is None or self._gen != runtime.generation():
+            return None
+        return self._resident()
+
+    def _evict(self):
+        """Copy the state of the result living in the buffers to the host before they change."""
+        res = self._resident_result()
+        if res is not None and res._state is None:
+            res._state = self._bufs["f"].to_numpy()
+        self._resident = None
+
+    def _take_buffers_for(self, res) -> bool:
+        """Make the buffers hold ``res``'s state (for its adjoint); True when they had to be loaded."""
+        if self._owner == res._token and self._resident_result() is res:
+            return False
+        self._evict()
+        self._bufs["f"].from_numpy(res.state.astype(runtime.real_dtype()))
+        self._owner = res._token
+        self._resident = weakref.ref(res)
+        return True
 
     def _vertex_gradient(self, res, gv, report) -> np.ndarray:
         """The vertex gradient (physical units) from the lattice-unit one in ``gv``, with the

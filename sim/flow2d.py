@@ -70,10 +70,10 @@ class FlowResult(SteadyResult):
     flow: "Flow2D" = field(repr=False)
     vertices: np.ndarray = field(repr=False)
     segments: np.ndarray = field(repr=False)
-    state: np.ndarray = field(repr=False)  # (9, nx, ny) converged populations minus w_k, lattice units
     solid_fraction: np.ndarray = field(repr=False)  # (nx, ny)
     box: np.ndarray = field(repr=False)
     adjoint: dict = field(default_factory=dict)  # steps, converged, seconds of the last vjp
+    _state: np.ndarray | None = field(default=None, repr=False)  # host copy once evicted from the device
     _vjp_cache: dict = field(default_factory=dict, repr=False)
     _token: int = field(default=0, repr=False)
 
@@ -133,7 +133,7 @@ class Flow2D(SteadyLBM):
                  gam=nd(rd, (self.nx, self.ny)), uin=nd(rd, (self.ny,)), prm=nd(rd, (_kernels().N_PRM,)),
                  out=nd(rd, (2,)), box=nd(np.int32, (4,)), bc=nd(rd, (self.ny, 6)))
         b["uin"].from_numpy(self._inflow().astype(runtime.real_dtype()))
-        self._bufs, self._gen, self._owner, self._lam_key = b, gen, None, None
+        self._bufs, self._gen, self._owner, self._lam_key, self._resident = b, gen, None, None, None
         return b
 
     def _set_prm(self, b, gx=0.0, gy=0.0):
@@ -171,6 +171,8 @@ class Flow2D(SteadyLBM):
         runtime.ensure_init()
         _, s, vl, box = self._prepare_body(vertices, segments)
         b = self._buffers()
+        self._evict()
+        self._owner = None  # the body arrays change: a later vjp must upload its own
         self._upload_body(b, vl, s, box)
         return b["gam"].to_numpy().astype(np.float64)
 
@@ -199,6 +201,7 @@ class Flow2D(SteadyLBM):
         v, s, vl, box = self._prepare_body(vertices, segments)
         tol, max_steps = self._limits(tol, max_steps)
         b = self._buffers()
+        self._evict()
         fresh = not warm_start or self._owner is None
         self._upload_body(b, vl, s, box)
         if fresh:
@@ -208,8 +211,7 @@ class Flow2D(SteadyLBM):
         seconds = time.perf_counter() - t0
         result = FlowResult(force=np.asarray(hist[-1][2:4], float), converged=converged, steps=n,
                             residuals=np.asarray(hist, float), seconds=seconds, flow=self, vertices=v,
-                            segments=s, state=b["f"].to_numpy(), solid_fraction=b["gam"].to_numpy().astype(float),
-                            box=box)
+                            segments=s, solid_fraction=b["gam"].to_numpy().astype(float), box=box)
         return self._register(result)
 
     # ------------------------------------------------------------------ adjoint
@@ -219,10 +221,8 @@ class Flow2D(SteadyLBM):
         b = self._buffers()
         rd = runtime.real_dtype()
         tol, max_steps = self._limits(tol, max_steps)
-        if self._owner != res._token:
-            b["f"].from_numpy(res.state.astype(rd))
+        if self._take_buffers_for(res):
             self._upload_body(b, res.vertices / self.dx, res.segments, res.box)
-            self._owner = res._token
         gl = np.asarray(g, float) * self.force_scale
         self._set_prm(b, gl[0], gl[1])
         if b["lam"] is None:

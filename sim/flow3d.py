@@ -11,7 +11,6 @@ chained through the solid fraction to the vertices.
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,13 +88,6 @@ class FlowResult3D(SteadyResult):
     _vjp_cache: dict = field(default_factory=dict, repr=False)
     _token: int = field(default=0, repr=False)
 
-    @property
-    def state(self) -> np.ndarray:
-        """Converged populations minus the rest weights, (19, nx, ny, nz), lattice units."""
-        if self._state is not None:
-            return self._state
-        return self.flow._bufs["f"].to_numpy()
-
 
 class Flow3D(SteadyLBM):
     """Steady incompressible flow in the channel [0, Lx] x [0, Ly] x [0, Lz] around closed
@@ -120,7 +112,6 @@ class Flow3D(SteadyLBM):
         self._setup(size, resolution, viscosity, inflow_velocity, inflow_profile, walls, lattice_velocity,
                     smoothing, retraction, tol, max_steps, check_every)
         self.nx, self.ny, self.nz = self.shape
-        self._resident = None  # weak reference to the result whose state is in the buffers
 
     # ------------------------------------------------------------------ buffers
 
@@ -211,13 +202,6 @@ class Flow3D(SteadyLBM):
         self._upload_body(b, vl, t, box)
         return b["gam"].to_numpy().astype(np.float64), box
 
-    def _evict(self):
-        """Copy the state of the result living in the buffers to the host before they change."""
-        res = self._resident() if self._resident is not None else None
-        if res is not None and res._state is None:
-            res._state = self._bufs["f"].to_numpy()
-        self._resident = None
-
     # ------------------------------------------------------------------ forward
 
     def solve(self, vertices, faces, *, warm_start: bool = False, max_steps: int | None = None,
@@ -244,7 +228,6 @@ class Flow3D(SteadyLBM):
         result = FlowResult3D(force=np.asarray(hist[-1][2:5], float), converged=converged, steps=n,
                               residuals=np.asarray(hist, float), seconds=time.perf_counter() - t0, flow=self,
                               vertices=v, faces=t, solid_fraction=b["gam"].to_numpy().astype(float), box=box)
-        self._resident = weakref.ref(result)
         return self._register(result)
 
     # ------------------------------------------------------------------ adjoint
@@ -254,12 +237,8 @@ class Flow3D(SteadyLBM):
         b = self._buffers()
         rd = runtime.real_dtype()
         tol, max_steps = self._limits(tol, max_steps)
-        if self._owner != res._token:
-            self._evict()
-            b["f"].from_numpy(res.state.astype(rd))
+        if self._take_buffers_for(res):
             self._upload_body(b, res.vertices / self.dx, res.faces, res.box)
-            self._owner = res._token
-            self._resident = weakref.ref(res)
         gl = np.asarray(g, float) * self.force_scale
         self._set_prm(b, gl, b["orient"])
         if b["lam"] is None:

@@ -173,3 +173,31 @@ def test_bad_input():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fl.solve(v, s, max_steps=10).vjp([1.0, 0.0, 0.0])
+
+
+def test_a_result_keeps_its_state_and_body_when_the_buffers_are_reused():
+    """The state stays on the device until another solve takes the buffers, then it is copied to
+    the host first. A vjp after a solid_fraction call of another body, and after another solve,
+    reloads that result's body and state and equals the vjp of a flow that did nothing else."""
+    kw = dict(size=(0.6, 0.3), resolution=50, viscosity=0.02, inflow_velocity=1.0, tol=1e-30, check_every=10)
+    v1, s = small_body()
+    v2, _ = small_body(scale=0.9, shift=(0.02, 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = Flow2D(**kw)
+        r = ref.solve(v1, s, max_steps=40)
+        g_ref = [r.vjp(g, tol=1e-30, max_steps=40) for g in ([0.3, 1.0], [1.0, 0.0])]
+        fl = Flow2D(**kw)
+        a = fl.solve(v1, s, max_steps=40)
+        assert a._state is None  # still on the device
+        state_a = a.state.copy()
+        fl.solid_fraction(v2, s)
+        g_a = [a.vjp([0.3, 1.0], tol=1e-30, max_steps=40)]
+        b = fl.solve(v2, s, max_steps=40)
+        assert a._state is not None and b._state is None
+        g_a.append(a.vjp([1.0, 0.0], tol=1e-30, max_steps=40))
+    np.testing.assert_array_equal(a.state, state_a)
+    np.testing.assert_array_equal(state_a, r.state)
+    for ga, gr in zip(g_a, g_ref):
+        np.testing.assert_allclose(ga, gr, rtol=1e-12, atol=1e-14 * np.abs(gr).max())
+    assert not np.array_equal(b.state, state_a)
