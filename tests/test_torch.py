@@ -177,6 +177,86 @@ def test_expected_chamfer_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b: tt.expected_chamfer(a, faces, b, tg), (P, PR), **DMESH_CHECK)
 
 
+def _dmesh_case(seed=5, n=30):
+    rng = np.random.default_rng(seed)
+    p = rng.random((n, 2))
+    w = rng.random(n) * 2e-3
+    r = rng.uniform(0.2, 1.0, n)
+    faces = dmesh.candidate_faces(p, k=5)
+    return p, w, r, faces, rng.random((60, 2))
+
+
+@pytest.mark.parametrize("method", ["wdt", "minball"])
+def test_dmesh_functions_read_tensors_in_place_and_match_the_host_path(monkeypatch, method):
+    """Tensors where the kernels run go to them as they are: the kernels get tensors (not host
+    arrays), the probabilities and the loss come back as tensors written there, faces may be an
+    index tensor checked there, and the default sharpness is computed there. Values and
+    gradients equal the host-array path's."""
+    p, w, r, faces, tgt = _dmesh_case()
+    seen = []
+    real_eval = dmesh.probabilities.evaluate
+
+    def spy(P, *a, **k):
+        seen.append(P)
+        return real_eval(P, *a, **k)
+
+    monkeypatch.setattr(dmesh.probabilities, "evaluate", spy)
+
+    def run(face_arg):
+        P, W, R = (torch.tensor(a, requires_grad=True) for a in (p, w, r))
+        probs = tt.face_probabilities(P, W if method == "wdt" else None, R, face_arg, method=method)
+        loss = tt.expected_chamfer(P, face_arg, probs, torch.tensor(tgt)) + (probs ** 2).sum()
+        loss.backward()
+        return probs.detach(), loss.detach(), P.grad, R.grad, None if method == "minball" else W.grad
+
+    inplace = run(torch.as_tensor(faces))
+    assert isinstance(seen[-1], torch.Tensor)
+    monkeypatch.setattr(tt, "_on_runtime_device", lambda t: False)
+    host = run(faces)
+    assert not isinstance(seen[-1], torch.Tensor)
+    ref = dmesh.face_probabilities(p, w if method == "wdt" else None, r, faces, method=method)
+    np.testing.assert_allclose(inplace[0].numpy(), ref.probs, rtol=1e-12, atol=1e-15)
+    for a, b in zip(inplace, host):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_expected_chamfer_in_place_gradcheck_with_index_tensor_faces():
+    p, _, _, faces, tgt = _dmesh_case(11, 20)
+    pr = np.random.default_rng(3).uniform(0.05, 0.95, len(faces))
+    P, PR = torch.tensor(p, requires_grad=True), torch.tensor(pr, requires_grad=True)
+    F, T = torch.as_tensor(faces), torch.tensor(tgt)
+    val = tt.expected_chamfer(P, F, PR, T, min_prob=0.1)
+    assert val.item() == pytest.approx(losses.expected_chamfer(p, faces, pr, tgt, min_prob=0.1).value, rel=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: tt.expected_chamfer(a, F, b, T, min_prob=0.1), (P, PR),
+                                    **DMESH_CHECK)
+
+
+def test_in_place_dmesh_bad_input_names_the_argument():
+    p, w, r, faces, tgt = _dmesh_case()
+    P, R = torch.tensor(p), torch.tensor(r)
+    F = torch.as_tensor(faces)
+    bad = F.clone()
+    bad[3, 1] = len(p)
+    with pytest.raises(ValueError, match=r"faces: indices must lie in \[0, 30\)"):
+        tt.face_probabilities(P, None, R, bad)
+    bad[3, 1] = bad[3, 0]
+    with pytest.raises(ValueError, match="faces: a row repeats a vertex"):
+        tt.face_probabilities(P, None, R, bad)
+    with pytest.raises(ValueError, match=r"reals: must lie in \[0, 1\]"):
+        tt.face_probabilities(P, None, R + 1, F)
+    with pytest.raises(ValueError, match="points: contains NaN"):
+        tt.face_probabilities(P * float("nan"), None, R, F)
+    with pytest.raises(ValueError, match="sharpness: must be > 0"):
+        tt.face_probabilities(P, None, R, F, sharpness=-1.0)
+    with pytest.raises(ValueError, match=r"probs: must lie in \[0, 1\]"):
+        tt.expected_chamfer(P, F, torch.full((len(faces),), 2.0, dtype=torch.float64), tgt)
+    with pytest.raises(ValueError, match="probs: expected"):
+        tt.expected_chamfer(P, F, torch.zeros(3, dtype=torch.float64), tgt)
+    with pytest.raises(TypeError, match="unexpected keyword 'reech'"):
+        tt.expected_chamfer(P, F, torch.zeros(len(faces), dtype=torch.float64), tgt, reech=1.0)
+
+
 def test_flow_force_gradcheck_2d_and_3d():
     fl2 = Flow2D(size=(0.6, 0.3), resolution=40, viscosity=0.02, inflow_velocity=1.0, tol=1e-12, check_every=100)
     # bodies off the channel's mirror plane: on it, cells equidistant from two faces make the

@@ -34,6 +34,8 @@ from . import runtime
 from .isosurface import extract as _iso
 from .isosurface import marching_cubes as _marching_cubes
 from .isosurface import marching_squares as _marching_squares
+from ._core.validate import as_scalar
+from .spatial import PointGrid
 
 __all__ = ["marching_cubes", "marching_squares", "meshsdf", "face_probabilities", "expected_chamfer", "flow_force"]
 
@@ -277,20 +279,201 @@ def meshsdf(sdf, bounds, resolution: int = 64, level: float = 0.0, *, chunk: int
 # --------------------------------------------------------------------------- DMesh
 
 
+def _work(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous copy of ``x`` in the kernels' dtype on its own device, as a leaf whose ``.grad``
+    the reverse-mode kernels write (the caller's tensor and its ``.grad`` are never touched)."""
+    w = x.detach().to(dtype=dtype, copy=True).contiguous().requires_grad_(True)
+    w.grad = torch.zeros_like(w)
+    return w
+
+
+def _grad_buffer(n: int, dtype, device) -> torch.Tensor:
+    """A zeroed (max(n, 1),) leaf with a zeroed ``.grad``: a kernel output that reverse mode reads."""
+    return _work(torch.zeros(max(n, 1), dtype=dtype, device=device), dtype)
+
+
+def _padded3(P: torch.Tensor) -> torch.Tensor:
+    return P.detach() if P.shape[1] == 3 else torch.nn.functional.pad(P.detach(), (0, 3 - P.shape[1]))
+
+
+def _device_checks(name_checks) -> tuple:
+    """One synchronisation for the scalar checks of a call: ``name_checks`` [(name, tensor)] of
+    0-d tensors, fetched together."""
+    if not name_checks:
+        return ()
+    return tuple(torch.stack([c.to(torch.float64) for _, c in name_checks]).tolist())
+
+
+class _DeviceFaces:
+    """Candidate faces given as an integer tensor on the kernels' device, checked there and handed
+    to the kernels in place: the duck type of :class:`tigeom.dmesh.PreparedFaces` that the
+    minball kernels and the losses read (``dev``, ``K``, ``scratch``)."""
+
+    def __init__(self, faces: torch.Tensor, n: int, d: int):
+        if faces.dim() != 2 or faces.shape[1] != d:
+            raise ValueError(f"faces: expected shape (K, {d}), got {tuple(faces.shape)}")
+        self.n, self.d, self.K = n, d, int(faces.shape[0])
+        self.dev = faces.to(torch.int32).contiguous() if self.K else torch.zeros((1, d), dtype=torch.int32,
+                                                                                  device=faces.device)
+        self._rows = None
+        self._scratch = {}
+
+    def checks(self) -> list:
+        if not self.K:
+            return []
+        srt = self.dev.sort(dim=1).values
+        return [("faces_lo", srt[:, 0].min()), ("faces_hi", srt[:, -1].max()),
+                ("faces_repeat", (srt[:, 1:] == srt[:, :-1]).any())]
+
+    def raise_bad(self, lo, hi, repeat) -> None:
+        if lo < 0 or hi >= self.n:
+            raise ValueError(f"faces: indices must lie in [0, {self.n}), got range [{int(lo)}, {int(hi)}]")
+        if repeat:
+            raise ValueError("faces: a row repeats a vertex")
+
+    @property
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            self._rows = _host(self.dev[:self.K]).astype(np.int64)
+        return self._rows
+
+    def scratch(self, tag, shape, dtype):
+        key = (tag, tuple(shape), np.dtype(dtype))
+        if key not in self._scratch:
+            self._scratch[key] = torch.empty(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)], device=self.dev.device)
+        return self._scratch[key]
+
+    def __len__(self):
+        return self.K
+
+
+def _faces_for(faces, n: int, d: int, device):
+    """``faces`` for the in-place kernels: an integer tensor on ``device`` stays there (checked with
+    the call's other scalars); anything else is checked on the host and uploaded once per call."""
+    if isinstance(faces, torch.Tensor):
+        if faces.is_floating_point() or faces.is_complex():
+            raise TypeError(f"faces: expected an integer tensor, got dtype {faces.dtype}")
+        if faces.device == device:
+            return _DeviceFaces(faces, n, d)
+        faces = _host(faces)
+    return _dmesh.probabilities.prepare_faces(faces, n, d)
+
+
+def _box_checks(P3: torch.Tensor) -> list:
+    lo, hi = P3.amin(dim=0), P3.amax(dim=0)
+    return [(f"lo{k}", lo[k]) for k in range(3)] + [(f"hi{k}", hi[k]) for k in range(3)]
+
+
+def _in_place_inputs(points, reals, faces, extra=()):
+    """The shared part of the in-place DMesh calls: working copies with gradients, the padded
+    positions, the faces, and one synchronisation for every scalar check and the box."""
+    rdt = _runtime_dtype()
+    if points.dim() != 2 or points.shape[1] not in (2, 3):
+        raise ValueError(f"points: expected shape (N, 2) or (N, 3), got {tuple(points.shape)}")
+    n, d = points.shape
+    P = _work(points, rdt)
+    P3 = _padded3(P)
+    f = _faces_for(faces, n, d, points.device)
+    checks = [("points", P.isfinite().all())] + _box_checks(P3) + list(extra)
+    if reals is not None:
+        checks += [("reals_lo", reals.detach().amin()), ("reals_hi", reals.detach().amax())] if len(reals) else []
+    if isinstance(f, _DeviceFaces):
+        checks += f.checks()
+    vals = dict(zip([c[0] for c in checks], _device_checks(checks)))
+    if not vals["points"]:
+        raise ValueError("points: contains NaN or infinite values")
+    if isinstance(f, _DeviceFaces) and f.K:
+        f.raise_bad(vals["faces_lo"], vals["faces_hi"], vals["faces_repeat"])
+    if "reals_lo" in vals and (vals["reals_lo"] < 0 or vals["reals_hi"] > 1):
+        raise ValueError(f"reals: must lie in [0, 1], got range [{vals['reals_lo']:.6g}, {vals['reals_hi']:.6g}]")
+    box = (np.array([vals[f"lo{k}"] for k in range(3)]), np.array([vals[f"hi{k}"] for k in range(3)]))
+    return P, P3, f, box, vals
+
+
+def _default_sharpness(grid) -> float:
+    """:func:`tigeom.dmesh.default_sharpness` from the grid already on the device (the mean
+    distance to the nearest other point, computed there; one scalar comes back)."""
+    n = grid.n
+    dev = grid.pts.device
+    kd2 = torch.zeros((n, 1), dtype=grid.pts.dtype, device=dev)
+    kid = torch.empty((n, 1), dtype=torch.int32, device=dev)
+    cnt = torch.zeros(n, dtype=torch.int32, device=dev)
+    grid.nearest_other_into(kd2, kid, cnt)
+    dist = kd2[:, 0].to(torch.float64).clamp_min(0).sqrt()
+    pos = dist[(cnt > 0) & (dist > 0)]
+    h = float(pos.mean()) if len(pos) else 1.0
+    return _dmesh.probabilities.SHARPNESS_SCALE / h
+
+
+def _face_probs_in_place(points, weights, reals, faces, method, sharpness):
+    """Face probabilities with every tensor read in place on the kernels' device and the
+    probabilities written into a tensor there. "wdt" copies the positions and weights to the host
+    for the weighted Delaunay triangulation (its input is numpy)."""
+    if method not in _dmesh.probabilities.METHODS:
+        raise ValueError(f"method: expected one of {_dmesh.probabilities.METHODS}, got {method!r}")
+    n = points.shape[0] if points.dim() == 2 else 0
+    for name, t in (("reals", reals), ("weights", weights)):
+        if t is not None and (t.dim() != 1 or len(t) != n):
+            raise ValueError(f"{name}: expected {n} values (one per point), got shape {tuple(t.shape)}")
+    P, P3, f, box, _ = _in_place_inputs(points, reals, faces)
+    d = P.shape[1]
+    if n < d + 1:
+        raise ValueError(f"points: need at least {d + 1} points in {d}D, got {n}")
+    if sharpness is not None:
+        sharpness = as_scalar(sharpness, "sharpness")
+        if not sharpness > 0:
+            raise ValueError(f"sharpness: must be > 0, got {sharpness}")
+    rdt = _runtime_dtype()
+    R = _work(reals, rdt)
+    W = _work(weights if weights is not None else torch.zeros(n, device=points.device), rdt) \
+        if method == "wdt" else None
+    grid = None
+    if method == "minball" or sharpness is None:
+        grid = PointGrid.on_device(P3, n, *box)
+    alpha = _default_sharpness(grid) if sharpness is None else sharpness
+    host = (_host(P).astype(np.float64), _host(W).astype(np.float64)) if method == "wdt" else None
+    out = (_grad_buffer(len(f), rdt, points.device), _grad_buffer(len(f), rdt, points.device))
+    return _dmesh.probabilities.evaluate(P, W, R, f, method, alpha, grid=lambda: grid, host=host, out=out)
+
+
+def _wants_in_place(*tensors) -> bool:
+    """Whether every given tensor lives where the kernels run (then they are read in place)."""
+    return all(_on_runtime_device(t) for t in tensors if t is not None)
+
+
 class _FaceProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, points, weights, reals, faces, method, sharpness):
-        w = None if weights is None else _host(weights)
-        res = _dmesh.face_probabilities(_host(points), w, _host(reals), faces, method=method, sharpness=sharpness)
-        ctx.res = res
         ctx.meta = (_meta(points), _meta(weights), _meta(reals))
+        if _wants_in_place(points, weights, reals):
+            res = ctx.res = _face_probs_in_place(points, weights, reals, faces, method, sharpness)
+            return res.probs.detach().to(points.dtype, copy=True)
+        w = None if weights is None else _host(weights)
+        res = _dmesh.face_probabilities(_host(points), w, _host(reals), _index_array(faces, "faces"), method=method,
+                                        sharpness=sharpness)
+        ctx.res = res
         return _like(res.probs, points)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_probs):
-        gp, gw, gr = ctx.res.vjp(_host(grad_probs).astype(np.float64))
         mp, mw, mr = ctx.meta
+        res = ctx.res
+        if isinstance(res.probs, torch.Tensor):  # in place: reverse mode into the working copies' .grad
+            kernel, args, grads, n, d = res._replay
+            nf = len(res.probs)
+            for t in (*grads, args[-2], args[-1]):
+                t.grad.zero_()
+            if nf:
+                args[-2].grad[:nf].copy_(grad_probs)
+                kernel.grad(*args)
+            # copies: gradcheck runs backward twice on one graph, and the next call zeroes these
+            gp, gr = (t.grad.to(m[0], copy=True) for t, m in ((grads[0], mp), (grads[-1], mr)))
+            if mw is None:
+                return gp, None, gr, None, None, None
+            gw = grads[1].grad.to(mw[0], copy=True) if len(grads) == 3 else torch.zeros(n, dtype=mw[0], device=mw[1])
+            return gp, gw, gr, None, None, None
+        gp, gw, gr = res.vjp(_host(grad_probs).astype(np.float64))
         return _like(gp, mp), None if mw is None else _like(gw, mw), _like(gr, mr), None, None, None
 
 
@@ -298,29 +481,94 @@ def face_probabilities(points: torch.Tensor, weights, reals: torch.Tensor, faces
                        sharpness=None) -> torch.Tensor:
     """(K,) existence probability of each candidate face, as
     :func:`tigeom.dmesh.face_probabilities`, differentiable with respect to ``points``,
-    ``weights`` (may be None: zeros; ignored by "minball") and ``reals``. ``faces`` is a tensor
-    or an array (K, d). A default ``sharpness`` is computed once per call and not differentiated."""
+    ``weights`` (may be None: zeros; ignored by "minball") and ``reals``. ``faces`` is an integer
+    tensor or an array (K, d). A default ``sharpness`` is computed once per call and not
+    differentiated. Tensors on the kernels' device are read there and the probabilities written
+    there (for "wdt", positions and weights also go to the host for the triangulation)."""
     points = _tensor(points, "points")
     reals = _tensor(reals, "reals")
     if weights is not None:
         weights = _tensor(weights, "weights")
     _same_device("face_probabilities", (points, weights, reals))
-    return _FaceProbs.apply(points, weights, reals, _index_array(faces, "faces"), method, sharpness)
+    if isinstance(faces, torch.Tensor) and (faces.is_floating_point() or faces.is_complex()):
+        raise TypeError(f"faces: expected an integer tensor, got dtype {faces.dtype}")
+    return _FaceProbs.apply(points, weights, reals, faces, method, sharpness)
+
+
+_TARGETS: dict = {}
+
+
+def _targets_for(targets):
+    """``targets`` as :class:`tigeom.dmesh.Targets`; a tensor is prepared once and reused while it
+    is unchanged (same storage, shape and version), as an optimisation loop passes it again."""
+    if not isinstance(targets, torch.Tensor):
+        return targets
+    key = (targets._version, runtime.generation())
+    last = _TARGETS.get("last")  # holds the tensor itself, so its storage cannot be reused meanwhile
+    if last is None or last[0] is not targets or last[1] != key:
+        last = _TARGETS["last"] = (targets, key, _dmesh.Targets(_host(targets)))
+    return last[2]
+
+
+def _chamfer_in_place(points, probs, faces, targets, kwargs):
+    """The expected Chamfer kernels on tensors read in place; returns the Loss parts and the
+    working copies. Only the likely faces' count and the call's scalar checks come to the host."""
+    unknown = set(kwargs) - {"min_prob", "miss", "reach", "tolerance"}
+    if unknown:
+        raise TypeError(f"expected_chamfer: unexpected keyword {sorted(unknown)[0]!r}")
+    min_prob = _dmesh.losses.check_min_prob(kwargs.get("min_prob", 1e-3))
+    extra = [("probs_lo", probs.detach().amin()), ("probs_hi", probs.detach().amax())] if len(probs) else []
+    P, P3, f, box, vals = _in_place_inputs(points, None, faces, extra)
+    d = P.shape[1]
+    tg = _dmesh.losses.as_targets(_targets_for(targets), d)
+    if len(f) == 0:
+        raise ValueError("faces: the mesh has no faces, the Chamfer distance to it is undefined")
+    if probs.dim() != 1 or len(probs) != len(f):
+        raise ValueError(f"probs: expected {len(f)} values (one per face), got shape {tuple(probs.shape)}")
+    if vals["probs_lo"] < 0 or vals["probs_hi"] > 1:
+        raise ValueError(f"probs: must lie in [0, 1], got range [{vals['probs_lo']:.6g}, {vals['probs_hi']:.6g}]")
+    rdt = _runtime_dtype()
+    PR = _work(torch.cat([probs.detach(), probs.new_zeros(1)]), rdt)
+    keep = (PR[:len(f)].detach() >= min_prob).nonzero().flatten().to(torch.int32)
+
+    def slots(*cols):
+        return _work(torch.zeros((_dmesh.losses.ACC_SLOTS, *cols), dtype=rdt, device=points.device), rdt)
+
+    acc1, acc2, kernels = _dmesh.losses.chamfer_kernels(
+        P, P3, box, f.dev, PR, keep, len(keep), tg, reach=kwargs.get("reach"), tolerance=kwargs.get("tolerance"),
+        miss=kwargs.get("miss"), slots=slots)
+    value = acc1[:, 0].to(torch.float64).sum() / tg.measure + acc2.to(torch.float64).sum() / len(tg.points)
+    return value, kernels, P, PR
 
 
 class _Chamfer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, points, probs, faces, targets, kwargs):
-        loss = _dmesh.expected_chamfer(_host(points), faces, _host(probs), targets, **kwargs)
-        ctx.loss = loss
         ctx.meta = (_meta(points), _meta(probs))
+        if _wants_in_place(points, probs):
+            value, ctx.kernels, ctx.P, ctx.PR = _chamfer_in_place(points, probs, faces, targets, kwargs)
+            ctx.loss = None
+            return value.to(points.dtype)
+        loss = _dmesh.expected_chamfer(_host(points), _index_array(faces, "faces"), _host(probs),
+                                       _host(targets) if isinstance(targets, torch.Tensor) else targets, **kwargs)
+        ctx.loss = loss
         return torch.as_tensor(loss.value, dtype=points.dtype, device=points.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        gp, gprob, _ = ctx.loss.vjp(float(grad))
         mp, mprob = ctx.meta
+        if ctx.loss is None:  # in place: reverse mode on the device, the incoming scalar never leaves it
+            P, PR = ctx.P, ctx.PR
+            P.grad.zero_()
+            PR.grad.zero_()
+            g = grad.detach().to(P.dtype)
+            for kernel, args, acc, acc_grad in ctx.kernels:
+                row = torch.as_tensor(acc_grad, dtype=P.dtype, device=P.device)
+                acc.grad.copy_((g * row).expand_as(acc))
+                kernel.grad(*args)
+            return P.grad.to(mp[0], copy=True), PR.grad[:-1].to(mprob[0], copy=True), None, None, None
+        gp, gprob, _ = ctx.loss.vjp(float(grad))
         return _like(gp, mp), _like(gprob, mprob), None, None, None
 
 
@@ -328,13 +576,15 @@ def expected_chamfer(points: torch.Tensor, faces, probs: torch.Tensor, targets, 
     """DMesh's expected Chamfer distance (a 0-d tensor) between the probabilistic mesh
     (``points``, ``faces``, ``probs``) and the ``targets`` point cloud, as
     :func:`tigeom.dmesh.expected_chamfer` (same keywords); differentiable with respect to
-    ``points`` and ``probs``."""
+    ``points`` and ``probs``. ``targets``: a tensor or an array (T, d), or a
+    :class:`tigeom.dmesh.Targets` prepared once (a tensor is prepared on its first call and reused
+    while unchanged). Tensors on the kernels' device are read in place."""
     points = _tensor(points, "points")
     probs = _tensor(probs, "probs")
     _same_device("expected_chamfer", (points, probs))
-    if isinstance(targets, torch.Tensor):
-        targets = _host(targets)
-    return _Chamfer.apply(points, probs, _index_array(faces, "faces"), targets, kwargs)
+    if isinstance(faces, torch.Tensor) and (faces.is_floating_point() or faces.is_complex()):
+        raise TypeError(f"faces: expected an integer tensor, got dtype {faces.dtype}")
+    return _Chamfer.apply(points, probs, faces, targets, kwargs)
 
 
 # --------------------------------------------------------------------------- flow

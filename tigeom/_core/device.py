@@ -75,5 +75,10 @@ def zeros(shape, dtype):
 
 def fetch(buf, n: int | None = None) -> np.ndarray:
     """numpy copy (or view, on the CPU) of a kernel array, first ``n`` rows."""
-    arr = buf if isinstance(buf, np.ndarray) else buf.to_numpy()
+    if isinstance(buf, np.ndarray):
+        arr = buf
+    elif hasattr(buf, "to_numpy"):
+        arr = buf.to_numpy()
+    else:  # a tensor handed to the kernels in place (tigeom.torch)
+        arr = buf.detach().cpu().numpy()
     return arr if n is None else arr[:n]

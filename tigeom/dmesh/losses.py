@@ -198,63 +198,78 @@ def expected_chamfer(points, faces, probs, targets, *, min_prob: float = 1e-3, m
     ``loss.terms`` has both directions. ``targets`` may be an array (T, d) or a :class:`Targets`.
     """
     p, f, pr, PR, P, p3d, (lo3, hi3), st = _device_points(points, faces, probs)
+    min_prob = check_min_prob(min_prob)
+    tg = as_targets(targets, P.shape[1])
+    if len(f) == 0:
+        raise ValueError("faces: the mesh has no faces, the Chamfer distance to it is undefined")
+    keep = np.flatnonzero(pr >= min_prob).astype(np.int32)
+    acc1, acc2, kernels = chamfer_kernels(P, p3d, (lo3, hi3), f.dev, PR, _device.upload(keep), len(keep), tg,
+                                          reach=reach, tolerance=tolerance, miss=miss)
+    mt = float(_summed(acc1)[0]) / tg.measure
+    tm = float(_summed(acc2)) / len(tg.points)
+    n, d = P.shape
+    return Loss(value=mt + tm, terms={"mesh_to_target": mt, "target_to_mesh": tm},
+                _backward=_backward_fn(kernels, {"points": P, "probs": PR}, n, d, len(f)),
+                _accumulate=_accumulate_fn(kernels) if st is not None else None)
+
+
+def check_min_prob(min_prob) -> float:
     min_prob = as_scalar(min_prob, "min_prob")
     if not 0 <= min_prob < 1:
         raise ValueError(f"min_prob: must lie in [0, 1), got {min_prob}")
-    n, d = P.shape
+    return min_prob
+
+
+def as_targets(targets, d: int) -> Targets:
+    """``targets`` (an array (T, d) or a :class:`Targets`) as :class:`Targets` of this runtime."""
     tg = targets if isinstance(targets, Targets) and targets.generation == runtime.generation() else \
         Targets(targets.points if isinstance(targets, Targets) else targets)
     if tg.dim != d:
         raise ValueError(f"targets: expected {d}D points like points, got {tg.dim}D")
-    nf = len(f)
-    rdt = runtime.real_dtype()
-    grads_of = {"points": P, "probs": PR}
-    if nf == 0:
-        raise ValueError("faces: the mesh has no faces, the Chamfer distance to it is undefined")
+    return tg
+
+
+def chamfer_kernels(P, p3d, box, F, PR, keep, Kk: int, tg: Targets, *, reach=None, tolerance=None, miss=None,
+                    slots=_slots):
+    """Launches the expected-Chamfer kernels on kernel arrays already on the device: positions
+    ``P`` (n, d) with a gradient, the same padded to three coordinates ``p3d`` and their ``box``
+    (lo, hi), faces ``F``, probabilities ``PR`` (with a gradient) and the ``Kk`` likely faces
+    ``keep``. ``slots(*cols)`` allocates a zeroed sum buffer with a gradient. Returns ``(acc1,
+    acc2, kernels)``: the mesh -> targets sums (first column) and the targets -> mesh sums, and
+    the [(kernel, args, acc, acc_grad)] list that :func:`_backward_fn` replays."""
     from . import _kernels as K
 
+    n, d = P.shape
+    rdt = runtime.real_dtype()
     bary = BARY[d]
     M = len(bary)
-    F = f.dev
     B = _device.upload(bary.astype(rdt))
-    # only the likely faces (p >= min_prob) enter either direction; the rest change the loss by
-    # less than min_prob times their share and would dominate the cost (most candidates are unlikely)
-    keep = np.flatnonzero(pr >= min_prob).astype(np.int32)
-    Kk = len(keep)
-    keep_d = _device.upload(keep)
-    acc1 = _slots(2)
+    acc1, acc2 = slots(2), slots()
     T = len(tg.points)
     cand = _device.empty((T, K_NEAREST), np.int32)
     cand.fill(-1)
-    args1 = None
+    kernels = []
     if Kk:
         X = _device.empty((Kk * M, 3), rdt)
-        K.face_samples(p3d, F, keep_d, B, d, X)
+        K.face_samples(p3d, F, keep, B, d, X)
         # mesh -> targets: nearest target of every quadrature point, found on the device
         reach = float(reach if reach is not None else tg.diagonal * 0.05)
         near = tg.grid.nearest_on_device(X, Kk * M, reach)
         tol = float(tolerance if tolerance is not None else tg.spacing)
-        args1 = (P, F, keep_d, PR, B, tg.array, near, reach, tol, d, acc1)
+        args1 = (P, F, keep, PR, B, tg.array, near, reach, tol, d, acc1)
         K.mesh_to_target(*args1)
+        kernels.append((K.mesh_to_target, args1, acc1, [1.0 / tg.measure, 0.0]))
         # targets -> mesh: candidate faces of each target from its nearest samples of likely
         # faces (a grid over the samples, built where they are; they lie in the points' box)
-        grid = PointGrid.on_device(X, Kk * M, lo3, hi3)
+        grid = PointGrid.on_device(X, Kk * M, *box)
         kd2, kid = tg.scratch()
-        K.knn_faces(grid.pts, tg.grid.pts, keep_d, M, grid.lo, grid.h, grid.res, grid.start, grid.order, p3d, F,
-                     d, kd2, kid, cand)
-    num = float(_summed(acc1)[0])
+        K.knn_faces(grid.pts, tg.grid.pts, keep, M, grid.lo, grid.h, grid.res, grid.start, grid.order, p3d, F,
+                    d, kd2, kid, cand)
     miss2 = float(miss if miss is not None else tg.spacing) ** 2
-    acc2 = _slots()
     args2 = (P, F, PR, tg.array, cand, miss2, d, K_NEAREST, acc2)
     K.target_to_mesh(*args2)
-    tm = float(_summed(acc2)) / T
-    mt = num / tg.measure
-    kernels = [(K.target_to_mesh, args2, acc2, [1.0 / T])]
-    if args1 is not None:
-        kernels.append((K.mesh_to_target, args1, acc1, [1.0 / tg.measure, 0.0]))
-    return Loss(value=mt + tm, terms={"mesh_to_target": mt, "target_to_mesh": tm},
-                _backward=_backward_fn(kernels, grads_of, n, d, nf),
-                _accumulate=_accumulate_fn(kernels) if st is not None else None)
+    kernels.insert(0, (K.target_to_mesh, args2, acc2, [1.0 / T]))
+    return acc1, acc2, kernels
 
 
 def real_consistency(reals, faces, probs) -> Loss:

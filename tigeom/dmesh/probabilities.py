@@ -233,18 +233,23 @@ def face_probabilities(points, weights, reals, faces, method: str = "wdt", sharp
 
 
 def evaluate(P, W, R, f: PreparedFaces, method: str, alpha: float, *, grid=None, host=None,
-             triangulation=None) -> FaceProbabilities:
+             triangulation=None, out=None) -> FaceProbabilities:
     """The probabilities of the checked faces ``f`` from kernel arrays already on the device:
     positions ``P`` (n, d), weights ``W`` (n,; "wdt" only) and real values ``R`` (n,), each with
     a gradient buffer (:func:`face_probabilities` checks and uploads; :class:`DMesh` passes its
     device state). ``grid``: a callable giving the point grid ("minball"); ``host``: the
-    (positions, weights) as numpy, needed by "wdt" for the triangulation."""
+    (positions, weights) as numpy, needed by "wdt" for the triangulation. ``out``: the
+    (probabilities, margins) arrays to write, each (max(K, 1),) with a gradient; ``probs`` of the
+    result is then a view of the first (nothing is copied to the host)."""
     n, d = P.shape
     cap = SATURATION / alpha
     rdt = runtime.real_dtype()
     nf = len(f)
-    probs = _nd(np.zeros(max(nf, 1), rdt), True)
-    margin = _nd(np.zeros(max(nf, 1), rdt), True)
+    if out is None:
+        probs = _nd(np.zeros(max(nf, 1), rdt), True)
+        margin = _nd(np.zeros(max(nf, 1), rdt), True)
+    else:
+        probs, margin = out
     from . import _kernels as K
 
     if method == "minball":
@@ -282,22 +287,20 @@ def evaluate(P, W, R, f: PreparedFaces, method: str, alpha: float, *, grid=None,
         s0, s1, in_tri = _face_simplices(tri.simplices, f.rows)
         cells = tri.power_cells()
         S = tri.simplices.astype(np.int32) if len(tri.simplices) else np.zeros((1, d + 1), np.int32)
-        sel = np.zeros((max(nf, 1), d), np.int32)
         dev = [f.dev] + [_device.upload(x) for x in (S, s0, s1)]
+        sel = _device.zeros((max(nf, 1), d), np.int32)
         if nf:
-            sel_d = _device.empty((nf, d), np.int32)
             K.wdt_select(P, W, dev[0], dev[1], dev[2],
                           dev[3], *[_device.upload(x.astype(np.int32)) for x in
                                     (cells.neighbor_ptr, cells.neighbors, cells.vertex_ptr, cells.vertex_ids)],
-                          d, sel_d)
-            sel = _device.fetch(sel_d, nf).astype(np.int32)
-        args = (P, W, R, *dev, _device.upload(sel), alpha, cap, d, probs, margin)
+                          d, sel)
+        args = (P, W, R, *dev, sel, alpha, cap, d, probs, margin)
         if nf:
             K.wdt_eval(*args)
         replay = (K.wdt_eval, args, (P, W, R), n, d)
         witness = None
-    return FaceProbabilities(probs=probs.to_numpy()[:nf].astype(np.float64),
-                             margin=lambda: margin.to_numpy()[:nf].astype(np.float64), sharpness=float(alpha),
+    return FaceProbabilities(probs=probs.to_numpy()[:nf].astype(np.float64) if out is None else probs[:nf],
+                             margin=lambda: _device.fetch(margin, nf).astype(np.float64), sharpness=float(alpha),
                              method=method, in_triangulation=in_tri, witness=witness, _replay=replay)
 
 

@@ -62,6 +62,15 @@ class PointGrid:
                   _device.empty((n, 1), rdt), near, _device.empty((n,), np.int32))
         return near
 
+    def nearest_other_into(self, kd2, kid, cnt) -> None:
+        """Squared distance to (``kd2`` (n, 1)) and index of (``kid`` (n, 1)) each grid point's
+        nearest other point, ``cnt`` (n,) 1 where one exists, written into the caller's kernel
+        arrays (they stay on the device)."""
+        from . import _kernels as K
+
+        if self.n:
+            K.knn(self.pts, self.pts, 1, 1e30, self.lo, self.h, self.res, self.start, self.order, kd2, kid, cnt)
+
     def knn(self, k: int, queries: np.ndarray | None = None, reach: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest grid points within ``reach`` of every query, ascending: ``(index (Q, k)
         int64, distance (Q, k))``, -1 / inf where fewer exist. ``queries=None`` queries the
