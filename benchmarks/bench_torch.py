@@ -117,10 +117,11 @@ def step_comparisons(device, reps):
 
     P = torch.tensor(p, device=device, dtype=torch.float32, requires_grad=True)
     R = torch.tensor(r, device=device, dtype=torch.float32, requires_grad=True)
+    F = torch.as_tensor(faces, device=device)  # an index tensor on the device: checked there, read in place
 
     def tt_dmesh():
-        probs = tt.face_probabilities(P, None, R, faces, method="minball", sharpness=20.0)
-        tt.expected_chamfer(P, faces, probs, tg).backward()
+        probs = tt.face_probabilities(P, None, R, F, method="minball", sharpness=20.0)
+        tt.expected_chamfer(P, F, probs, tg).backward()
         P.grad = R.grad = None
 
     fl = Flow2D(size=(2.2, 0.41), resolution=50, viscosity=1e-3, inflow_velocity=0.3, inflow_profile="parabolic")
@@ -212,6 +213,7 @@ def gradchecks(arch, device):
     ok["face_probabilities wdt"] = gc(lambda a, b, c: tt.face_probabilities(a, b, c, fw, method="wdt", sharpness=20.0),
                                       (P, W, R), **dm)
     fm = dmesh.candidate_faces(p)
+    fm = torch.as_tensor(fm, device=device)  # an index tensor on the device, checked and read there
     ok["face_probabilities minball"] = gc(
         lambda a, c: tt.face_probabilities(a, None, c, fm, method="minball", sharpness=20.0), (P, R), **dm)
     rng = np.random.default_rng(41)

@@ -5,12 +5,12 @@ import tigeom  # noqa: F401  (the conftest fixture initialises the runtime)
 from tigeom._core.scan import ExclusiveScan, exclusive_scan_numpy
 
 
-@pytest.mark.parametrize("n", [1, 5, 256, 257, 1000, 65536 + 3, 300_000])
+@pytest.mark.parametrize("n", [0, 1, 5, 256, 257, 1000, 65536 + 3, 300_000, 256 ** 3 + 5])
 def test_exclusive_scan_matches_numpy(n):
     rng = np.random.default_rng(n)
     x = rng.integers(0, 7, n).astype(np.int32)
-    out = np.zeros(n + 1, np.int32)
-    ExclusiveScan(n).run(x, out, n)
+    out = np.full(n + 1, -1, np.int32)
+    ExclusiveScan(n).run(x, out, n)  # one launch up to 256^3 values, block passes beyond
     np.testing.assert_array_equal(out, exclusive_scan_numpy(x))
 
 

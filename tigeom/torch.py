@@ -113,6 +113,8 @@ def _extract_in_place(vals: torch.Tensor, level: float, spacing, origin, dim: in
     sweep, S = _iso.default_layout(shape)
 
     def alloc(name, shp, dtype):
+        if name == "elems":  # the emission kernel writes int64 indices straight away
+            dtype = np.int64
         return torch.empty(shp, dtype=_TORCH_DTYPES[np.dtype(dtype)], device=vals.device)
 
     res = _iso._marcher(dim).run(vals, shape, level, origin, spacing, sweep, S, alloc=alloc)
@@ -120,7 +122,7 @@ def _extract_in_place(vals: torch.Tensor, level: float, spacing, origin, dim: in
         return (torch.zeros((0, dim), dtype=vals.dtype, device=vals.device),
                 torch.zeros(0, dtype=torch.int64, device=vals.device),
                 torch.zeros((0, dim), dtype=torch.int64, device=vals.device))
-    verts, vedge, elems = res["verts"], res["vedge"], res["elems"].long()
+    verts, vedge, elems = res["verts"], res["vedge"], res["elems"]
     if res["at_level"] and int(_iso._device.fetch(res["flags"])[1]) > 0:  # vertices on grid nodes: weld
         v, ve, el = _iso._weld(_host(verts), _host(vedge), _host(res["vsnap"]), _host(elems))
         verts, vedge, elems = (torch.as_tensor(np.ascontiguousarray(a), device=vals.device) for a in (v, ve, el))
@@ -177,7 +179,7 @@ class _Extract(torch.autograd.Function):
         out = torch.zeros(vals.numel(), dtype=vals.dtype, device=vals.device)
         if len(vedge):
             g = grad_verts.detach().to(device=vals.device, dtype=vals.dtype).contiguous()
-            vmax = vals.abs().amax().reshape(1)  # stays on the device
+            vmax = torch.linalg.vector_norm(vals, float("inf")).reshape(1)  # max |value|, on the device
             _iso.grid_vjp(vals.reshape(-1), tuple(vals.shape), vmax, vedge, g, spacing, level, out,
                           small=lambda a: _small_tensor(a, vals.device))
         dtype, device = ctx.values_meta

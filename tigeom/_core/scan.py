@@ -15,9 +15,8 @@ from . import device as _device
 _BLOCK = 256
 
 
-@ti.kernel
-def _block_sums(x: ti.types.ndarray(dtype=ti.i32, ndim=1), sums: ti.types.ndarray(dtype=ti.i32, ndim=1),
-                n: ti.i32, block: ti.i32):
+@ti.func
+def block_sums(x: ti.template(), sums: ti.template(), n, block: ti.template()):
     nb = (n + block - 1) // block
     for b in range(nb):
         s = 0
@@ -26,9 +25,8 @@ def _block_sums(x: ti.types.ndarray(dtype=ti.i32, ndim=1), sums: ti.types.ndarra
         sums[b] = s
 
 
-@ti.kernel
-def _block_scan(x: ti.types.ndarray(dtype=ti.i32, ndim=1), out: ti.types.ndarray(dtype=ti.i32, ndim=1),
-                offsets: ti.types.ndarray(dtype=ti.i32, ndim=1), n: ti.i32, block: ti.i32):
+@ti.func
+def block_scan(x: ti.template(), out: ti.template(), offsets: ti.template(), n, block: ti.template()):
     nb = (n + block - 1) // block
     for b in range(nb):
         s = offsets[b]
@@ -40,11 +38,9 @@ def _block_scan(x: ti.types.ndarray(dtype=ti.i32, ndim=1), out: ti.types.ndarray
             out[n] = s  # the total, in the extra last slot
 
 
-@ti.kernel
-def _serial_scan(x: ti.types.ndarray(dtype=ti.i32, ndim=1), out: ti.types.ndarray(dtype=ti.i32, ndim=1),
-                 n: ti.i32):
-    ti.loop_config(serialize=True)
-    for _ in range(1):
+@ti.func
+def serial_scan(x: ti.template(), out: ti.template(), n):
+    for _ in range(1):  # one thread
         s = 0
         for i in range(n):
             v = x[i]
@@ -53,35 +49,89 @@ def _serial_scan(x: ti.types.ndarray(dtype=ti.i32, ndim=1), out: ti.types.ndarra
         out[n] = s
 
 
+@ti.func
+def scan_two_levels(x: ti.template(), out: ti.template(), s1: ti.template(), o1: ti.template(), s2: ti.template(),
+                    o2: ti.template(), n):
+    """The blocked scan of n <= BLOCK^3 values as five passes of one kernel (one launch from the
+    host): block sums, sums of those, a serial scan of at most BLOCK values, then two seeded
+    block scans. Each top-level loop finishes before the next starts."""
+    nb1 = (n + _BLOCK - 1) // _BLOCK
+    block_sums(x, s1, n, _BLOCK)
+    block_sums(s1, s2, nb1, _BLOCK)
+    serial_scan(s2, o2, (nb1 + _BLOCK - 1) // _BLOCK)
+    block_scan(s1, o1, o2, nb1, _BLOCK)
+    block_scan(x, out, o1, n, _BLOCK)
+
+
+nd1_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
+
+
+@ti.kernel
+def _block_sums(x: nd1_i32, sums: nd1_i32, n: ti.i32):
+    block_sums(x, sums, n, _BLOCK)
+
+
+@ti.kernel
+def _block_scan(x: nd1_i32, out: nd1_i32, offsets: nd1_i32, n: ti.i32):
+    block_scan(x, out, offsets, n, _BLOCK)
+
+
+@ti.kernel
+def _serial_scan(x: nd1_i32, out: nd1_i32, n: ti.i32):
+    serial_scan(x, out, n)
+
+
+@ti.kernel
+def _scan_two_levels(x: nd1_i32, out: nd1_i32, s1: nd1_i32, o1: nd1_i32, s2: nd1_i32, o2: nd1_i32, n: ti.i32):
+    scan_two_levels(x, out, s1, o1, s2, o2, n)
+
+
 class ExclusiveScan:
     """Reusable scan of up to ``capacity`` int32 values: ``out[i] = sum(x[:i])``, ``out[n]`` = total.
 
     Scratch buffers are allocated once per capacity; ``run`` returns nothing and does not sync.
+    Up to BLOCK^3 (16.7 million) values it is one kernel launch (:func:`scan_two_levels`), beyond
+    that a recursion of block passes.
     """
 
     def __init__(self, capacity: int):
         self.capacity = int(capacity)
         self._levels = []
         n = self.capacity
-        while n > _BLOCK:
-            nb = (n + _BLOCK - 1) // _BLOCK
+        while n > _BLOCK or len(self._levels) < 2:  # two levels at least: the one-launch scan's scratch
+            nb = max((n + _BLOCK - 1) // _BLOCK, 1)
             self._levels.append((_device.ndarray(np.int32, (nb,)), _device.ndarray(np.int32, (nb + 1,))))
             n = nb
+
+    @property
+    def one_launch(self) -> bool:
+        """Whether every n up to the capacity scans in one launch."""
+        return self.capacity <= _BLOCK ** 3
+
+    def scratch(self) -> tuple:
+        """(s1, o1, s2, o2): the two levels' block sums and offsets, for :func:`scan_two_levels`
+        inside another kernel."""
+        return (*self._levels[0], *self._levels[1])
 
     def run(self, x, out, n: int) -> None:
         if n > self.capacity:
             raise ValueError(f"n: {n} exceeds the scan capacity {self.capacity}")
-        self._run(x, out, n, 0)
+        if n <= _BLOCK:
+            _serial_scan(x, out, n)
+        elif n <= _BLOCK ** 3:
+            _scan_two_levels(x, out, *self.scratch(), n)
+        else:
+            self._run(x, out, n, 0)
 
     def _run(self, x, out, n: int, level: int) -> None:
         if n <= _BLOCK:
             _serial_scan(x, out, n)
             return
         sums, offsets = self._levels[level]
-        _block_sums(x, sums, n, _BLOCK)
+        _block_sums(x, sums, n)
         nb = (n + _BLOCK - 1) // _BLOCK
         self._run(sums, offsets, nb, level + 1)
-        _block_scan(x, out, offsets, n, _BLOCK)
+        _block_scan(x, out, offsets, n)
 
 
 def exclusive_scan_numpy(x: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ the level ("snapped" vertices, welded afterwards by the caller).
 
 import taichi as ti
 
+from .._core.scan import scan_two_levels
+
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd_i64 = ti.types.ndarray(dtype=ti.i64, ndim=1)
 
@@ -126,6 +128,8 @@ def _run3(sweep: ti.template(), vals: ti.template(), c, u, v, S, ns, nu, nv, lev
 def count3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32, tri_count: nd_i32,
            cnt: nd_i32, flags: nd_i32):
     """Per run of S nodes: crossing grid edges owned, triangles of the cells, non-finite values."""
+    for k in ti.static(range(3)):  # zeroed here, before the loop: no separate fill launch
+        flags[k] = 0
     dims = _dims3(sweep, vals)
     ns, nu, nv = dims[0], dims[1], dims[2]
     nch = (ns + S - 1) // S
@@ -183,11 +187,11 @@ def _emit_vertex3(vals: ti.template(), verts: ti.template(), vedge: ti.template(
         ti.atomic_add(flags[1], 1)  # flags[1]: snapped vertices
 
 
-@ti.kernel
-def emit_vertices3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32,
-                   vbase: nd_i32, org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1),
-                   verts: ti.types.ndarray(ndim=2), vedge: nd_i64, vsnap: nd_i32, node_vid: nd_i32,
-                   flags: nd_i32):
+@ti.func
+def _emit_vertices3(vals: ti.template(), level: float, sweep: ti.template(), S: ti.i32,
+                   vbase: ti.template(), org: ti.template(), spc: ti.template(),
+                   verts: ti.template(), vedge: ti.template(), vsnap: ti.template(), node_vid: ti.template(),
+                   flags: ti.template()):
     dims = _dims3(sweep, vals)
     ns, nu, nv = dims[0], dims[1], dims[2]
     ny, nz = vals.shape[1], vals.shape[2]
@@ -223,11 +227,11 @@ def _vid3(vals: ti.template(), node_vid: ti.template(), level, i, j, k, axis) ->
     return node_vid[(i * ny + j) * nz + k] + rank
 
 
-@ti.kernel
-def emit_triangles3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32,
-                    base: nd_i32, tri_count: nd_i32, tri_elems: nd_i32, stride: ti.i32,
-                    edge_corner: nd_i32, edge_axis: nd_i32, node_vid: nd_i32,
-                    tris: ti.types.ndarray(dtype=ti.i32, ndim=2)):
+@ti.func
+def _emit_triangles3(vals: ti.template(), level: float, sweep: ti.template(), S: ti.i32,
+                    base: ti.template(), tri_count: ti.template(), tri_elems: ti.template(), stride: ti.i32,
+                    edge_corner: ti.template(), edge_axis: ti.template(), node_vid: ti.template(),
+                    tris: ti.template()):
     dims = _dims3(sweep, vals)
     ns, nu, nv = dims[0], dims[1], dims[2]
     nch = (ns + S - 1) // S
@@ -305,6 +309,8 @@ def _run2(sweep: ti.template(), vals: ti.template(), c, u, S, ns, nu, level):
 @ti.kernel
 def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32, seg_count: nd_i32,
            cnt: nd_i32, flags: nd_i32):
+    for k in ti.static(range(3)):  # zeroed here, before the loop: no separate fill launch
+        flags[k] = 0
     dims = _shape2(sweep, vals)
     ns, nu = dims[0], dims[1]
     nch = (ns + S - 1) // S
@@ -333,11 +339,11 @@ def count2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S
             ti.atomic_add(flags[2], at)  # flags[2]: nodes exactly at the level (vertices may snap there)
 
 
-@ti.kernel
-def emit_vertices2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32,
-                   vbase: nd_i32, org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1),
-                   verts: ti.types.ndarray(ndim=2), vedge: nd_i64, vsnap: nd_i32, node_vid: nd_i32,
-                   flags: nd_i32):
+@ti.func
+def _emit_vertices2(vals: ti.template(), level: float, sweep: ti.template(), S: ti.i32,
+                   vbase: ti.template(), org: ti.template(), spc: ti.template(),
+                   verts: ti.template(), vedge: ti.template(), vsnap: ti.template(), node_vid: ti.template(),
+                   flags: ti.template()):
     dims = _shape2(sweep, vals)
     ns, nu = dims[0], dims[1]
     ny = vals.shape[1]
@@ -386,10 +392,10 @@ def _vid2(vals: ti.template(), node_vid: ti.template(), level, i, j, axis) -> ti
     return node_vid[i * vals.shape[1] + j] + rank
 
 
-@ti.kernel
-def emit_segments2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32,
-                   base: nd_i32, seg_count: nd_i32, seg_elems: nd_i32, stride: ti.i32, edge_corner: nd_i32,
-                   edge_axis: nd_i32, node_vid: nd_i32, segs: ti.types.ndarray(dtype=ti.i32, ndim=2)):
+@ti.func
+def _emit_segments2(vals: ti.template(), level: float, sweep: ti.template(), S: ti.i32,
+                   base: ti.template(), seg_count: ti.template(), seg_elems: ti.template(), stride: ti.i32, edge_corner: ti.template(),
+                   edge_axis: ti.template(), node_vid: ti.template(), segs: ti.template()):
     dims = _shape2(sweep, vals)
     ns, nu = dims[0], dims[1]
     nch = (ns + S - 1) // S
@@ -413,6 +419,50 @@ def emit_segments2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.templ
                                              edge_axis[e])
                     sid += 1
                 b = n
+
+
+# --------------------------------------------------------------------------------------------
+# One launch each for the scan and for the emission (a top-level loop finishes before the next)
+# --------------------------------------------------------------------------------------------
+
+@ti.kernel
+def emit3(vals: ti.types.ndarray(ndim=3), level: float, sweep: ti.template(), S: ti.i32, base: nd_i32,
+          org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1), verts: ti.types.ndarray(ndim=2),
+          vedge: nd_i64, vsnap: nd_i32, node_vid: nd_i32, flags: nd_i32, tri_count: nd_i32, tri_elems: nd_i32,
+          stride: ti.i32, edge_corner: nd_i32, edge_axis: nd_i32, tris: ti.types.ndarray(ndim=2)):
+    """Vertices, then triangles (int32 or int64 ``tris``): the second pass reads node_vid."""
+    _emit_vertices3(vals, level, sweep, S, base, org, spc, verts, vedge, vsnap, node_vid, flags)
+    _emit_triangles3(vals, level, sweep, S, base, tri_count, tri_elems, stride, edge_corner, edge_axis, node_vid,
+                     tris)
+
+
+@ti.kernel
+def emit2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S: ti.i32, base: nd_i32,
+          org: ti.types.ndarray(ndim=1), spc: ti.types.ndarray(ndim=1), verts: ti.types.ndarray(ndim=2),
+          vedge: nd_i64, vsnap: nd_i32, node_vid: nd_i32, flags: nd_i32, seg_count: nd_i32, seg_elems: nd_i32,
+          stride: ti.i32, edge_corner: nd_i32, edge_axis: nd_i32, segs: ti.types.ndarray(ndim=2)):
+    """Vertices, then segments (int32 or int64 ``segs``)."""
+    _emit_vertices2(vals, level, sweep, S, base, org, spc, verts, vedge, vsnap, node_vid, flags)
+    _emit_segments2(vals, level, sweep, S, base, seg_count, seg_elems, stride, edge_corner, edge_axis, node_vid,
+                    segs)
+
+
+@ti.kernel
+def scan_totals(cnt: nd_i32, base: nd_i32, s1: nd_i32, o1: nd_i32, s2: nd_i32, o2: nd_i32, R: ti.i32,
+                flags: nd_i32, out: nd_i32):
+    """The exclusive scan of [vertex counts | element counts] (2R <= 256^3 values) and the totals
+    for the host, in one launch (see gather_totals)."""
+    scan_two_levels(cnt, base, s1, o1, s2, o2, 2 * R)
+    _totals(base, R, flags, out)
+
+
+@ti.func
+def _totals(base: ti.template(), R, flags: ti.template(), out: ti.template()):
+    for _ in range(1):
+        out[0] = base[R]
+        out[1] = base[2 * R]
+        out[2] = flags[0]
+        out[3] = flags[2]
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,8 +539,4 @@ def vertex_normals(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, shape: nd_i32
 def gather_totals(base: nd_i32, R: ti.i32, flags: nd_i32, out: nd_i32):
     """One small array for the host: [vertices, vertices + elements, non-finite values, nodes at
     the level]."""
-    for _ in range(1):
-        out[0] = base[R]
-        out[1] = base[2 * R]
-        out[2] = flags[0]
-        out[3] = flags[2]
+    _totals(base, R, flags, out)

@@ -74,17 +74,17 @@ class _Marcher:
         K = _kernels()
         rdt = runtime.real_dtype()
         b = self._buffers(shape, sweep, S)
-        if self.dim == 3:
-            count, emit_v, emit_e = K.count3, K.emit_vertices3, K.emit_triangles3
-        else:
-            count, emit_v, emit_e = K.count2, K.emit_vertices2, K.emit_segments2
-        b["flags"].fill(0)  # [non-finite values, snapped vertices, nodes at the level]
-        count(vals, level, sweep, S, self.count, b["cnt"], b["flags"])
-        R = b["R"]
+        count, emit, R = (K.count3, K.emit3, b["R"]) if self.dim == 3 else (K.count2, K.emit2, b["R"])
+        count(vals, level, sweep, S, self.count, b["cnt"], b["flags"])  # zeroes flags first
         # one scan over [vertex counts | element counts]: base[R] = V, base[2R] = V + T
-        b["scan"].run(b["cnt"], b["base"], 2 * R)
-        K.gather_totals(b["base"], R, b["flags"], b["totals"])
-        V, VT, nbad, at_level = (int(x) for x in _device.fetch(b["totals"]))  # the only host sync
+        totals = b["totals"] if alloc is None else alloc("totals", (4,), np.int32)
+        alloc = alloc or self._out
+        if b["scan"].one_launch:
+            K.scan_totals(b["cnt"], b["base"], *b["scan"].scratch(), R, b["flags"], totals)
+        else:
+            b["scan"].run(b["cnt"], b["base"], 2 * R)
+            K.gather_totals(b["base"], R, b["flags"], totals)
+        V, VT, nbad, at_level = (int(x) for x in _device.fetch(totals))  # the only host sync
         if nbad:
             raise ValueError(f"values: contains {nbad} NaN or infinite value(s)"
                              + (" (or values beyond the float32 range: use precision='f64')"
@@ -93,19 +93,16 @@ class _Marcher:
         out = dict(V=V, T=T, at_level=at_level)
         if V == 0:
             return out
-        alloc = alloc or self._out
         org = self._small(origin.astype(rdt), "org")
         spc = self._small(spacing.astype(rdt), "spc")
         verts = alloc("verts", (V, self.dim), rdt)
         vedge = alloc("vedge", (V,), np.int64)
         vsnap = alloc("vsnap", (V,), np.int32)
         elems = alloc("elems", (T, self.dim), np.int32)
-        emit_v(vals, level, sweep, S, b["base"], org, spc, verts, vedge, vsnap, b["node_vid"], b["flags"])
-        emit_e(vals, level, sweep, S, b["base"], self.count, self.elems, self.stride, self.edge_corner,
-               self.edge_axis, b["node_vid"], elems)
+        emit(vals, level, sweep, S, b["base"], org, spc, verts, vedge, vsnap, b["node_vid"], b["flags"],
+             self.count, self.elems, self.stride, self.edge_corner, self.edge_axis, elems)
         out.update(verts=verts, vedge=vedge, vsnap=vsnap, elems=elems, flags=b["flags"])
         return out
-
 
     def _small(self, arr: np.ndarray, name: str):
         """Upload a tiny constant array, reusing the last upload when it is unchanged."""
