@@ -6,10 +6,13 @@ the numpy API (``Surface.vjp``, ``FaceProbabilities.vjp``, ``FlowResult.vjp``, .
 are checked with ``torch.autograd.gradcheck`` in float64 (with ``tigeom.init(precision="f64")``;
 in f32 the kernels compute in f32 whatever the tensor's dtype).
 
-Data path: ``marching_cubes`` and ``marching_squares`` read a grid tensor in place when it lives
-where the kernels run (a CUDA tensor on a CUDA runtime, a CPU tensor on a CPU runtime), write
-the vertices and elements into tensors there and their vjp too; only the output size crosses
-to the host. The other functions go through host arrays (see docs/torch.md).
+Data path: tensors that live where the kernels run (a CUDA tensor on a CUDA runtime, a CPU tensor
+on a CPU runtime) are read in place, and outputs and gradients are written into tensors there.
+``marching_cubes`` / ``marching_squares``: only the output size crosses to the host.
+``face_probabilities`` / ``expected_chamfer``: only the call's scalar checks and the count of
+likely faces (and, for "wdt", the positions and weights for the triangulation). ``flow_force``:
+the vertices (the body is checked and placed on the lattice on the host; the flow state stays on
+the device). Tensors elsewhere go through host arrays (see docs/torch.md).
 
     import tigeom.torch as tt
     verts, faces = tt.marching_cubes(values, level=0.0, spacing=(1, 1, 1), origin=(0, 0, 0))
