@@ -489,12 +489,15 @@ def _star_q_above(V: ti.template(), T: ti.template(), vt_ptr: ti.template(), vt:
 
 @ti.kernel
 def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable: nd_i32, hlen: nd_f64,
-                   newpos: nd_f64_2, gain: nd_f64, qv: nd_f64, iters: ti.i32):
-    """Per movable vertex: raise the worst quality of its star. Search direction: the smallest
-    convex combination of the gradients of the nearly-worst tets (Gilbert's min-norm iteration;
-    ascent for all of them), step by backtracking from a fraction of the local edge length, kept
-    only if the worst tet of the star improves, so no tet can invert."""
+                   newpos: nd_f64_2, gain: nd_f64, qv: nd_f64, iters: ti.i32, dirty: nd_i32):
+    """Per movable vertex whose star changed (``dirty``; the others keep their proposal, which is
+    a function of the star alone): raise the worst quality of its star. Search direction: the
+    smallest convex combination of the gradients of the nearly-worst tets (Gilbert's min-norm
+    iteration; ascent for all of them), step by backtracking from a fraction of the local edge
+    length, kept only if the worst tet of the star improves, so no tet can invert."""
     for i in range(movable.shape[0]):
+        if dirty[i] == 0:
+            continue
         v = movable[i]
         x0 = _pt(V, v)
         q0 = _star_q(V, T, vt_ptr, vt, v, x0)
@@ -584,9 +587,21 @@ def smooth_block(E: nd_i32_2, vidx: nd_i32, gain: nd_f64, qv: nd_f64, blocked: n
 
 
 @ti.kernel
-def smooth_apply(V: nd_f64_2, movable: nd_i32, newpos: nd_f64_2, gain: nd_f64, blocked: nd_i32, moved: nd_i32):
+def smooth_apply(V: nd_f64_2, movable: nd_i32, newpos: nd_f64_2, gain: nd_f64, blocked: nd_i32, moved: nd_i32,
+                 E: nd_i32_2, vidx: nd_i32, dirty: nd_i32):
+    """Moves the unblocked winners, then marks dirty the movable vertices whose star changed: a
+    mover and every vertex sharing an edge (so a tet) with one."""
     for i in range(movable.shape[0]):
-        if gain[i] > 0.0 and blocked[i] == 0:
+        go = gain[i] > 0.0 and blocked[i] == 0
+        dirty[i] = ti.cast(go, ti.i32)
+        if go:
             for j in ti.static(range(3)):
                 V[movable[i], j] = newpos[i, j]
             ti.atomic_add(moved[0], 1)
+    for e in range(E.shape[0]):
+        i, j = vidx[E[e, 0]], vidx[E[e, 1]]
+        if i >= 0 and j >= 0:
+            if gain[i] > 0.0 and blocked[i] == 0:
+                dirty[j] = 1
+            if gain[j] > 0.0 and blocked[j] == 0:
+                dirty[i] = 1

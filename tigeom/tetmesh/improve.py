@@ -301,15 +301,17 @@ class _Improver:
         newpos = _device.empty((len(mov), 3), np.float64)
         gain = _device.empty((len(mov),), np.float64)
         qv = _device.empty((len(mov),), np.float64)
+        dirty = _device.empty((len(mov),), np.int32)
+        dirty.fill(1)  # every star is new; later rounds re-propose only where a star changed
         total = 0
         for _ in range(rounds):
             if self.out_of_time():
                 break
-            K.smooth_propose(self.Vd, *star, newpos, gain, qv, self.smooth_iters)
+            K.smooth_propose(self.Vd, *star, newpos, gain, qv, self.smooth_iters, dirty)
             blocked = _device.zeros((len(mov),), np.int32)
             K.smooth_block(Ed, vidx_d, gain, qv, blocked)
             moved = _device.zeros((1,), np.int32)
-            K.smooth_apply(self.Vd, mov_d, newpos, gain, blocked, moved)
+            K.smooth_apply(self.Vd, mov_d, newpos, gain, blocked, moved, Ed, vidx_d, dirty)
             k = int(_device.fetch(moved)[0])
             total += k
             if k == 0:
