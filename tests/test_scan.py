@@ -5,8 +5,15 @@ import tigeom  # noqa: F401  (the conftest fixture initialises the runtime)
 from tigeom._core.scan import ExclusiveScan, exclusive_scan_numpy
 
 
+@pytest.mark.parametrize("serial_on_cpu", [True, False])
 @pytest.mark.parametrize("n", [0, 1, 5, 256, 257, 1000, 65536 + 3, 300_000, 256 ** 3 + 5])
-def test_exclusive_scan_matches_numpy(n):
+def test_exclusive_scan_matches_numpy(n, serial_on_cpu, monkeypatch):
+    """One thread on a CPU up to SERIAL_ON_CPU values; the GPU's blocked kernels (forced here)
+    in one launch up to 256^3 values, recursive block passes beyond."""
+    from tigeom._core import scan
+
+    if not serial_on_cpu:
+        monkeypatch.setattr(scan, "SERIAL_ON_CPU", 0)
     rng = np.random.default_rng(n)
     x = rng.integers(0, 7, n).astype(np.int32)
     out = np.full(n + 1, -1, np.int32)

@@ -10,9 +10,12 @@ block offsets. Deterministic, no atomics, one code path on every arch.
 import numpy as np
 import taichi as ti
 
+from .. import runtime
 from . import device as _device
 
 _BLOCK = 256
+SERIAL_ON_CPU = 1 << 22  # on a CPU backend one thread scans up to this many values (a few ms) faster
+# than the blocked passes, each of which costs a thread-pool round trip
 
 
 @ti.func
@@ -91,7 +94,8 @@ class ExclusiveScan:
 
     Scratch buffers are allocated once per capacity; ``run`` returns nothing and does not sync.
     Up to BLOCK^3 (16.7 million) values it is one kernel launch (:func:`scan_two_levels`), beyond
-    that a recursion of block passes.
+    that a recursion of block passes. On a CPU backend, up to SERIAL_ON_CPU values are scanned
+    by one thread (:meth:`serial`).
     """
 
     def __init__(self, capacity: int):
@@ -113,10 +117,14 @@ class ExclusiveScan:
         inside another kernel."""
         return (*self._levels[0], *self._levels[1])
 
+    def serial(self, n: int) -> bool:
+        """Whether a scan of n values runs in one thread (small, or on a CPU backend)."""
+        return n <= _BLOCK or (n <= SERIAL_ON_CPU and not runtime.on_gpu())
+
     def run(self, x, out, n: int) -> None:
         if n > self.capacity:
             raise ValueError(f"n: {n} exceeds the scan capacity {self.capacity}")
-        if n <= _BLOCK:
+        if self.serial(n):
             _serial_scan(x, out, n)
         elif n <= _BLOCK ** 3:
             _scan_two_levels(x, out, *self.scratch(), n)

@@ -14,7 +14,7 @@ the level ("snapped" vertices, welded afterwards by the caller).
 
 import taichi as ti
 
-from .._core.scan import scan_two_levels
+from .._core.scan import scan_two_levels, serial_scan
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd_i64 = ti.types.ndarray(dtype=ti.i64, ndim=1)
@@ -449,10 +449,13 @@ def emit2(vals: ti.types.ndarray(ndim=2), level: float, sweep: ti.template(), S:
 
 @ti.kernel
 def scan_totals(cnt: nd_i32, base: nd_i32, s1: nd_i32, o1: nd_i32, s2: nd_i32, o2: nd_i32, R: ti.i32,
-                flags: nd_i32, out: nd_i32):
-    """The exclusive scan of [vertex counts | element counts] (2R <= 256^3 values) and the totals
-    for the host, in one launch (see gather_totals)."""
-    scan_two_levels(cnt, base, s1, o1, s2, o2, 2 * R)
+                flags: nd_i32, out: nd_i32, serial: ti.template()):
+    """The exclusive scan of [vertex counts | element counts] (2R <= 256^3 values; in one thread
+    with ``serial``) and the totals for the host, in one launch (see gather_totals)."""
+    if ti.static(serial):
+        serial_scan(cnt, base, 2 * R)
+    else:
+        scan_two_levels(cnt, base, s1, o1, s2, o2, 2 * R)
     _totals(base, R, flags, out)
 
 

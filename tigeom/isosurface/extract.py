@@ -80,7 +80,7 @@ class _Marcher:
         totals = b["totals"] if alloc is None else alloc("totals", (4,), np.int32)
         alloc = alloc or self._out
         if b["scan"].one_launch:
-            K.scan_totals(b["cnt"], b["base"], *b["scan"].scratch(), R, b["flags"], totals)
+            K.scan_totals(b["cnt"], b["base"], *b["scan"].scratch(), R, b["flags"], totals, b["scan"].serial(2 * R))
         else:
             b["scan"].run(b["cnt"], b["base"], 2 * R)
             K.gather_totals(b["base"], R, b["flags"], totals)
