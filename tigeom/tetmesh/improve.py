@@ -223,6 +223,7 @@ class _Improver:
         tab, tab_off = _triangulation_table(7)
         self.tab_d, self.tab_off_d = _device.upload(tab), _device.upload(tab_off)
         self.counts = {"smooth_moves": 0, "flip23": 0, "edge_removal": 0, "splits": 0}
+        self._ctx = None  # topology, adjacency, qualities and edges of the current mesh, built lazily
 
     # ----------------------------------------------------------------- helpers
 
@@ -262,22 +263,40 @@ class _Improver:
     def _commit(self, Tb, used: int) -> None:
         """The first ``used`` rows of ``Tb`` (holes marked -1), compacted."""
         self.Td, self.m = compact_rows(Tb, used)
+        self._ctx = None
+
+    def _mesh_state(self) -> dict:
+        """Topology, face adjacency and qualities of the current mesh (and its edges once asked
+        for), kept until the tets or the positions change: a pass that changes nothing leaves
+        them to the next."""
+        if self._ctx is None:
+            topo = MeshTopology(self.Td, self.m, self.nv)
+            self._ctx = {"topo": topo, "nbd": topo.adjacency()}
+        if "qd" not in self._ctx:  # dropped when vertices move
+            self._ctx["qd"] = self.qualities()
+        return self._ctx
+
+    def _edges(self):
+        ctx = self._mesh_state()
+        if "edges" not in ctx:
+            ctx["edges"] = ctx["topo"].edges()
+        return ctx["edges"]
 
     # ----------------------------------------------------------------- smoothing
 
     def _movable(self):
         """Free vertices of tets below ACTIVE_SINE (or near the worst): the rest cannot raise the
         worst tets. Host index array, ascending."""
-        q = _device.fetch(self.qualities(), self.m)
+        q = _device.fetch(self._mesh_state()["qd"], self.m)
         T = _device.fetch(self.Td, self.m)
         mask = np.zeros(self.nv, bool)
         mask[np.unique(T[q < max(ACTIVE_SINE, float(q.min()) + 1e-3)])] = True
         mask[:self.n_in] &= ~(_device.fetch(self.pinned_d) != 0)
         return np.flatnonzero(mask).astype(np.int32)
 
-    def _half_lengths(self, topo, mov):
+    def _half_lengths(self, mov):
         """Mean length of the edges at each movable vertex (the ascent's step scale)."""
-        E, _ = topo.edges()
+        E, _ = self._edges()
         V = _device.fetch(self.Vd, self.nv)  # once per sweep: numpy's norm keeps the step sizes bit-stable
         el = np.linalg.norm(V[E[:, 0]] - V[E[:, 1]], axis=1)
         Ed = _device.upload(E.astype(np.int32))
@@ -294,8 +313,8 @@ class _Improver:
         if len(mov) == 0:
             return 0
         K = self.K
-        topo = MeshTopology(self.Td, self.m, self.nv)
-        Ed, vidx_d, hl_d = self._half_lengths(topo, mov)
+        topo = self._mesh_state()["topo"]
+        Ed, vidx_d, hl_d = self._half_lengths(mov)
         mov_d = _device.upload(mov)
         star = (self.Td, topo.ptr, topo.vt, mov_d, hl_d)
         newpos = _device.empty((len(mov), 3), np.float64)
@@ -314,6 +333,8 @@ class _Improver:
             K.smooth_apply(self.Vd, mov_d, newpos, gain, blocked, moved, Ed, vidx_d, dirty)
             k = int(_device.fetch(moved)[0])
             total += k
+            if k:
+                self._ctx.pop("qd", None)  # the connectivity stays
             if k == 0:
                 break
         return total
@@ -323,8 +344,8 @@ class _Improver:
     def flip23(self) -> int:
         """One parallel pass of 2-3 flips over every interior face; the number applied."""
         K, m = self.K, self.m
-        topo = MeshTopology(self.Td, m, self.nv)
-        nbd, qd = topo.adjacency(), self.qualities()
+        ctx = self._mesh_state()
+        nbd, qd = ctx["nbd"], ctx["qd"]
         nc = 4 * m
         ctets = _device.empty((nc, 2), np.int32)
         cn = _device.empty((nc,), np.int32)
@@ -333,12 +354,13 @@ class _Improver:
         K.flip23_candidates(self.Vd, Tb, nbd, qd, ctets, cn, key, self.EPS)
         win = self._resolve(ctets, cn, key, nc)
         off, added = self._appends(win, cn, nc, 0)
-        K.flip23_apply(Tb, nbd, win, off, m)
-        self._commit(Tb, m + added)
+        if added:  # otherwise nothing changed
+            K.flip23_apply(Tb, nbd, win, off, m)
+            self._commit(Tb, m + added)
         return added
 
-    def _edge_scratch(self, topo):
-        E, etet = topo.edges()
+    def _edge_scratch(self):
+        E, etet = self._edges()
         ne = len(E)
         Ed, etd = _device.upload(E.astype(np.int32)), _device.upload(etet.astype(np.int32))
         ctets = _device.empty((ne, self.K.MAXRING), np.int32)
@@ -349,25 +371,27 @@ class _Improver:
     def edge_removal(self) -> int:
         """One parallel pass of interior edge removals (3-2 and 4-4 flips included)."""
         K, m = self.K, self.m
-        topo = MeshTopology(self.Td, m, self.nv)
-        nbd, qd = topo.adjacency(), self.qualities()
-        ne, Ed, etd, ctets, cn, key = self._edge_scratch(topo)
+        ctx = self._mesh_state()
+        nbd, qd = ctx["nbd"], ctx["qd"]
+        ne, Ed, etd, ctets, cn, key = self._edge_scratch()
         cinfo = _device.empty((ne, 1), np.int32)
         Tb = self._padded_tets(6 * ne // 5 + 8)  # an n-ring gives n - 4 extra tets
         K.edge_removal_candidates(self.Vd, Tb, nbd, qd, Ed, etd, self.tab_d, self.tab_off_d, ctets, cn, cinfo, key,
                                   self.EPS)
         win = self._resolve(ctets, cn, key, ne)
-        off, added = self._appends(win, cn, ne, 1)
-        K.edge_removal_apply(Tb, nbd, Ed, etd, self.tab_d, win, cinfo, off, m)
-        self._commit(Tb, m + added)
-        return count_positive(win, ne)
+        removed = count_positive(win, ne)
+        if removed:  # otherwise nothing changed
+            off, added = self._appends(win, cn, ne, 1)
+            K.edge_removal_apply(Tb, nbd, Ed, etd, self.tab_d, win, cinfo, off, m)
+            self._commit(Tb, m + added)
+        return removed
 
     def split(self, below: float) -> int:
         """Vertex insertion on interior edges of the tets below quality ``below``."""
         K, m = self.K, self.m
-        topo = MeshTopology(self.Td, m, self.nv)
-        nbd, qd = topo.adjacency(), self.qualities()
-        ne, Ed, etd, ctets, cn, key = self._edge_scratch(topo)
+        ctx = self._mesh_state()
+        nbd, qd = ctx["nbd"], ctx["qd"]
+        ne, Ed, etd, ctets, cn, key = self._edge_scratch()
         cpos = _device.empty((ne, 3), np.float64)
         K.split_candidates(self.Vd, self.Td, nbd, qd, Ed, etd, ctets, cn, cpos, key, below, self.EPS)
         win = self._resolve(ctets, cn, key, ne)
@@ -380,7 +404,7 @@ class _Improver:
         copy_rows(self.Vd, Vb, self.nv)
         K.split_apply(Vb, Tb, nbd, Ed, etd, win, cpos, off, m, voff, self.nv)
         self.Vd, self.nv = Vb, self.nv + nwin
-        self._commit(Tb, m + added)
+        self._commit(Tb, m + added)  # drops the mesh state too
         return nwin
 
     # ----------------------------------------------------------------- driver
@@ -402,7 +426,7 @@ class _Improver:
         n_s = self.smooth(rounds)
         self.counts["smooth_moves"] += n_s
         self.flips()
-        q = _device.fetch(self.qualities(), self.m)
+        q = _device.fetch(self._mesh_state()["qd"], self.m)
         qmin = float(q.min())
         split = 0
         if insert and qmin <= best + 1e-6 and not self.out_of_time():
