@@ -270,6 +270,8 @@ def edge_removal_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E
                     pj = _pt(V, ring[tab[r, 3 * j + 1]])
                     pk = _pt(V, ring[tab[r, 3 * j + 2]])
                     newmin = ti.min(newmin, ti.min(tet_min_sine(pa, pi, pj, pk), tet_min_sine(pb, pi, pk, pj)))
+                    if newmin <= best:  # it can only fall: this triangulation cannot win
+                        break
                     newvol += _vol6(pa, pi, pj, pk) + _vol6(pb, pi, pk, pj)
                 if newmin > best and ti.abs(newvol - oldvol) <= ti.f64(1e-9) * ti.abs(oldvol):
                     best = newmin
@@ -487,9 +489,10 @@ def _star_q_above(V: ti.template(), T: ti.template(), vt_ptr: ti.template(), vt:
     return m
 
 
-@ti.kernel
-def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable: nd_i32, hlen: nd_f64,
-                   newpos: nd_f64_2, gain: nd_f64, qv: nd_f64, iters: ti.i32, dirty: nd_i32):
+@ti.func
+def _smooth_propose(V: ti.template(), T: ti.template(), vt_ptr: ti.template(), vt: ti.template(),
+                    movable: ti.template(), hlen: ti.template(), newpos: ti.template(), gain: ti.template(),
+                    qv: ti.template(), iters, dirty: ti.template()):
     """Per movable vertex whose star changed (``dirty``; the others keep their proposal, which is
     a function of the star alone): raise the worst quality of its star. Search direction: the
     smallest convex combination of the gradients of the nearly-worst tets (Gilbert's min-norm
@@ -573,10 +576,13 @@ def smooth_propose(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable
         gain[i] = cur - q0
 
 
-@ti.kernel
-def smooth_block(E: nd_i32_2, vidx: nd_i32, gain: nd_f64, qv: nd_f64, blocked: nd_i32):
+@ti.func
+def _smooth_block(E: ti.template(), vidx: ti.template(), gain: ti.template(), qv: ti.template(),
+                  blocked: ti.template()):
     """An edge whose two ends both want to move blocks the one with the better star (then the
     higher index): the moves that remain touch no common tet."""
+    for i in range(blocked.shape[0]):
+        blocked[i] = 0
     for e in range(E.shape[0]):
         i, j = vidx[E[e, 0]], vidx[E[e, 1]]
         if i >= 0 and j >= 0 and gain[i] > 0.0 and gain[j] > 0.0:
@@ -586,11 +592,13 @@ def smooth_block(E: nd_i32_2, vidx: nd_i32, gain: nd_f64, qv: nd_f64, blocked: n
                 blocked[i] = 1
 
 
-@ti.kernel
-def smooth_apply(V: nd_f64_2, movable: nd_i32, newpos: nd_f64_2, gain: nd_f64, blocked: nd_i32, moved: nd_i32,
-                 E: nd_i32_2, vidx: nd_i32, dirty: nd_i32):
+@ti.func
+def _smooth_apply(V: ti.template(), movable: ti.template(), newpos: ti.template(), gain: ti.template(),
+                  blocked: ti.template(), moved: ti.template(), E: ti.template(), vidx: ti.template(),
+                  dirty: ti.template()):
     """Moves the unblocked winners, then marks dirty the movable vertices whose star changed: a
     mover and every vertex sharing an edge (so a tet) with one."""
+    moved[0] = 0
     for i in range(movable.shape[0]):
         go = gain[i] > 0.0 and blocked[i] == 0
         dirty[i] = ti.cast(go, ti.i32)
@@ -605,3 +613,14 @@ def smooth_apply(V: nd_f64_2, movable: nd_i32, newpos: nd_f64_2, gain: nd_f64, b
                 dirty[j] = 1
             if gain[j] > 0.0 and blocked[j] == 0:
                 dirty[i] = 1
+
+
+@ti.kernel
+def smooth_round(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable: nd_i32, hlen: nd_f64,
+                 newpos: nd_f64_2, gain: nd_f64, qv: nd_f64, iters: ti.i32, dirty: nd_i32, E: nd_i32_2, vidx: nd_i32,
+                 blocked: nd_i32, moved: nd_i32):
+    """One smoothing round in one launch: proposals of the dirty vertices, blocking, the moves
+    (``moved[0]``: how many) and the next round's dirty marks. Each pass ends before the next."""
+    _smooth_propose(V, T, vt_ptr, vt, movable, hlen, newpos, gain, qv, iters, dirty)
+    _smooth_block(E, vidx, gain, qv, blocked)
+    _smooth_apply(V, movable, newpos, gain, blocked, moved, E, vidx, dirty)

@@ -322,15 +322,13 @@ class _Improver:
         qv = _device.empty((len(mov),), np.float64)
         dirty = _device.empty((len(mov),), np.int32)
         dirty.fill(1)  # every star is new; later rounds re-propose only where a star changed
+        blocked = _device.empty((len(mov),), np.int32)
+        moved = _device.empty((1,), np.int32)
         total = 0
         for _ in range(rounds):
             if self.out_of_time():
                 break
-            K.smooth_propose(self.Vd, *star, newpos, gain, qv, self.smooth_iters, dirty)
-            blocked = _device.zeros((len(mov),), np.int32)
-            K.smooth_block(Ed, vidx_d, gain, qv, blocked)
-            moved = _device.zeros((1,), np.int32)
-            K.smooth_apply(self.Vd, mov_d, newpos, gain, blocked, moved, Ed, vidx_d, dirty)
+            K.smooth_round(self.Vd, *star, newpos, gain, qv, self.smooth_iters, dirty, Ed, vidx_d, blocked, moved)
             k = int(_device.fetch(moved)[0])
             total += k
             if k:
