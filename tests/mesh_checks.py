@@ -16,6 +16,31 @@ def assert_closed_oriented_manifold(faces):
     assert np.isin(rev, keys).all(), "an edge has no opposite half-edge (hole)"
 
 
+def assert_vertex_manifold(faces):
+    """Around every vertex the faces form one fan: the edges opposite the vertex (its link) are
+    one connected chain."""
+    n = int(faces.max()) + 1
+    links = [[] for _ in range(n)]
+    for a, b, c in faces:
+        links[a].append((b, c))
+        links[b].append((c, a))
+        links[c].append((a, b))
+    for v, edges in enumerate(links):
+        if not edges:
+            continue
+        parent = {}
+
+        def find(x):
+            while parent.setdefault(x, x) != x:
+                x = parent[x]
+            return x
+
+        for a, b in edges:
+            parent[find(a)] = find(b)
+        roots = {find(x) for e in edges for x in e}
+        assert len(roots) == 1, f"vertex {v}: its faces form {len(roots)} fans"
+
+
 def assert_edge_manifold(faces):
     """Open surfaces: every undirected edge in one or two faces, consistently oriented."""
     de = directed_edges(faces)

@@ -53,6 +53,27 @@ def torus_samples(n: int, R: float = 1.0, r: float = 0.4, rng=None) -> np.ndarra
     return out[:int(n)]
 
 
+def capsule_samples(n: int, length: float = 1.0, radius: float = 0.12, rng=None) -> np.ndarray:
+    """n points uniformly (by area) on a capsule along x: a cylinder of ``length`` and ``radius``
+    from x = 0 to x = length, closed by hemispheres (volume pi r^2 L + 4/3 pi r^3)."""
+    rng = np.random.default_rng(rng)
+    n = int(n)
+    a_cyl, a_caps = 2 * np.pi * radius * length, 4 * np.pi * radius ** 2
+    on_cyl = rng.random(n) < a_cyl / (a_cyl + a_caps)
+    k = int(on_cyl.sum())
+    th = rng.uniform(0, 2 * np.pi, k)
+    cyl = np.column_stack([rng.uniform(0, length, k), radius * np.cos(th), radius * np.sin(th)])
+    d = rng.normal(size=(n - k, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    caps = radius * d
+    caps[:, 0] += np.where(d[:, 0] > 0, length, 0.0)
+    return np.concatenate([cyl, caps])[rng.permutation(n)]
+
+
+def capsule_volume(length: float = 1.0, radius: float = 0.12) -> float:
+    return float(np.pi * radius ** 2 * length + 4.0 / 3.0 * np.pi * radius ** 3)
+
+
 def patch_samples(n: int, rng=None) -> np.ndarray:
     """n points uniformly (by parameter) on an open wavy patch z = 0.15 sin(2x) cos(2y) over [-1, 1]^2."""
     rng = np.random.default_rng(rng)

@@ -1,0 +1,269 @@
+"""The solid a 3D DMesh bounds: inside tets of its own triangulation, a watertight surface.
+
+A DMesh surface is a subset of the faces of a (weighted) Delaunay triangulation of its points
+("minball": every extracted face has an empty minimum ball, so it is a Delaunay face), so the
+volume it bounds is already tetrahedralised. :func:`solid` labels every tet of that
+triangulation inside or outside and returns the inside tets and their boundary:
+
+1. Votes. From each tet's centroid, ``rays`` rays in fixed random directions are walked from
+   tet to tet to the hull; the parity of the surface faces crossed is one vote. A hole in the
+   surface, or a stray face, misleads only the rays that pass through it, so the majority
+   holds (ties and failed walks count as outside).
+2. Clean-up. Inside components (face-connected) smaller than ``min_component`` of the inside
+   volume are dropped; outside pockets not connected to the hull and smaller than that are
+   filled.
+3. Repair. Where the boundary of the inside set is not a 2-manifold (an edge in more than two
+   boundary faces, or a vertex whose boundary faces form more than one fan), the tets around
+   that edge or vertex are added to the inside, until none is left.
+
+The boundary is then closed, consistently oriented (outward normals) and a 2-manifold, its
+triangles are faces of the tets, and every tet is positively oriented. Where the surface had
+holes, the boundary closes them with faces of the triangulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import runtime
+from .._core import device as _device
+from .._core.validate import as_index_array, as_points
+
+_OPP = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])  # face opposite k, outward for a positive tet
+
+
+@dataclass(eq=False)
+class SolidMesh:
+    """Result of :func:`solid`.
+
+    vertices : (N, 3) the points the tets use; tets : (M, 4) positively oriented;
+    faces : (F, 3) the boundary of the tets, oriented outward (a closed 2-manifold);
+    stats : counts of the labelling, the clean-up and the repair.
+    """
+
+    vertices: np.ndarray
+    tets: np.ndarray
+    faces: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def volume(self) -> float:
+        return float(_volumes(self.vertices, self.tets).sum())
+
+
+def _volumes(v, t) -> np.ndarray:
+    a = v[t[:, 0]]
+    return np.einsum("ij,ij->i", np.cross(v[t[:, 1]] - a, v[t[:, 2]] - a), v[t[:, 3]] - a) / 6.0
+
+
+def _face_keys(f: np.ndarray, n: int) -> np.ndarray:
+    s = np.sort(f, axis=1).astype(np.int64)
+    return (s[:, 0] * n + s[:, 1]) * n + s[:, 2]
+
+
+def _directions(rays: int, seed: int) -> np.ndarray:
+    d = np.random.default_rng(seed).normal(size=(rays, 3))
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def solid(mesh, *, threshold: float = 0.5, rays: int = 15, seed: int = 0, min_component: float = 1e-3,
+          max_repairs: int = 20) -> SolidMesh:
+    """Inside tets and a watertight surface from a 3D DMesh surface (see the module docstring).
+
+    mesh : a 3D :class:`tigeom.dmesh.Reconstruction` (results in the samples' coordinates), a
+        3D :class:`tigeom.dmesh.DMesh` (its faces with probability above ``threshold`` and a
+        positive margin are the surface), or a tuple ``(points (N, 3), faces (F, 3))``: any
+        triangle set whose faces are faces of the Delaunay triangulation of ``points``.
+    rays : votes per tet (odd; at least 3). seed : their directions.
+    min_component : inside components and enclosed outside pockets below this fraction of the
+        inside volume are dropped or filled.
+    max_repairs : rounds of the manifold repair before giving up (ValueError).
+    """
+    points, faces, weights, scale, origin = _surface_of(mesh, threshold)
+    rays = int(rays)
+    if rays < 3 or rays % 2 == 0:
+        raise ValueError(f"rays: expected an odd number >= 3, got {rays}")
+    if not 0 <= min_component < 1:
+        raise ValueError(f"min_component: must lie in [0, 1), got {min_component}")
+    from ..delaunay import weighted_delaunay
+
+    tri = weighted_delaunay(points, weights)
+    T = tri.simplices.astype(np.int64)
+    if len(T) == 0:
+        raise ValueError("mesh: the points span no volume (no tets in their triangulation)")
+    nb = tri.neighbors.astype(np.int64)
+    n = len(points)
+    wall, found = _walls(T, faces, n)
+    inside = _vote(points, T, nb, wall, rays, seed)
+    stats = {"triangulation_tets": int(len(T)), "surface_faces": int(len(faces)),
+             "surface_faces_in_triangulation": int(found), "inside_by_vote": int(inside.sum()), "rays": rays}
+    vol = _volumes(points, T)
+    inside, dropped, filled = _clean(inside, nb, vol, min_component)
+    inside, rounds, added = _repair(T, nb, inside, n, max_repairs)
+    stats.update(components_dropped=dropped, pockets_filled=filled, repair_rounds=rounds, repair_tets_added=added)
+    tets = T[inside]
+    bfaces = _boundary(T, nb, inside)
+    used, inv = np.unique(tets, return_inverse=True)
+    verts = points[used] * scale + origin
+    tets = inv.reshape(tets.shape)
+    bfaces = np.searchsorted(used, bfaces)
+    skeys = set(_face_keys(faces, n).tolist()) if len(faces) else set()
+    kept = int(np.isin(_face_keys(used[bfaces], n), list(skeys)).sum()) if skeys else 0
+    stats.update(tets=int(len(tets)), faces=int(len(bfaces)), faces_from_surface=kept,
+                 faces_filled=int(len(bfaces) - kept))
+    return SolidMesh(vertices=verts, tets=tets.astype(np.int64), faces=bfaces.astype(np.int64), stats=stats)
+
+
+def _surface_of(mesh, threshold):
+    """(points, surface faces indexing them, weights or None, scale, origin) of ``mesh``."""
+    from .model import DMesh
+    from .reconstruct import Reconstruction
+
+    scale, origin = 1.0, np.zeros(3)
+    if isinstance(mesh, Reconstruction):
+        scale, origin = float(mesh.scale), np.asarray(mesh.origin, np.float64)
+        mesh = mesh.mesh
+    if isinstance(mesh, DMesh):
+        if mesh.dim != 3:
+            raise ValueError("mesh: solid() needs a 3D DMesh (a 2D one bounds areas, not volumes)")
+        fp = mesh.probabilities()
+        keep = (fp.probs > threshold) & (fp.margin > 0)
+        w = mesh.weights if mesh.method == "wdt" else None
+        return np.asarray(mesh.points, np.float64), mesh.faces[keep].astype(np.int64), w, scale, origin
+    if isinstance(mesh, tuple) and len(mesh) == 2:
+        p = as_points(mesh[0], "points", dims=(3,))
+        f = as_index_array(mesh[1], "faces", len(p), width=3)
+        return p, f.astype(np.int64), None, scale, origin
+    raise TypeError(f"mesh: expected a 3D Reconstruction, DMesh or (points, faces), got {type(mesh).__name__}")
+
+
+def _walls(T, faces, n):
+    """(M, 4) int32: 1 where the face opposite local vertex k is a surface face; and how many
+    surface faces were found among the triangulation's faces."""
+    tk = _face_keys(T[:, _OPP].reshape(-1, 3), n)
+    if len(faces) == 0:
+        return np.zeros(T.shape, np.int32), 0
+    sk = np.unique(_face_keys(faces, n))
+    wall = np.isin(tk, sk).reshape(T.shape).astype(np.int32)
+    found = int(np.isin(sk, tk).sum())
+    return wall, found
+
+
+def _vote(points, T, nb, wall, rays, seed) -> np.ndarray:
+    from . import _solid_kernels as K
+
+    runtime.ensure_init()
+    votes = _device.empty((len(T), rays), np.int32)
+    K.ray_votes(_device.upload(points.astype(np.float64)), _device.upload(T.astype(np.int32)),
+                _device.upload(nb.astype(np.int32)), _device.upload(wall), _device.upload(_directions(rays, seed)),
+                int(4 * len(T) ** (1 / 3) + 64), votes)
+    v = _device.fetch(votes, len(T))
+    return (v == 1).sum(1) > (v == 0).sum(1) + (v == -1).sum(1)
+
+
+def _components(mask, nb) -> np.ndarray:
+    """Labels (M,) of the face-connected components of the tets in ``mask`` (-1 elsewhere), by
+    propagating the smallest index to a fixed point."""
+    m = len(mask)
+    lab = np.where(mask, np.arange(m), -1)
+    has = (nb >= 0)
+    nbc = np.where(has, nb, 0)
+    while True:
+        other = np.where(has & mask[nbc], lab[nbc], m)
+        new = np.where(mask, np.minimum(lab, other.min(1)), -1)
+        new = np.where(mask, new[np.where(mask, new, 0)], -1)  # pointer jumping: new[j] <= j
+        if np.array_equal(new, lab):
+            return lab
+        lab = new
+
+
+def _clean(inside, nb, vol, frac):
+    """Drop small inside components, fill small enclosed outside pockets."""
+    total = vol[inside].sum()
+    lab = _components(inside, nb)
+    ids, inv = np.unique(lab[inside], return_inverse=True)
+    cv = np.bincount(inv, weights=vol[inside])
+    small = ids[cv < frac * total]
+    dropped = int(len(small))
+    inside = inside & ~np.isin(lab, small)
+    out = ~inside
+    lab = _components(out, nb)
+    hull = np.unique(lab[out & (nb < 0).any(1)])
+    ids, inv = np.unique(lab[out], return_inverse=True)
+    cv = np.bincount(inv, weights=vol[out])
+    pockets = ids[(cv < frac * total) & ~np.isin(ids, hull)]
+    inside = inside | np.isin(lab, pockets)
+    return inside, dropped, int(len(pockets))
+
+
+def _boundary(T, nb, inside) -> np.ndarray:
+    """(F, 3) outward faces of the inside tets that border outside tets or the hull."""
+    outside_nb = (nb < 0) | ~inside[np.where(nb >= 0, nb, 0)]
+    t, k = np.nonzero(inside[:, None] & outside_nb)
+    return T[t[:, None], _OPP[k]]
+
+
+def _bad_edges_and_vertices(F, n):
+    """Edges in more than two boundary faces, and vertices whose boundary faces form more than
+    one fan (two fans of a vertex share no boundary edge at it)."""
+    e = np.sort(np.concatenate([F[:, [0, 1]], F[:, [1, 2]], F[:, [2, 0]]]), axis=1)
+    ek, ecount = np.unique(e[:, 0] * n + e[:, 1], return_counts=True)
+    bad_e = ek[ecount > 2]
+    # fans: (vertex, face) incidences joined through the faces' edges at that vertex
+    nf = len(F)
+    inc_v = F.reshape(-1)  # incidence 3 f + c: vertex F[f, c] in face f
+    lab = np.arange(len(inc_v))
+    pairs = []
+    for a, b in ((0, 1), (1, 2), (2, 0)):
+        key = np.sort(F[:, [a, b]], axis=1)
+        key = key[:, 0] * n + key[:, 1]
+        for c in (a, b):
+            pairs.append((key, F[:, c], np.arange(nf) * 3 + c))
+    key = np.concatenate([p[0] for p in pairs])
+    vert = np.concatenate([p[1] for p in pairs])
+    idx = np.concatenate([p[2] for p in pairs])
+    order = np.lexsort((idx, vert, key))
+    key, vert, idx = key[order], vert[order], idx[order]
+    same = (key[1:] == key[:-1]) & (vert[1:] == vert[:-1])
+    a, b = idx[:-1][same], idx[1:][same]
+    for _ in range(64):
+        m = np.minimum(lab[a], lab[b])
+        new = lab.copy()
+        np.minimum.at(new, a, m)
+        np.minimum.at(new, b, m)
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    fans = np.unique(np.column_stack([inc_v, lab]), axis=0)
+    vcount = np.bincount(fans[:, 0], minlength=n)
+    return bad_e, np.flatnonzero(vcount > 1)
+
+
+def _repair(T, nb, inside, n, max_rounds):
+    """Add the tets around non-manifold boundary edges and vertices to the inside until none is
+    left. Returns (inside, rounds, tets added)."""
+    added = 0
+    for r in range(max_rounds + 1):
+        F = _boundary(T, nb, inside)
+        bad_e, bad_v = _bad_edges_and_vertices(F, n)
+        if len(bad_e) == 0 and len(bad_v) == 0:
+            return inside, r, added
+        if r == max_rounds:
+            break
+        grow = np.zeros(len(T), bool)
+        if len(bad_e):
+            a, b = bad_e // n, bad_e % n
+            has_a = np.isin(T, a).any(1)
+            cand = np.flatnonzero(has_a & ~inside)
+            for t in cand:  # tets holding both ends of a bad edge
+                ek = np.sort(np.array([[T[t, i], T[t, j]] for i in range(4) for j in range(i + 1, 4)]), axis=1)
+                if np.isin(ek[:, 0] * n + ek[:, 1], bad_e).any():
+                    grow[t] = True
+        if len(bad_v):
+            grow |= np.isin(T, bad_v).any(1) & ~inside
+        added += int(grow.sum())
+        inside = inside | grow
+    raise ValueError(f"mesh: the boundary of the inside tets is still not a manifold after {max_rounds} repair "
+                     f"rounds ({len(bad_e)} edges, {len(bad_v)} vertices)")
