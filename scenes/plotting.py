@@ -176,3 +176,27 @@ def dmesh_2d(samples, points, cand, probs, vertices, edges, path, title="") -> N
         ax.set_yticks([])
     fig.suptitle(title)
     save_png(fig, path)
+
+
+def displacement(vertices, faces, u, path, title="") -> None:
+    """The deformed surface (vertices + u, with u scaled to 10% of the extent) coloured by |u|,
+    beside the undeformed one in grey, seen from the side (-y)."""
+    plt = _plt()
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    mag = np.linalg.norm(u, axis=1)
+    ext = float((vertices.max(0) - vertices.min(0)).max())
+    k = 0.1 * ext / max(float(mag.max()), 1e-300)
+    fig = plt.figure(figsize=(9, 5))
+    ax = fig.add_subplot(1, 1, 1, projection="3d")
+    ax.add_collection3d(Poly3DCollection(vertices[faces], facecolor=(0.8, 0.8, 0.8, 0.15), edgecolor="none"))
+    col = plt.get_cmap("viridis")(mag[faces].mean(1) / max(float(mag.max()), 1e-300))
+    ax.add_collection3d(Poly3DCollection((vertices + k * u)[faces], facecolors=col, edgecolor="none"))
+    lo, hi = vertices.min(0), vertices.max(0)
+    _cube_limits(ax, (lo + hi) / 2, 0.6 * ext)
+    ax.view_init(5, -90)
+    ax.set_axis_off()
+    sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, float(mag.max())))
+    fig.colorbar(sm, ax=ax, shrink=0.6, label=f"|u| (drawn x{k:.3g})")
+    fig.suptitle(title)
+    save_png(fig, path)

@@ -274,3 +274,38 @@ def test_drag2d_starts_from_an_ellipse_of_the_circles_area(tmp_path):
     assert abs(np.ptp(v[:, 0]) / np.ptp(v[:, 1]) / 2.0 - 1) < 0.05  # the extracted start is the ellipse
     with pytest.raises(ValueError, match="aspect: must be a finite number > 0"):
         Drag2D(scene.resolve_config(Drag2D, aspect=-1.0), tmp_path)
+
+
+def test_scan2fem_chain_small(tmp_path):
+    """Point cloud -> DMesh -> solid -> improve_tets -> elasticity, small: a closed volume of the
+    capsule's size, every tet positive, the tets' boundary equal to surface.ply (also after
+    improve_tets), and the solves' figures against the reference mesh."""
+    import trimesh
+
+    from tigeom import io
+    from tigeom.tetmesh.topology import boundary_faces
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("samples = 5000\ndmesh_iterations = 15\nreference_spacing = 0.05\nimprove_sweeps = 3\n"
+                   "interior_spacing = 0.07\n")
+    out = tmp_path / "s2f"
+    s = scene.run("scan2fem", out=str(out), arch="cpu", config_file=str(cfg), progress=False)
+    f = s["figures"]
+    assert s["converged"] and abs(f["volume_error"]) < 0.03, f["volume_error"]  # measured 0.2%
+    for name in ("surface.ply", "tets.vtu", "tets_improved.vtu", "surface.png", "worst_tets.png",
+                 "displacement.png", "summary.json"):
+        assert (out / name).is_file(), name
+    surf = trimesh.load(out / "surface.ply", process=False)
+    assert surf.is_watertight and surf.is_winding_consistent
+    for vtu in ("tets.vtu", "tets_improved.vtu"):
+        v, t = io.read_volume(out / vtu)
+        a = v[t[:, 0]]
+        assert (np.einsum("ij,ij->i", np.cross(v[t[:, 1]] - a, v[t[:, 2]] - a), v[t[:, 3]] - a) > 0).all()
+        bf = boundary_faces(t)
+        np.testing.assert_array_equal(bf, np.unique(np.sort(np.asarray(surf.faces), axis=1), axis=0))
+        np.testing.assert_array_equal(v[np.unique(bf)], np.asarray(surf.vertices)[np.unique(bf)])
+    assert f["boundary_kept"] and f["quality_after"]["min_dihedral"] > f["quality_before"]["min_dihedral"]
+    fem = f["fem"]
+    for tag in ("before", "after", "reference"):
+        assert fem[f"fem_{tag}"]["static_converged"] and fem[f"fem_{tag}"]["tip_displacement_z"] < 0
+    assert abs(fem["tip_error_after"]) < 0.25, fem  # a coarse run; the default run's figures: docs/scenes.md

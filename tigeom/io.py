@@ -69,11 +69,24 @@ def read_surface(path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64)
 
 
+def _ply_bytes(v: np.ndarray, f: np.ndarray) -> bytes:
+    """Binary PLY with float64 vertices, so coordinates survive a round trip exactly."""
+    head = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(v)}\nproperty double x\n"
+            f"property double y\nproperty double z\nelement face {len(f)}\n"
+            "property list uchar int vertex_indices\nend_header\n").encode()
+    rows = np.zeros(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+    rows["n"], rows["i"] = 3, f
+    return head + np.ascontiguousarray(v, "<f8").tobytes() + rows.tobytes()
+
+
 def write_surface(path, vertices, faces) -> None:
-    """Write a triangle surface (OBJ/PLY/STL/OFF) atomically."""
+    """Write a triangle surface (OBJ/PLY/STL/OFF) atomically; PLY keeps float64 coordinates."""
     suf = _suffix(path, SURFACE_FORMATS, "surface mesh")
     v = as_points(vertices, "vertices", dims=(3,))
     f = as_index_array(faces, "faces", len(v), width=3)
+    if suf == ".ply":
+        write_bytes_atomic(path, _ply_bytes(v, f))
+        return
     import trimesh
 
     mesh = trimesh.Trimesh(v, f, process=False)
@@ -101,8 +114,10 @@ def read_volume(path, cell_type: str = "tetra") -> tuple[np.ndarray, np.ndarray]
     return pts, np.concatenate(blocks).astype(np.int64)
 
 
-def write_volume(path, points, cells, cell_type: str = "tetra", cell_data: dict | None = None) -> None:
-    """Write a volume mesh through meshio (format from the suffix), atomically."""
+def write_volume(path, points, cells, cell_type: str = "tetra", cell_data: dict | None = None,
+                 point_data: dict | None = None) -> None:
+    """Write a volume mesh through meshio (format from the suffix), atomically; ``cell_data`` and
+    ``point_data`` map names to one value (or vector) per cell or point."""
     suf = _suffix(path, VOLUME_FORMATS, "volume mesh")
     p = as_points(points, "points", dims=(3,))
     width = {"tetra": 4, "triangle": 3, "hexahedron": 8}.get(cell_type)
@@ -110,10 +125,33 @@ def write_volume(path, points, cells, cell_type: str = "tetra", cell_data: dict 
     import meshio
 
     data = {k: [np.asarray(v)] for k, v in (cell_data or {}).items()}
-    mesh = meshio.Mesh(p, [(cell_type, c)], cell_data=data)
+    pdata = {k: np.asarray(v) for k, v in (point_data or {}).items()}
+    for k, v in pdata.items():
+        if len(v) != len(p):
+            raise ValueError(f"point_data: {k!r} has {len(v)} rows for {len(p)} points")
+    mesh = meshio.Mesh(p, [(cell_type, c)], cell_data=data, point_data=pdata)
     fmt = {".msh": "gmsh", ".mesh": "medit", ".vtk": "vtk", ".vtu": "vtu"}.get(suf)
     with atomic_path(path) as tmp:
         meshio.write(tmp, mesh, file_format=fmt)
+
+
+POINT_FORMATS = (".npy", ".xyz", ".txt", ".ply")
+
+
+def read_points(path) -> np.ndarray:
+    """A 3D point cloud (N, 3) float64: .npy (an (N, 3) array), .xyz/.txt (whitespace columns,
+    the first three used) or .ply (its vertices, through trimesh)."""
+    suf = _suffix(path, POINT_FORMATS, "point cloud")
+    p = _readable(path)
+    if suf == ".npy":
+        arr = np.load(p, allow_pickle=False)
+    elif suf == ".ply":
+        import trimesh
+
+        arr = np.asarray(trimesh.load(p, process=False).vertices)
+    else:
+        arr = np.loadtxt(p, ndmin=2)[:, :3]
+    return as_points(arr, "points", dims=(3,))
 
 
 def read_curve(path) -> tuple[np.ndarray, np.ndarray]:

@@ -69,7 +69,7 @@ def _directions(rays: int, seed: int) -> np.ndarray:
 
 
 def solid(mesh, *, threshold: float = 0.5, rays: int = 15, seed: int = 0, min_component: float = 1e-3,
-          max_repairs: int = 20) -> SolidMesh:
+          max_repairs: int = 20, interior_spacing: float | None = None) -> SolidMesh:
     """Inside tets and a watertight surface from a 3D DMesh surface (see the module docstring).
 
     mesh : a 3D :class:`tigeom.dmesh.Reconstruction` (results in the samples' coordinates), a
@@ -80,6 +80,12 @@ def solid(mesh, *, threshold: float = 0.5, rays: int = 15, seed: int = 0, min_co
     min_component : inside components and enclosed outside pockets below this fraction of the
         inside volume are dropped or filled.
     max_repairs : rounds of the manifold repair before giving up (ValueError).
+    interior_spacing : None, or the spacing (in the result's coordinates) of a body-centred
+        cubic lattice of points added inside: a surface's own triangulation has few points
+        inside, so its tets span from one side to the other. The lattice keeps half a spacing
+        from the surface's vertices and out of its faces' diametral balls (so those faces stay
+        Delaunay faces), the points are triangulated again, and the first pass's closed
+        boundary is the wall of a second vote.
     """
     points, faces, weights, scale, origin = _surface_of(mesh, threshold)
     rays = int(rays)
@@ -87,6 +93,35 @@ def solid(mesh, *, threshold: float = 0.5, rays: int = 15, seed: int = 0, min_co
         raise ValueError(f"rays: expected an odd number >= 3, got {rays}")
     if not 0 <= min_component < 1:
         raise ValueError(f"min_component: must lie in [0, 1), got {min_component}")
+    T, nb, inside, stats = _label(points, weights, faces, rays, seed, min_component, max_repairs)
+    if interior_spacing is not None:
+        h = float(interior_spacing) / scale
+        if not h > 0:
+            raise ValueError(f"interior_spacing: must be > 0, got {interior_spacing}")
+        walls = _boundary(T, nb, inside)
+        extra = _lattice_inside(points, T[inside], walls, h)
+        points = np.concatenate([points, extra])
+        weights = None if weights is None else np.concatenate([weights, np.zeros(len(extra))])
+        first = stats
+        T, nb, inside, stats = _label(points, weights, walls, rays, seed, min_component, max_repairs)
+        stats = {**first, "interior_points": int(len(extra)), "second_pass": stats}
+    n = len(points)
+    tets = T[inside]
+    bfaces = _boundary(T, nb, inside)
+    used, inv = np.unique(tets, return_inverse=True)
+    verts = points[used] * scale + origin
+    tets = inv.reshape(tets.shape)
+    skeys = _face_keys(faces, n) if len(faces) else np.zeros(0, np.int64)
+    kept = int(np.isin(_face_keys(bfaces, n), skeys).sum())
+    bfaces = np.searchsorted(used, bfaces)
+    stats.update(tets=int(len(tets)), faces=int(len(bfaces)), faces_from_surface=kept,
+                 faces_filled=int(len(bfaces) - kept))
+    return SolidMesh(vertices=verts, tets=tets.astype(np.int64), faces=bfaces.astype(np.int64), stats=stats)
+
+
+def _label(points, weights, faces, rays, seed, min_component, max_repairs):
+    """(tets, face neighbours, inside mask, stats) of the triangulation of ``points`` with
+    ``faces`` as the walls of the votes."""
     from ..delaunay import weighted_delaunay
 
     tri = weighted_delaunay(points, weights)
@@ -99,21 +134,49 @@ def solid(mesh, *, threshold: float = 0.5, rays: int = 15, seed: int = 0, min_co
     inside = _vote(points, T, nb, wall, rays, seed)
     stats = {"triangulation_tets": int(len(T)), "surface_faces": int(len(faces)),
              "surface_faces_in_triangulation": int(found), "inside_by_vote": int(inside.sum()), "rays": rays}
-    vol = _volumes(points, T)
-    inside, dropped, filled = _clean(inside, nb, vol, min_component)
+    inside, dropped, filled = _clean(inside, nb, _volumes(points, T), min_component)
     inside, rounds, added = _repair(T, nb, inside, n, max_repairs)
     stats.update(components_dropped=dropped, pockets_filled=filled, repair_rounds=rounds, repair_tets_added=added)
-    tets = T[inside]
-    bfaces = _boundary(T, nb, inside)
-    used, inv = np.unique(tets, return_inverse=True)
-    verts = points[used] * scale + origin
-    tets = inv.reshape(tets.shape)
-    bfaces = np.searchsorted(used, bfaces)
-    skeys = set(_face_keys(faces, n).tolist()) if len(faces) else set()
-    kept = int(np.isin(_face_keys(used[bfaces], n), list(skeys)).sum()) if skeys else 0
-    stats.update(tets=int(len(tets)), faces=int(len(bfaces)), faces_from_surface=kept,
-                 faces_filled=int(len(bfaces) - kept))
-    return SolidMesh(vertices=verts, tets=tets.astype(np.int64), faces=bfaces.astype(np.int64), stats=stats)
+    return T, nb, inside, stats
+
+
+def _lattice_inside(points, tets, faces, h) -> np.ndarray:
+    """Points of a body-centred cubic lattice of spacing h inside the tets, at least h/2 from
+    the faces' vertices and outside the faces' diametral balls (checked against the 8 nearest
+    face centres)."""
+    from ..spatial import NearestIndex, PointGrid
+
+    lo, hi = points[np.unique(tets)].min(0), points[np.unique(tets)].max(0)
+    axes = [np.arange(a, b + h, h) for a, b in zip(lo, hi)]
+    G = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    cand = np.concatenate([G, G + 0.5 * h])
+    sv = points[np.unique(faces)]
+    _, dist = NearestIndex(sv).query(cand)
+    cand = cand[dist > 0.5 * h]
+    a, b, c = (points[faces[:, k]] for k in range(3))
+    centre = (a + b + c) / 3.0
+    rad = np.max([np.linalg.norm(x - centre, axis=1) for x in (a, b, c)], axis=0)  # covers the diametral ball
+    idx, d = PointGrid(centre).knn(8, cand)
+    ok = ((idx < 0) | (d >= rad[np.maximum(idx, 0)])).all(1)
+    cand = cand[ok]
+    return cand[_in_tets(points, tets, cand)]
+
+
+def _in_tets(points, tets, q) -> np.ndarray:
+    """Whether each query point lies in one of the tets (barycentric test against the tets whose
+    centroids are nearest)."""
+    from ..spatial import PointGrid
+
+    cen = points[tets].mean(1)
+    idx, _ = PointGrid(cen).knn(16, q)
+    out = np.zeros(len(q), bool)
+    for j in range(idx.shape[1]):
+        t = tets[np.maximum(idx[:, j], 0)]
+        a = points[t[:, 0]]
+        M = np.stack([points[t[:, 1]] - a, points[t[:, 2]] - a, points[t[:, 3]] - a], -1)
+        lam = np.linalg.solve(M, (q - a)[..., None])[..., 0]
+        out |= (idx[:, j] >= 0) & (lam.min(1) >= 0) & (lam.sum(1) <= 1)
+    return out
 
 
 def _surface_of(mesh, threshold):
