@@ -431,7 +431,9 @@ def test_solid_of_the_torus_is_a_closed_genus_one_volume(torus_reconstruction):
     sol = dmesh.solid(res)
     _assert_solid(sol, 2 * np.pi ** 2 * 1.0 * 0.4 ** 2, 0.03)  # measured 0.3%
     assert euler(sol.vertices, sol.faces) == 0  # genus 1
-    assert sol.stats["faces_from_surface"] > 0.9 * len(res.faces)
+    # peeling flat boundary tets swaps the diagonal of nearly coplanar face pairs: 83% of the faces
+    # are the reconstruction's here (433 tets peeled), the rest close its holes or replace such pairs
+    assert sol.stats["faces_from_surface"] > 0.75 * len(res.faces) and sol.stats["slivers_peeled"] > 0
     # closing the holes raises recall, so F1 (1% of the diagonal) does not drop (measured 0.895 ->
     # 0.906 here; the Chamfer distance rises 12% at this small size, docs/dmesh.md)
     ref = sampling.torus_samples(40000, rng=1)

@@ -15,6 +15,9 @@ triangulation inside or outside and returns the inside tets and their boundary:
 3. Repair. Where the boundary of the inside set is not a 2-manifold (an edge in more than two
    boundary faces, or a vertex whose boundary faces form more than one fan), the tets around
    that edge or vertex are added to the inside, until none is left.
+4. Peeling. Flat tets (smallest dihedral angle under 20 degrees) with two or more faces on the
+   boundary, which no move of an interior vertex could fix, go outside; flat outside tets with
+   three or more inside neighbours come in; as long as the boundary stays a 2-manifold.
 
 The boundary is then closed, consistently oriented (outward normals) and a 2-manifold, its
 triangles are faces of the tets, and every tet is positively oriented. Where the surface had
@@ -32,6 +35,7 @@ from .._core import device as _device
 from .._core.validate import as_index_array, as_points
 
 _OPP = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])  # face opposite k, outward for a positive tet
+PEEL_ANGLE = 20.0  # boundary slivers below this smallest dihedral angle (degrees) are peeled
 
 
 @dataclass(eq=False)
@@ -136,8 +140,36 @@ def _label(points, weights, faces, rays, seed, min_component, max_repairs):
              "surface_faces_in_triangulation": int(found), "inside_by_vote": int(inside.sum()), "rays": rays}
     inside, dropped, filled = _clean(inside, nb, _volumes(points, T), min_component)
     inside, rounds, added = _repair(T, nb, inside, n, max_repairs)
-    stats.update(components_dropped=dropped, pockets_filled=filled, repair_rounds=rounds, repair_tets_added=added)
+    inside, peeled = _peel(points, T, nb, inside, n)
+    stats.update(components_dropped=dropped, pockets_filled=filled, repair_rounds=rounds, repair_tets_added=added,
+                 slivers_peeled=peeled)
     return T, nb, inside, stats
+
+
+def _peel(points, T, nb, inside, n, min_angle: float = PEEL_ANGLE, rounds: int = 5):
+    """Flat tets on the boundary that no interior move can fix: an inside tet with two or more
+    boundary faces goes outside, an outside tet with three or more inside neighbours comes in,
+    when its smallest dihedral angle is below ``min_angle`` degrees and the boundary stays a
+    2-manifold. Returns (inside, tets toggled)."""
+    from ..tetmesh import tet_quality
+
+    toggled = 0
+    for _ in range(rounds):
+        nbin = (nb >= 0) & inside[np.where(nb >= 0, nb, 0)]
+        cand = np.flatnonzero((inside & ((~nbin).sum(1) >= 2)) | (~inside & (nbin.sum(1) >= 3)))
+        if len(cand) == 0:
+            break
+        flat = cand[tet_quality(points, T[cand])["min_dihedral"] < min_angle]
+        if len(flat) == 0:
+            break
+        trial = inside.copy()
+        trial[flat] = ~trial[flat]
+        bad_e, bad_v = _bad_edges_and_vertices(_boundary(T, nb, trial), n)
+        if len(bad_e) or len(bad_v):
+            break
+        inside = trial
+        toggled += len(flat)
+    return inside, toggled
 
 
 def _lattice_inside(points, tets, faces, h) -> np.ndarray:
