@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 SMOOTH_ROUNDS = 20  # smoothing passes per sweep (each moves an independent set of vertices)
 ACTIVE_SINE = 0.6  # smoothing moves the vertices of tets whose quality is below this (~37 deg)
+CREEP = 3e-4  # a sweep that raises the worst sine by less than this inserts vertices, as a stalled one does
 
 
 @dataclass
@@ -427,8 +428,8 @@ class _Improver:
         q = _device.fetch(self._mesh_state()["qd"], self.m)
         qmin = float(q.min())
         split = 0
-        if insert and qmin <= best + 1e-6 and not self.out_of_time():
-            # stalled: insert vertices on edges of the worst tets (the worst 1% or below 0.5)
+        if insert and qmin <= best + CREEP and not self.out_of_time():
+            # stalled or creeping: insert vertices on edges of the worst tets (the worst 1% or below 0.5)
             split = self.split(max(float(np.quantile(q, 0.01)), min(0.5, qmin + 1e-3)))
             self.counts["splits"] += split
             qmin = min_value(self.qualities(), self.m)
