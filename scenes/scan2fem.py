@@ -19,6 +19,7 @@ improvement) and ``tets_improved.vtu`` (cell data: min dihedral; point data: dis
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from tigeom import dmesh, io
 from tigeom.dmesh import sampling
 from tigeom.scene import Scene
+from tigeom.scene import _json_default as scene_json_default
 from tigeom.tetmesh import improve_tets, tet_quality
 
 from . import plotting
@@ -128,16 +130,17 @@ class Scan2Fem(Scene):
         c = self.config
         res = dmesh.reconstruct(self.samples, seed=int(c["seed"]), iterations=int(c["dmesh_iterations"]),
                                 stages=int(c["stages"]), resolution=float(c["resolution"]) or None)
-        self.reconstruction = res
-        self.figures["reconstruction"] = {"faces": int(len(res.faces)), "points": int(len(res.mesh.points))}
+        m = res.mesh
+        fp = m.probabilities()
+        keep = (fp.probs > 0.5) & (fp.margin > 0)  # the extracted surface, as faces of all the DMesh's points
+        self.arrays.update(dm_points=m.points * res.scale + res.origin, dm_faces=m.faces[keep])
+        self.figures["reconstruction"] = {"faces": int(keep.sum()), "points": int(len(m.points))}
 
     def _solid(self):
-        if not hasattr(self, "reconstruction"):
-            raise ValueError("scan2fem: the reconstruction is not in the checkpoint; run again without resuming")
         c = self.config
         sp = float(c["interior_spacing"])
-        sol = dmesh.solid(self.reconstruction, rays=int(c["rays"]), seed=int(c["seed"]),
-                          interior_spacing=sp if sp > 0 else None)
+        sol = dmesh.solid((self.arrays["dm_points"], self.arrays["dm_faces"]), rays=int(c["rays"]),
+                          seed=int(c["seed"]), interior_spacing=sp if sp > 0 else None)
         self.arrays.update(v0=sol.vertices, t0=sol.tets, f0=sol.faces)
         self.figures["solid"] = {**sol.stats, "volume": sol.volume}
 
@@ -175,11 +178,16 @@ class Scan2Fem(Scene):
 
     def state(self):
         st = {k: np.asarray(v) for k, v in self.arrays.items()}
-        st["stage_done"] = np.array([len(self.seconds)])
+        st["stage_seconds"] = np.array([self.seconds.get(k, np.nan) for k in STAGES])
+        text = json.dumps(self.figures, default=scene_json_default).encode()
+        st["figures_json"] = np.frombuffer(text, np.uint8)  # the earlier stages' figures, for finish()
         return st
 
     def load_state(self, state):
-        self.arrays = {k: np.asarray(v) for k, v in state.items() if k != "stage_done"}
+        skip = ("stage_seconds", "figures_json")
+        self.arrays = {k: np.asarray(v) for k, v in state.items() if k not in skip}
+        self.seconds = {k: float(x) for k, x in zip(STAGES, state["stage_seconds"]) if np.isfinite(x)}
+        self.figures = json.loads(bytes(np.asarray(state["figures_json"], np.uint8)).decode())
 
     def finish(self, history):
         from tigeom.tetmesh.topology import boundary_faces

@@ -309,3 +309,30 @@ def test_scan2fem_chain_small(tmp_path):
     for tag in ("before", "after", "reference"):
         assert fem[f"fem_{tag}"]["static_converged"] and fem[f"fem_{tag}"]["tip_displacement_z"] < 0
     assert abs(fem["tip_error_after"]) < 0.25, fem  # a coarse run; the default run's figures: docs/scenes.md
+
+
+def test_scan2fem_resumes_between_stages(tmp_path):
+    """A run stopped in the improve stage resumes from the checkpoint written after the solid
+    stage: the solid and the earlier stages' figures come from the checkpoint, not a new run."""
+    import json
+
+    from tigeom import io
+    from tigeom.scenes.scan2fem import STAGES
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("samples = 3000\ndmesh_iterations = 8\nreference_spacing = 0.06\nimprove_sweeps = 2\n"
+                   "interior_spacing = 0.08\ncheckpoint_every = 1\n")
+    out = tmp_path / "b"
+    with interrupted_at("scan2fem", 2):  # raises in the improve stage, after the checkpoint at 2
+        scene.run("scan2fem", out=str(out), arch="cpu", config_file=str(cfg), progress=False)
+    with np.load(out / "checkpoint.npz") as ck:
+        v0, t0 = ck["state/v0"], ck["state/t0"]
+        saved = json.loads(bytes(ck["state/figures_json"]).decode())
+    resumed = scene.run("scan2fem", out=str(out), arch="cpu", config_file=str(cfg), progress=False)
+    assert resumed["resumed_from"] == 2 and resumed["converged"]
+    f = resumed["figures"]
+    assert f["solid"] == saved["solid"] and f["reconstruction"] == saved["reconstruction"]
+    v, t = io.read_volume(out / "tets.vtu")
+    np.testing.assert_array_equal(v, v0)
+    np.testing.assert_array_equal(t, t0)
+    assert set(f["seconds"]) == set(STAGES) and f["boundary_kept"]
