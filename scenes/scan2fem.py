@@ -27,12 +27,20 @@ import numpy as np
 from tigeom import dmesh, io
 from tigeom.dmesh import sampling
 from tigeom.scene import Scene
-from tigeom.scene import _json_default as scene_json_default
 from tigeom.tetmesh import improve_tets, tet_quality
 
 from . import plotting
 
 STAGES = ("reconstruct", "solid", "improve", "simulate")
+
+
+def _plain(o):
+    """numpy scalars and arrays as JSON values (for the figures kept in the checkpoint)."""
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def capsule_sdf(p, length, radius):
@@ -179,7 +187,7 @@ class Scan2Fem(Scene):
     def state(self):
         st = {k: np.asarray(v) for k, v in self.arrays.items()}
         st["stage_seconds"] = np.array([self.seconds.get(k, np.nan) for k in STAGES])
-        text = json.dumps(self.figures, default=scene_json_default).encode()
+        text = json.dumps(self.figures, default=_plain).encode()
         st["figures_json"] = np.frombuffer(text, np.uint8)  # the earlier stages' figures, for finish()
         return st
 
