@@ -349,11 +349,11 @@ class _Improver:
         ctets = _device.empty((nc, 2), np.int32)
         cn = _device.empty((nc,), np.int32)
         key = _device.empty((nc,), np.int64)
-        Tb = self._padded_tets(nc // 2 + 1)
-        K.flip23_candidates(self.Vd, Tb, nbd, qd, ctets, cn, key, self.EPS)
+        K.flip23_candidates(self.Vd, self.Td, nbd, qd, ctets, cn, key, self.EPS)
         win = self._resolve(ctets, cn, key, nc)
         off, added = self._appends(win, cn, nc, 0)
         if added:  # otherwise nothing changed
+            Tb = self._padded_tets(nc // 2 + 1)  # the tets with room for the appended rows
             K.flip23_apply(Tb, nbd, win, off, m)
             self._commit(Tb, m + added)
         return added
@@ -374,13 +374,13 @@ class _Improver:
         nbd, qd = ctx["nbd"], ctx["qd"]
         ne, Ed, etd, ctets, cn, key = self._edge_scratch()
         cinfo = _device.empty((ne, 1), np.int32)
-        Tb = self._padded_tets(6 * ne // 5 + 8)  # an n-ring gives n - 4 extra tets
-        K.edge_removal_candidates(self.Vd, Tb, nbd, qd, Ed, etd, self.tab_d, self.tab_off_d, ctets, cn, cinfo, key,
+        K.edge_removal_candidates(self.Vd, self.Td, nbd, qd, Ed, etd, self.tab_d, self.tab_off_d, ctets, cn, cinfo, key,
                                   self.EPS)
         win = self._resolve(ctets, cn, key, ne)
         removed = count_positive(win, ne)
         if removed:  # otherwise nothing changed
             off, added = self._appends(win, cn, ne, 1)
+            Tb = self._padded_tets(6 * ne // 5 + 8)  # an n-ring gives n - 4 extra tets
             K.edge_removal_apply(Tb, nbd, Ed, etd, self.tab_d, win, cinfo, off, m)
             self._commit(Tb, m + added)
         return removed
