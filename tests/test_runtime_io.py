@@ -83,3 +83,15 @@ def test_io_errors(tmp_path):
         io.write_curve(tmp_path / "d.npz", np.zeros((2, 2)), [[0, 7]])
     assert not (tmp_path / "d.npz").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_taichi_framework_checks_are_cached_once_initialised():
+    """Taichi asks has_pytorch() several times per kernel argument; after tigeom.init the
+    answer is cached (same value) in the modules that ask."""
+    import tigeom
+    from taichi.lang import kernel_impl, util
+
+    tigeom.runtime.ensure_init()
+    for mod in (util, kernel_impl):
+        assert hasattr(mod.has_pytorch, "cache_info")
+    assert kernel_impl.has_pytorch() is util.has_pytorch.__wrapped__()

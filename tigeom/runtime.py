@@ -94,12 +94,32 @@ def init(arch: str = "auto", seed: int = 0, precision: str = "f32", debug: bool 
         logger.info("tigeom.init: no CUDA device found, running on the CPU (%s)", backend)
     elif arch not in ("auto", backend):
         logger.warning("tigeom.init: arch %r is not available here, fell back to %r", arch, backend)
+    _cache_framework_checks()
     random.seed(int(seed))
     np.random.seed(int(seed) % (2**32))
     _config = RuntimeConfig(arch=arch, seed=int(seed), precision=precision, debug=debug, backend=backend)
     _requested = key
     _generation += 1
     return _config
+
+
+def _cache_framework_checks() -> None:
+    """Taichi 1.7 asks ``has_pytorch()``/``has_paddle()`` about a dozen times per kernel launch
+    with an ndarray argument. Each call reads an environment variable and imports a module; that
+    was about a tenth of a small launch's host time. The answers cannot change within a process
+    once the runtime is up, so the functions in the modules that call them are replaced by cached
+    ones."""
+    import functools
+
+    from taichi.lang import kernel_impl, util
+
+    for name in ("has_pytorch", "has_paddle"):
+        fn = getattr(util, name)
+        if not hasattr(fn, "cache_info"):
+            cached = functools.lru_cache(maxsize=None)(fn)
+            for mod in (util, kernel_impl):
+                if getattr(mod, name, None) is fn:
+                    setattr(mod, name, cached)
 
 
 def _cuda_likely() -> bool:
