@@ -178,7 +178,8 @@ def _lattice_inside(points, tets, faces, h) -> np.ndarray:
     face centres)."""
     from ..spatial import NearestIndex, PointGrid
 
-    lo, hi = points[np.unique(tets)].min(0), points[np.unique(tets)].max(0)
+    used = points[np.unique(tets)]
+    lo, hi = used.min(0), used.max(0)
     axes = [np.arange(a, b + h, h) for a, b in zip(lo, hi)]
     G = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     cand = np.concatenate([G, G + 0.5 * h])
