@@ -4,11 +4,19 @@ fraction of a triangle mesh.
 The scheme is the 2D one (``_lbm_kernels``) on the D3Q19 lattice: state ``f[k, i, j, l]``
 shifted by the rest weights (structure of arrays, ``l`` fastest); a step collides every cell
 (BGK blended with the Noble-Torczynski partially saturated operator where the solid fraction
-gamma > 0, and the reset of nearly solid cells toward rest), pushes the post-collision values to
-the neighbours (halfway bounce-back or specular reflection at the walls y = 0, ny and z = 0,
+gamma > 0, and the reset of nearly solid cells toward rest) and pushes the post-collision values
+to the neighbours (halfway bounce-back or specular reflection at the walls y = 0, ny and z = 0,
 nz). The plane i = 0 holds the inflow equilibrium at the density of plane 1 and the plane
-i = nx - 1 the outflow equilibrium at density 1 and the velocity of plane nx - 2; a step computes
-them where it reads them, and ``apply_bc`` stores them. The force on the body is
+i = nx - 1 the outflow equilibrium at density 1 and the velocity of plane nx - 2; ``apply_bc``
+stores them.
+
+On a CPU the solver runs that push step (``push_step``). On a GPU it runs its pull form. There
+the state between steps is the post-collision populations p, which ``collide_state`` makes
+from f. A step gathers each cell's incoming values (``_pull``, the inverse of the push
+``_dest``) and collides them in place of the cell: every store is the cell's own and every load
+unconditional. ``stream_state`` turns p back into the pre-collision state f, with its planes set.
+Both forms do the same arithmetic in the same order, so they give the same f. The pull form
+runs 1.2x faster on an H200 and 0.88x as fast on a 2-core CPU. The force on the body is
 ``F = sum_x (B + r (1 - B)) m(x)`` (``_force_weight``).
 
 The adjoint step is a gather (the transpose of the push), so it needs no atomics; it runs a lean
@@ -265,9 +273,9 @@ def _shell(s, w: ti.template(), nx, ny, nz):
 
 
 @ti.func
-def _step_cell(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.template(), slip,
+def _push_cell(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.template(), slip,
                uin: ti.template(), tau, i, j, l, nx, ny, nz):
-    """The general step of one cell: solid weights, boundary planes and walls."""
+    """The push step of one cell: solid weights, boundary planes, collision, the pushes."""
     B, r = _solid_weights(gam, box, i, j, l, tau)
     post = _collide(_load_bc(f, uin, i, j, l, nx), B, tau)
     if r > 0.0:
@@ -279,15 +287,129 @@ def _step_cell(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.
 
 
 @ti.func
-def _step_body(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.template(), prm: ti.template(),
+def _push_body(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.template(), prm: ti.template(),
                slip, uin: ti.template()):
-    """One step, one loop over the grid with the general cell update (a lean loop for the cells
-    away from the boundaries and separate ones for the rest, as the adjoint does, measured
-    slower on an H200: the push stores of that lean loop run at two thirds of the speed)."""
     nx, ny, nz = f.shape[1], f.shape[2], f.shape[3]
     tau = prm[P_TAU]
     for i, j, l in ti.ndrange(nx, ny, nz):
-        _step_cell(f, fn, gam, box, slip, uin, tau, i, j, l, nx, ny, nz)
+        _push_cell(f, fn, gam, box, slip, uin, tau, i, j, l, nx, ny, nz)
+
+
+@ti.kernel
+def push_step(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
+    """One collide-and-push step f -> fn (its inflow/outflow planes stale until ``apply_bc``)."""
+    _push_body(f, fn, gam, box, prm, slip, uin)
+
+
+@ti.kernel
+def push_step_pair(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
+    """Two push steps f -> fn -> f in one launch (inflow/outflow planes stale until ``apply_bc``)."""
+    _push_body(f, fn, gam, box, prm, slip, uin)
+    _push_body(fn, f, gam, box, prm, slip, uin)
+
+
+@ti.func
+def _pull(p: ti.template(), i, j, l, ny, nz, slip):
+    """Pre-collision populations of cell (i, j, l), gathered from the post-collision values ``p``
+    of the previous step: the inverse of the push ``_dest`` (halfway bounce-back, or specular
+    reflection at slip walls). Every slot is one unconditional load whose source is chosen by
+    selects; on an H200 a branch around the loads or stores of a step costs about a sixth of
+    its speed."""
+    fl = ti.Vector([0.0] * Q)
+    for k in ti.static(range(Q)):
+        kk = k
+        si = i - CX[k]
+        sj = j - CY[k]
+        sl = l - CZ[k]
+        if ti.static(CY[k] != 0 or CZ[k] != 0):
+            outy = 0
+            outz = 0
+            ms = k
+            if ti.static(CY[k] != 0):
+                outy = (sj < 0) | (sj >= ny)
+                ms = ti.select(outy, MIRROR_Y[k], ms)
+            if ti.static(CZ[k] != 0):
+                outz = (sl < 0) | (sl >= nz)
+                ms = ti.select(outz, MIRROR_Z[k], ms)
+            if ti.static(CY[k] != 0 and CZ[k] != 0):
+                ms = ti.select(outy & outz, MIRROR_YZ[k], ms)
+            slips = (((slip & 1) != 0) | (outy == 0)) & (((slip & 2) != 0) | (outz == 0))
+            bb = (outy | outz) & (slips == 0)
+            kk = ti.select(bb, OPP[k], ms)
+            si = ti.select(bb, i, si)
+            sj = ti.select(bb | outy, j, sj)
+            sl = ti.select(bb | outz, l, sl)
+        fl[k] = p[kk, si, sj, sl]
+    return fl
+
+
+@ti.func
+def _pull_cell(p: ti.template(), pn: ti.template(), gam: ti.template(), box: ti.template(), slip,
+               uin: ti.template(), tau, i, j, l, nx, ny, nz, collide: ti.template()):
+    """Stream into cell (i, j, l) and, with ``collide``, collide it; store the result there.
+    On the inflow and outflow planes the populations are the equilibria ``apply_bc`` would set,
+    from the densities and velocities of planes 1 and nx - 2 as they stream in (every cell makes
+    the same gather: the planes gather for their neighbour)."""
+    fl = _pull(p, ti.min(ti.max(i, 1), nx - 2), j, l, ny, nz, slip)
+    if i == 0:
+        d1 = fl.sum()
+        for k in ti.static(range(Q)):
+            fl[k] = _heq(k, d1, uin[j, l], 0.0, 0.0)
+    elif i == nx - 1:
+        _, _, _, _, ux, uy, uz = _macro(fl)
+        for k in ti.static(range(Q)):
+            fl[k] = _heq(k, 0.0, ux, uy, uz)
+    if ti.static(collide):
+        B, r = _solid_weights(gam, box, i, j, l, tau)
+        fl = _collide(fl, B, tau)
+        if r > 0.0:
+            fl = _relax(fl, r)
+    for k in ti.static(range(Q)):
+        pn[k, i, j, l] = fl[k]
+
+
+@ti.func
+def _pull_body(p: ti.template(), pn: ti.template(), gam: ti.template(), box: ti.template(), prm: ti.template(),
+               slip, uin: ti.template(), collide: ti.template()):
+    nx, ny, nz = p.shape[1], p.shape[2], p.shape[3]
+    tau = prm[P_TAU]
+    for i, j, l in ti.ndrange(nx, ny, nz):
+        _pull_cell(p, pn, gam, box, slip, uin, tau, i, j, l, nx, ny, nz, collide)
+
+
+@ti.kernel
+def collide_state(f: nd4, p: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
+    """Post-collision populations p of the pre-collision state f (its inflow and outflow planes
+    computed as ``apply_bc`` would set them): the first half of a push step."""
+    nx = f.shape[1]
+    tau = prm[P_TAU]
+    for i, j, l in ti.ndrange(nx, f.shape[2], f.shape[3]):
+        B, r = _solid_weights(gam, box, i, j, l, tau)
+        post = _collide(_load_bc(f, uin, i, j, l, nx), B, tau)
+        if r > 0.0:
+            post = _relax(post, r)
+        for k in ti.static(range(Q)):
+            p[k, i, j, l] = post[k]
+
+
+@ti.kernel
+def stream_state(p: nd4, f: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
+    """The pre-collision state f that post-collision populations p stream to, with the inflow
+    and outflow planes set (the second half of a push step, then ``apply_bc``)."""
+    _pull_body(p, f, gam, box, prm, slip, uin, False)
+
+
+@ti.kernel
+def step(p: nd4, pn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
+    """One step on post-collision populations: stream (pull), collide, store p -> pn."""
+    _pull_body(p, pn, gam, box, prm, slip, uin, True)
+
+
+@ti.kernel
+def step_pair(p: nd4, pn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
+    """Two steps p -> pn -> p in one launch."""
+    _pull_body(p, pn, gam, box, prm, slip, uin, True)
+    _pull_body(pn, p, gam, box, prm, slip, uin, True)
 
 
 @ti.func
@@ -299,19 +421,6 @@ def _bc_body(fn: ti.template(), uin: ti.template()):
         for k in ti.static(range(Q)):
             fn[k, 0, j, l] = _heq(k, d1, uin[j, l], 0.0, 0.0)
             fn[k, nx - 1, j, l] = _heq(k, 0.0, ux, uy, uz)
-
-
-@ti.kernel
-def step(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
-    """One collide-and-push step f -> fn (its inflow/outflow planes stale until ``apply_bc``)."""
-    _step_body(f, fn, gam, box, prm, slip, uin)
-
-
-@ti.kernel
-def step_pair(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
-    """Two steps f -> fn -> f in one launch (inflow/outflow planes stale until ``apply_bc``)."""
-    _step_body(f, fn, gam, box, prm, slip, uin)
-    _step_body(fn, f, gam, box, prm, slip, uin)
 
 
 @ti.kernel

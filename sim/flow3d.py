@@ -257,14 +257,25 @@ class Flow3D(SteadyLBM):
 
     # ------------------------------------------------------------------ kernel launches
 
-    def _advance(self, b, steps):
+    def _advance(self, b, steps, pull=None):
+        """``steps`` push steps of the pre-collision state b["f"], two per kernel launch. On a GPU
+        (or with ``pull``) in their pull form: collide f into b["fn"], steps - 1 pull steps,
+        stream back into b["f"]."""
         K = _kernels()
         args = (b["gam"], b["box"], b["prm"], self._slip, b["uin"])
-        self._repeat(K.step_pair, steps // 2, b["f"], b["fn"], *args)  # two steps per kernel, ending in b["f"]
-        if steps % 2:
-            K.step(b["f"], b["fn"], *args)
+        if not (runtime.on_gpu() if pull is None else pull) or steps <= 0:
+            self._repeat(K.push_step_pair, steps // 2, b["f"], b["fn"], *args)  # ending in b["f"]
+            if steps % 2:
+                K.push_step(b["f"], b["fn"], *args)
+                b["f"], b["fn"] = b["fn"], b["f"]
+            K.apply_bc(b["f"], b["uin"])  # the push steps leave the inflow and outflow planes stale
+            return
+        K.collide_state(b["f"], b["fn"], *args)
+        self._repeat(K.step_pair, (steps - 1) // 2, b["fn"], b["f"], *args)  # ending in b["fn"]
+        if (steps - 1) % 2:
+            K.step(b["fn"], b["f"], *args)
             b["f"], b["fn"] = b["fn"], b["f"]
-        K.apply_bc(b["f"], b["uin"])  # the steps leave the inflow and outflow planes stale
+        K.stream_state(b["fn"], b["f"], *args)
 
     def _adj_advance(self, b, steps):
         K = _kernels()
