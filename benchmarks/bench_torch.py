@@ -18,7 +18,7 @@ import torch
 import tigeom
 import tigeom.torch as tt
 
-from _timing import best_synced
+from _timing import best_interleaved, best_synced
 
 
 def sphere_grid(n, device, dtype):
@@ -27,10 +27,10 @@ def sphere_grid(n, device, dtype):
     return (X * X + 1.3 * Y * Y + 0.8 * Z * Z).sqrt() - 0.6, float(x[1] - x[0])
 
 
-def device_internal(host: np.ndarray, h: float, reps: int) -> float:
+def device_internal(host: np.ndarray, h: float):
     """Marching cubes forward + vjp on Taichi ndarrays, outputs left in the marcher's buffers and
     the vjp's small arrays uploaded once: the kernels' own time, the floor of any interface (as
-    bench_isosurface.py's device rows)."""
+    bench_isosurface.py's device rows). Returns the function to time."""
     from tigeom._core import device as dev
     from tigeom.isosurface import _kernels as K
     from tigeom.isosurface import extract as iso
@@ -52,7 +52,7 @@ def device_internal(host: np.ndarray, h: float, reps: int) -> float:
         out.fill(0)
         K.vertex_vjp(flat, r["vedge"], r["V"], ones, strides, spc_d, 3, 0.0, 1e-6, vmax, out)
 
-    return best_synced(fb, reps)
+    return fb
 
 
 def meshsdf_split(device, n, reps):
@@ -96,7 +96,7 @@ def meshsdf_split(device, n, reps):
 
 def step_comparisons(device, reps):
     """A DMesh step (minball face probabilities and the expected Chamfer loss, forward and
-    backward) and a Flow2D gradient (a warm-started solve and its vjp) through tigeom.torch on
+    backward) and a Flow2D gradient (a solve from rest and its vjp) through tigeom.torch on
     this arch's tensors, against the same calls of the numpy API in the same process."""
     from tigeom import dmesh
     from tigeom.dmesh import losses
@@ -129,18 +129,23 @@ def step_comparisons(device, reps):
     fl.solve(v, sg)
     V = torch.tensor(v, device=device, dtype=torch.float64, requires_grad=True)  # the same vertices as numpy
 
+    # Both from rest, flow and adjoint: warm-started, the solve of an unchanged body and the
+    # adjoint stop after a number of check intervals that varies from call to call (800-2000
+    # steps, 3-35 adjoint intervals on the CPU), which would swamp the interface's own cost.
     def np_flow():
-        fl.solve(v, sg, warm_start=True).vjp([1.0, 0.0])
+        fl._lam_key = None  # the adjoint starts from zero
+        fl.solve(v, sg, warm_start=False).vjp([1.0, 0.0])
 
     def tt_flow():
-        tt.flow_force(fl, V, sg)[0].backward()
+        fl._lam_key = None
+        tt.flow_force(fl, V, sg, warm_start=False)[0].backward()
         V.grad = None
 
     print(f"| step | numpy API (ms) | tigeom.torch on {device} tensors (ms) | torch / numpy |")
     print("|---|---|---|---|")
     for name, a, b in (("DMesh: 4,000 points, %d candidate edges, 20,000 targets" % len(faces), np_dmesh, tt_dmesh),
-                       ("Flow2D gradient: Schaefer-Turek 2D-1 at 10 cells/D, warm solve + vjp", np_flow, tt_flow)):
-        tn, tt_ = best_synced(a, reps), best_synced(b, reps)
+                       ("Flow2D gradient: Schaefer-Turek 2D-1 at 10 cells/D, solve + vjp", np_flow, tt_flow)):
+        tn, tt_ = best_interleaved([a, b], reps if a is np_dmesh else min(reps, 5))
         print(f"| {name} | {1e3 * tn:.2f} | {1e3 * tt_:.2f} | {tt_ / tn:.3f} |", flush=True)
 
 
@@ -176,8 +181,7 @@ def main(argv=None):
 
     surf = numpy_f()
     ones = np.ones_like(surf.vertices)
-    t_dev = device_internal(host, h, a.reps)
-    t_torch = best_synced(torch_fb, a.reps)
+    t_dev, t_torch = best_interleaved([device_internal(host, h), torch_fb], a.reps)
     t_np_f = best_synced(numpy_f, a.reps)
     t_np_b = best_synced(lambda: surf.vjp(ones), a.reps)
     print("| grid | vertices | device-internal forward + vjp (ms) | tt.marching_cubes forward + backward (ms) | "

@@ -95,3 +95,47 @@ def test_taichi_framework_checks_are_cached_once_initialised():
     for mod in (util, kernel_impl):
         assert hasattr(mod.has_pytorch, "cache_info")
     assert kernel_impl.has_pytorch() is util.has_pytorch.__wrapped__()
+
+
+def test_fast_launch_matches_taichi_and_falls_back_where_it_must():
+    """``_core.launch.fast`` sets prepared arguments straight into the launch context after a
+    first call through Taichi: same results for numpy, torch and Taichi arrays, scalars and
+    template values; Taichi's own path (and its errors) for what it does not prepare."""
+    import taichi as ti
+    import torch
+
+    from tigeom._core import device
+    from tigeom._core.launch import _FALLBACK, fast
+
+    tigeom.init(arch=ARCH, precision="f64")
+
+    @ti.kernel
+    def axpy(x: ti.types.ndarray(ndim=1), a: float, k: ti.template(), n: ti.i32, y: ti.types.ndarray(ndim=1)):
+        for i in range(n):
+            y[i] = a * x[i] + k
+
+    launch = fast(axpy)
+    assert fast(axpy) is launch  # one launcher per kernel
+    x = np.arange(5.0)
+    for k in (1, 2):
+        for a in (2.0, 3):
+            y = np.zeros(5)
+            launch(x, a, k, 4, y)  # first call of a signature: through Taichi
+            launch(x, a, k, 4, y)  # then prepared
+            np.testing.assert_array_equal(y, [a * t + k if i < 4 else 0 for i, t in enumerate(x)])
+    plans = list(launch._plans.values())
+    assert len(plans) == 4 and not any(p is _FALLBACK for p in plans)  # (k, int or float a) each
+    xt = torch.arange(5.0, dtype=torch.float64)
+    yt = torch.zeros(5, dtype=torch.float64)
+    xd = device.upload(x)
+    for _ in range(2):
+        launch(xt, 0.5, 1, 5, yt)
+        launch(xd, 1.0, 1, 5, y)
+    np.testing.assert_array_equal(yt.numpy(), 0.5 * x + 1)
+    np.testing.assert_array_equal(y, x + 1)
+    with pytest.raises(ValueError, match="contiguous"):  # not prepared: Taichi's own message
+        launch(torch.zeros(10, dtype=torch.float64)[::2], 1.0, 1, 5, yt)
+    xg = xt.clone().requires_grad_(True)
+    for _ in range(2):
+        launch(xg.detach(), 2.0, 1, 5, yt)
+    np.testing.assert_array_equal(yt.numpy(), 2.0 * x + 1)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import runtime
 from .._core import device as _device
+from .._core.launch import fast
 from .._core.validate import as_array, as_scalar, as_vector
 from . import tables
 
@@ -75,12 +76,13 @@ class _Marcher:
         rdt = runtime.real_dtype()
         b = self._buffers(shape, sweep, S)
         count, emit, R = (K.count3, K.emit3, b["R"]) if self.dim == 3 else (K.count2, K.emit2, b["R"])
+        count, emit = fast(count), fast(emit)
         count(vals, level, sweep, S, self.count, b["cnt"], b["flags"])  # zeroes flags first
         # one scan over [vertex counts | element counts]: base[R] = V, base[2R] = V + T
         totals = b["totals"] if alloc is None else alloc("totals", (4,), np.int32)
         alloc = alloc or self._out
         if b["scan"].one_launch:
-            K.scan_totals(b["cnt"], b["base"], *b["scan"].scratch(), R, b["flags"], totals, b["scan"].serial(2 * R))
+            fast(K.scan_totals)(b["cnt"], b["base"], *b["scan"].scratch(), R, b["flags"], totals, b["scan"].serial(2 * R))
         else:
             b["scan"].run(b["cnt"], b["base"], 2 * R)
             K.gather_totals(b["base"], R, b["flags"], totals)
@@ -259,7 +261,7 @@ def grid_vjp(vflat, shape: tuple, vmax, vedge, grad_vertices, spacing: np.ndarra
         vedge = _device.upload(np.ascontiguousarray(vedge, np.int64))
     if isinstance(grad_vertices, np.ndarray):
         grad_vertices = _device.upload(np.ascontiguousarray(grad_vertices, rdt))
-    _kernels().vertex_vjp(vflat, vedge, n, grad_vertices, small(strides), small(np.asarray(spacing).astype(rdt)),
+    fast(_kernels().vertex_vjp)(vflat, vedge, n, grad_vertices, small(strides), small(np.asarray(spacing).astype(rdt)),
                           dim, level, eps_rel, vmax, out)
 
 
