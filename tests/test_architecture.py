@@ -12,7 +12,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # folder -> the package it installs as
 FOLDERS = {"tigeom": "tigeom", "sim": "tigeom.sim", "scenes": "tigeom.scenes"}
-GEOMETRY_PARTS = {"delaunay", "dmesh", "isosurface", "spatial", "tetmesh"}
+GEOMETRY_PARTS = {"delaunay", "dmesh", "isosurface", "render", "spatial", "tetmesh"}
 MAX_FUNCTION_LINES = 100
 
 

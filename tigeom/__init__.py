@@ -8,7 +8,7 @@ are loaded on first access.
 
 import importlib
 
-from . import dmesh, io, spatial, tetmesh
+from . import dmesh, io, render, spatial, tetmesh
 from .delaunay import Triangulation, weighted_delaunay
 from .isosurface import Curve, Surface, marching_cubes, marching_squares
 from .runtime import init
@@ -18,7 +18,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "init", "io", "marching_cubes", "marching_squares", "Surface", "Curve", "weighted_delaunay", "Triangulation",
-    "tet_quality", "improve_tets", "dmesh", "spatial", "tetmesh", "sim", "scenes",
+    "tet_quality", "improve_tets", "dmesh", "render", "spatial", "tetmesh", "sim", "scenes",
     "__version__",
 ]
 
