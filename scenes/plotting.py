@@ -200,3 +200,22 @@ def displacement(vertices, faces, u, path, title="") -> None:
     fig.colorbar(sm, ax=ax, shrink=0.6, label=f"|u| (drawn x{k:.3g})")
     fig.suptitle(title)
     save_png(fig, path)
+
+
+def normal_grid(normals, alphas, labels, path, title="") -> None:
+    """Rows of normal renders (one row per entry of ``normals``, (C, H, W, 3) each, with its
+    coverage ``alphas``), normals mapped to colours as (n + 1) / 2 over a white background."""
+    plt = _plt()
+    rows, cols = len(normals), normals[0].shape[0]
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    for r, (nrm, a, label) in enumerate(zip(normals, alphas, labels)):
+        for c in range(cols):
+            rgb = np.clip(0.5 * (nrm[c] + 1.0), 0, 1) * a[c][..., None] + (1 - a[c][..., None])
+            ax = axes[r, c]
+            ax.imshow(rgb)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label)
+    fig.suptitle(title, fontsize=9)
+    save_png(fig, path)

@@ -18,7 +18,7 @@ import numpy as np
 
 from tigeom import dmesh, io
 from tigeom.dmesh import sampling
-from tigeom.scene import Scene
+from tigeom.scene import Scene, first_pending
 
 from . import plotting
 
@@ -38,10 +38,9 @@ class _PointCloudScene(Scene):
         raise NotImplementedError
 
     def step(self, it):
-        todo = [n for n in self.names if n not in self.results]
-        if not todo:
+        name = first_pending(self.names, self.results)
+        if name is None:
             return {"converged": True}
-        name = todo[0]
         c = self.config
         samples, ref, polys = self.make(name, np.random.default_rng(int(c["seed"])))
         res = dmesh.reconstruct(samples, seed=int(c["seed"]), iterations=int(c["dmesh_iterations"]),

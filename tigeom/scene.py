@@ -66,6 +66,12 @@ class Scene(ABC):
         """Interactive display; scenes run headless, so this does nothing by default."""
 
 
+def first_pending(names, done) -> str | None:
+    """The first of ``names`` not in ``done`` (None when all are): for scenes that handle one
+    target per iteration, so that a run checkpoints and resumes between targets."""
+    return next((n for n in names if n not in done), None)
+
+
 def available() -> dict[str, Any]:
     """Registered scenes: name -> entry point."""
     return {ep.name: ep for ep in entry_points(group="tigeom.scenes")}
