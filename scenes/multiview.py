@@ -30,7 +30,10 @@ _SCORE_KEYS = ("chamfer", "mesh_to_ref", "ref_to_mesh", "f1", "precision", "reca
 
 def builtin_shape(name: str, n: int = 72) -> tuple[np.ndarray, np.ndarray]:
     """(vertices, faces) of a built-in ground truth, inside the unit ball: "genus0" (a sphere
-    with smooth bumps), "genus1" (a torus) or "genus2" (a double torus)."""
+    with smooth bumps), "genus1" (a torus), "genus2" (a double torus) or "open" (a wavy square
+    sheet, an open surface)."""
+    if name == "open":
+        return _wavy_sheet(n // 2)
     x = np.linspace(-1.0, 1.0, n)
     X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
     if name == "genus0":
@@ -42,9 +45,20 @@ def builtin_shape(name: str, n: int = 72) -> tuple[np.ndarray, np.ndarray]:
         f = (u * u + v * v) ** 2 - u * u + v * v
         f = f * f + (Z / 0.8) ** 2 - 0.03
     else:
-        raise ValueError(f"targets: unknown shape {name!r}; expected 'genus0', 'genus1' or 'genus2'")
+        raise ValueError(f"targets: unknown shape {name!r}; expected 'genus0', 'genus1', 'genus2' or 'open'")
     s = tigeom.marching_cubes(f, 0.0, spacing=x[1] - x[0], origin=(-1.0, -1.0, -1.0))
     return s.vertices, s.faces
+
+
+def _wavy_sheet(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """A square sheet of side 1.2 with a smooth height field, m x m vertices."""
+    t = np.linspace(-0.6, 0.6, m)
+    X, Y = np.meshgrid(t, t, indexing="ij")
+    v = np.column_stack([X.ravel(), Y.ravel(), (0.15 * np.sin(3 * X) * np.cos(3 * Y)).ravel()])
+    i, j = np.meshgrid(np.arange(m - 1), np.arange(m - 1), indexing="ij")
+    a = (i * m + j).ravel()
+    f = np.concatenate([np.column_stack([a, a + m, a + m + 1]), np.column_stack([a, a + m + 1, a + 1])])
+    return v, f
 
 
 def normal_consistency(vertices, faces, ref_points, ref_normals, n: int = 100_000, rng=0) -> float:
