@@ -39,6 +39,16 @@ def _inner(box: ti.template(), i, j, l, nx, ny, nz):
             & (_in_box(box, i, j, l) == 0))
 
 
+def _pair_of(body):
+    """A kernel of two steps f -> fn -> f of the step ``body``."""
+    @ti.kernel
+    def pair(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
+        body(f, fn, gam, box, prm, slip, uin)
+        body(fn, f, gam, box, prm, slip, uin)
+
+    return pair
+
+
 def make_push_split(bd):
     @ti.func
     def body(f: ti.template(), fn: ti.template(), gam: ti.template(), box: ti.template(), prm: ti.template(), slip,
@@ -60,12 +70,7 @@ def make_push_split(bd):
             if (a > 0) & (a < nx - 1) & (c > 0) & (c < ny - 1) & (e > 0) & (e < nz - 1):
                 _step_cell(f, fn, gam, box, slip, uin, tau, a, c, e, nx, ny, nz)
 
-    @ti.kernel
-    def pair(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
-        body(f, fn, gam, box, prm, slip, uin)
-        body(fn, f, gam, box, prm, slip, uin)
-
-    return pair
+    return _pair_of(body)
 
 
 def make_push_inline(bd):
@@ -85,12 +90,7 @@ def make_push_inline(bd):
             else:
                 _step_cell(f, fn, gam, box, slip, uin, tau, i, j, l, nx, ny, nz)
 
-    @ti.kernel
-    def pair(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
-        body(f, fn, gam, box, prm, slip, uin)
-        body(fn, f, gam, box, prm, slip, uin)
-
-    return pair
+    return _pair_of(body)
 
 
 def make_base(bd):
@@ -104,12 +104,7 @@ def make_base(bd):
         for i, j, l in ti.ndrange(nx, ny, nz):
             _step_cell(f, fn, gam, box, slip, uin, tau, i, j, l, nx, ny, nz)
 
-    @ti.kernel
-    def pair(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
-        body(f, fn, gam, box, prm, slip, uin)
-        body(fn, f, gam, box, prm, slip, uin)
-
-    return pair
+    return _pair_of(body)
 
 
 @ti.func
@@ -159,12 +154,7 @@ def make_pull(split, bd):
                 if (a > 0) & (a < nx - 1) & (c > 0) & (c < ny - 1) & (e > 0) & (e < nz - 1):
                     _pull_general(f, fn, gam, box, tau, a, c, e, nx, ny, nz)
 
-    @ti.kernel
-    def pair(f: nd4, fn: nd4, gam: nd3, box: nd_i32_1, prm: nd1, slip: ti.i32, uin: nd2):
-        body(f, fn, gam, box, prm, slip, uin)
-        body(fn, f, gam, box, prm, slip, uin)
-
-    return pair
+    return _pair_of(body)
 
 
 def make_bare(mode):

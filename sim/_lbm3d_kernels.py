@@ -36,13 +36,7 @@ import taichi as ti
 
 from ._lbm_kernels import _force_weight, _psm_b, _ramp, _relax, _relax_t, _reset
 
-nd1 = ti.types.ndarray(ndim=1)
-nd2 = ti.types.ndarray(ndim=2)
-nd3 = ti.types.ndarray(ndim=3)
-nd4 = ti.types.ndarray(ndim=4)
-nd_i32_1 = ti.types.ndarray(dtype=ti.i32, ndim=1)
-nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
-nd_i32_3 = ti.types.ndarray(dtype=ti.i32, ndim=3)
+from tigeom._core.ndtypes import nd1, nd2, nd3, nd4, nd_i32_1, nd_i32_2, nd_i32_3
 
 Q = 19
 CX = (0, 1, -1, 0, 0, 0, 0, 1, -1, 1, -1, 1, -1, 1, -1, 0, 0, 0, 0)

@@ -24,11 +24,7 @@ y = ny. Parameters are passed in a small array ``prm`` (see ``P_*``).
 
 import taichi as ti
 
-nd1 = ti.types.ndarray(ndim=1)
-nd2 = ti.types.ndarray(ndim=2)
-nd3 = ti.types.ndarray(ndim=3)
-nd_i32_1 = ti.types.ndarray(dtype=ti.i32, ndim=1)
-nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
+from tigeom._core.ndtypes import nd1, nd2, nd3, nd_i32_1, nd_i32_2
 
 CX = (0, 1, 0, -1, 0, 1, -1, -1, 1)
 CY = (0, 0, 1, 0, -1, 1, 1, -1, -1)

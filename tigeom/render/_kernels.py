@@ -14,13 +14,7 @@ silhouette and occlusion edges to their vertices.
 
 import taichi as ti
 
-nd1 = ti.types.ndarray(ndim=1)
-nd2 = ti.types.ndarray(ndim=2)
-nd3 = ti.types.ndarray(ndim=3)
-nd4 = ti.types.ndarray(ndim=4)
-nd_i32_1 = ti.types.ndarray(dtype=ti.i32, ndim=1)
-nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
-nd_i32_3 = ti.types.ndarray(dtype=ti.i32, ndim=3)
+from .._core.ndtypes import nd1, nd2, nd3, nd4, nd_i32_1, nd_i32_2, nd_i32_3
 
 TILE = 16
 LAYERS = 32
@@ -63,12 +57,19 @@ def _box(a, b, d, H, W):
     return x0, x1, y0, y1
 
 
+@ti.func
+def _camera_xyz(verts: ti.template(), view: ti.template(), c, i):
+    """Camera-space coordinates of vertex i in view c."""
+    X = view[c, 0, 0] * verts[i, 0] + view[c, 0, 1] * verts[i, 1] + view[c, 0, 2] * verts[i, 2] + view[c, 0, 3]
+    Y = view[c, 1, 0] * verts[i, 0] + view[c, 1, 1] * verts[i, 1] + view[c, 1, 2] * verts[i, 2] + view[c, 1, 3]
+    Z = view[c, 2, 0] * verts[i, 0] + view[c, 2, 1] * verts[i, 1] + view[c, 2, 2] * verts[i, 2] + view[c, 2, 3]
+    return X, Y, Z
+
+
 @ti.kernel
 def project(verts: nd2, Km: nd3, view: nd3, scr: nd3):
     for c, i in ti.ndrange(scr.shape[0], scr.shape[1]):
-        X = view[c, 0, 0] * verts[i, 0] + view[c, 0, 1] * verts[i, 1] + view[c, 0, 2] * verts[i, 2] + view[c, 0, 3]
-        Y = view[c, 1, 0] * verts[i, 0] + view[c, 1, 1] * verts[i, 1] + view[c, 1, 2] * verts[i, 2] + view[c, 1, 3]
-        Z = view[c, 2, 0] * verts[i, 0] + view[c, 2, 1] * verts[i, 1] + view[c, 2, 2] * verts[i, 2] + view[c, 2, 3]
+        X, Y, Z = _camera_xyz(verts, view, c, i)
         scr[c, i, 0] = (Km[c, 0, 0] * X + Km[c, 0, 1] * Y) / Z + Km[c, 0, 2]
         scr[c, i, 1] = Km[c, 1, 1] * Y / Z + Km[c, 1, 2]
         scr[c, i, 2] = Z
@@ -423,9 +424,7 @@ def composite_vjp(verts: nd2, faces: nd_i32_2, opac: nd1, scr: nd3, camc: nd2, t
 @ti.kernel
 def project_vjp(verts: nd2, Km: nd3, view: nd3, gscr: nd3, gv: nd2):
     for c, i in ti.ndrange(gscr.shape[0], gscr.shape[1]):
-        X = view[c, 0, 0] * verts[i, 0] + view[c, 0, 1] * verts[i, 1] + view[c, 0, 2] * verts[i, 2] + view[c, 0, 3]
-        Y = view[c, 1, 0] * verts[i, 0] + view[c, 1, 1] * verts[i, 1] + view[c, 1, 2] * verts[i, 2] + view[c, 1, 3]
-        Z = view[c, 2, 0] * verts[i, 0] + view[c, 2, 1] * verts[i, 1] + view[c, 2, 2] * verts[i, 2] + view[c, 2, 3]
+        X, Y, Z = _camera_xyz(verts, view, c, i)
         gu = gscr[c, i, 0]
         gvv = gscr[c, i, 1]
         gX = gu * Km[c, 0, 0] / Z
