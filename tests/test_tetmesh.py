@@ -207,6 +207,22 @@ def test_flat_tets_are_removed():
     assert (signed_volumes(out.vertices, out.tets) > 0).all() and len(out.tets) == 2
 
 
+def test_face_split_frees_a_tet_with_three_boundary_faces():
+    """Two tets on a triangle (0, 1, 2): a flat cap over it (apex 3) and a tall one under it whose
+    apex 4 lies off the triangle, so that no 2-3 flip is valid. Every edge and five of the six
+    faces are on the boundary: no vertex may move, no edge can be removed or split, and only a
+    vertex on the shared face can raise the cap."""
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0.3, 0.3, 0.05], [1.0, 1.0, -0.4]], float)
+    t = np.array([[0, 1, 2, 3], [0, 2, 1, 4]])
+    assert (signed_volumes(v, t) > 0).all()
+    before = tet_quality(v, t).summary()["min_dihedral"]
+    out = improve_tets(v, t)
+    assert out.stats["flip23"] == 0 and out.stats["face_splits"] == 1 and out.stats["inserted_vertices"] == 1
+    assert len(out.tets) == 6 and (signed_volumes(out.vertices, out.tets) > 0).all()
+    np.testing.assert_array_equal(boundary_faces(out.tets), boundary_faces(t))
+    assert out.after["min_dihedral"] > before + 0.5, (before, out.after["min_dihedral"])  # 9.46 -> 10.19 deg
+
+
 def test_generators_are_valid_delaunay():
     v, t = cube_mesh(2, 20, seed=1)
     assert signed_volumes(v, t).sum() == pytest.approx(1.0, rel=1e-12)

@@ -313,16 +313,23 @@ def edge_removal_apply(T: nd_i32_2, nb: nd_i32_2, E: nd_i32_2, etet: nd_i32, tab
                 T[rtet[k], 0] = -1
 
 
+@ti.func
+def _face_slot(nb: ti.template(), key: ti.template(), cn: ti.template(), c):
+    """Candidate c is the face of tet c // 4 opposite its vertex c % 4: no move yet, and (tet,
+    local vertex, the tet across that face or -1)."""
+    key[c] = -1
+    cn[c] = 0
+    t, k = c // 4, c % 4
+    return t, k, nb[t, k]
+
+
 @ti.kernel
 def flip23_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ctets: nd_i32_2, cn: nd_i32,
                       key: nd_i64, eps: ti.f64):
     """Per interior face (t, k), t < its neighbour: replace the two tets by three around the new
     edge joining the two apexes when that raises the worse of the two."""
     for c in range(key.shape[0]):
-        t, k = c // 4, c % 4
-        key[c] = -1
-        cn[c] = 0
-        t2 = nb[t, k]
+        t, k, t2 = _face_slot(nb, key, cn, c)
         if t2 > t:
             f0, f1, f2, d, e = _flip23_verts(T, t, k, t2)
             pa, pb, pc, pd, pe = _pt(V, f0), _pt(V, f1), _pt(V, f2), _pt(V, d), _pt(V, e)
@@ -359,7 +366,8 @@ def _flip23_verts(T: ti.template(), t, k, t2):
 @ti.kernel
 def append_counts(win: nd_i32, cn: nd_i32, kind: ti.template(), out: nd_i32):
     """Rows each winning candidate appends: a 2-3 flip 1 (kind 0), an edge removal of an n-ring
-    max(n - 4, 0) (kind 1), an edge split of an n-ring n (kind 2); 0 for the others."""
+    max(n - 4, 0) (kind 1), an edge split of an n-ring n (kind 2), a face split 4 (kind 3); 0 for
+    the others."""
     for c in range(win.shape[0]):
         k = 0
         if win[c] == 1:
@@ -367,6 +375,8 @@ def append_counts(win: nd_i32, cn: nd_i32, kind: ti.template(), out: nd_i32):
                 k = 1
             elif ti.static(kind == 1):
                 k = ti.max(cn[c] - 4, 0)
+            elif ti.static(kind == 3):
+                k = 4
             else:
                 k = cn[c]
         out[c] = k
@@ -387,13 +397,39 @@ def flip23_apply(T: nd_i32_2, nb: nd_i32_2, win: nd_i32, off: nd_i32, m0: ti.i32
 
 
 @ti.func
-def _split_min(V: ti.template(), a, b, ring: ti.template(), n, x):
-    pa, pb = _pt(V, a), _pt(V, b)
+def _row(P, i):
+    return ti.Vector([P[i, 0], P[i, 1], P[i, 2]], ti.f64)
+
+
+@ti.func
+def _split_min(x, P, n):
+    """Worst of the 2n tets made by a vertex x on the edge (P[0], P[1]) whose ring is P[2 .. n + 1]."""
+    pa, pb = _row(P, 0), _row(P, 1)
     m = ti.f64(1e300)
     for k in range(n):
-        pi, pj = _pt(V, ring[k]), _pt(V, ring[(k + 1) % n])
+        pi, pj = _row(P, 2 + k), _row(P, 2 + (k + 1) % n)
         m = ti.min(m, ti.min(tet_min_sine(pa, x, pi, pj), tet_min_sine(x, pb, pi, pj)))
     return m
+
+
+@ti.func
+def _compass_max(f: ti.template(), x, step, P, n):
+    """Compass search for the x that maximises f(x, P, n): the six axis steps from x, 48 rounds,
+    the step halved after a round without gain. Returns (x, f(x))."""
+    cur = f(x, P, n)
+    for _it in range(48):
+        improved = False
+        for dir6 in range(6):
+            y = x
+            y[dir6 // 2] += step * (1.0 - 2.0 * (dir6 % 2))
+            val = f(y, P, n)
+            if val > cur:
+                cur = val
+                x = y
+                improved = True
+        if not improved:
+            step *= 0.5
+    return x, cur
 
 
 @ti.kernel
@@ -410,21 +446,17 @@ def split_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, E: nd_i3
             for k in range(n):
                 oldmin = ti.min(oldmin, q[rtet[k]])
             if oldmin < below:
-                x = 0.5 * (_pt(V, a) + _pt(V, b))
-                step = 0.25 * (_pt(V, b) - _pt(V, a)).norm()
-                cur = _split_min(V, a, b, ring, n, x)
-                for _it in range(48):
-                    improved = False
-                    for dir6 in range(6):
-                        y = x
-                        y[dir6 // 2] += step * (1.0 - 2.0 * (dir6 % 2))
-                        val = _split_min(V, a, b, ring, n, y)
-                        if val > cur:
-                            cur = val
-                            x = y
-                            improved = True
-                    if not improved:
-                        step *= 0.5
+                P = ti.Matrix.zero(ti.f64, MAXRING + 2, 3)
+                for k in range(n + 2):
+                    w = a
+                    if k == 1:
+                        w = b
+                    elif k >= 2:
+                        w = ring[k - 2]
+                    for j in ti.static(range(3)):
+                        P[k, j] = V[w, j]
+                x, cur = _compass_max(_split_min, 0.5 * (_pt(V, a) + _pt(V, b)),
+                                      0.25 * (_pt(V, b) - _pt(V, a)).norm(), P, n)
                 if cur > oldmin + eps:
                     cn[e] = n
                     for k in range(n):
@@ -452,6 +484,67 @@ def split_apply(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, E: nd_i32_2, etet: nd_i3
                 T[t, 0], T[t, 1], T[t, 2], T[t, 3] = a, m, ri, rj
                 t2 = base + k
                 T[t2, 0], T[t2, 1], T[t2, 2], T[t2, 3] = m, b, ri, rj
+
+
+@ti.func
+def _face_split_min(x, P, _n):
+    """Worst of the six tets made by a vertex x on the face (a, b, c) = P[0 .. 2] shared by the
+    positive tets (a, b, c, d) and (a, c, b, e), d = P[3], e = P[4]: each old tet with one face
+    vertex replaced by x."""
+    pa, pb, pc, pd, pe = _row(P, 0), _row(P, 1), _row(P, 2), _row(P, 3), _row(P, 4)
+    m = ti.min(tet_min_sine(x, pb, pc, pd), ti.min(tet_min_sine(pa, x, pc, pd), tet_min_sine(pa, pb, x, pd)))
+    return ti.min(m, ti.min(tet_min_sine(x, pc, pb, pe), ti.min(tet_min_sine(pa, x, pb, pe),
+                                                                 tet_min_sine(pa, pc, x, pe))))
+
+
+@ti.kernel
+def face_split_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ctets: nd_i32_2, cn: nd_i32,
+                          cpos: nd_f64_2, key: nd_i64, below: ti.f64, eps: ti.f64):
+    """Per interior face (t, k), t < its neighbour, of a tet worse than ``below``: insert a vertex
+    near the face's centroid (placed by compass search on the worst of the six new tets) when
+    that beats the two old ones. It frees a tet whose other faces are all boundary faces, which
+    no smoothing, flip or edge split can change."""
+    for c in range(key.shape[0]):
+        t, k, t2 = _face_slot(nb, key, cn, c)
+        if t2 > t:
+            oldmin = ti.min(q[t], q[t2])
+            if oldmin < below:
+                f0, f1, f2, d, e = _flip23_verts(T, t, k, t2)
+                pa, pb, pc = _pt(V, f0), _pt(V, f1), _pt(V, f2)
+                P = ti.Matrix.zero(ti.f64, 5, 3)
+                for j in ti.static(range(3)):
+                    P[0, j], P[1, j], P[2, j], P[3, j], P[4, j] = V[f0, j], V[f1, j], V[f2, j], V[d, j], V[e, j]
+                step = 0.25 * ((pb - pa).norm() + (pc - pb).norm() + (pa - pc).norm()) / 3.0
+                x, cur = _compass_max(_face_split_min, (pa + pb + pc) / 3.0, step, P, 0)
+                if cur > oldmin + eps:
+                    cn[c] = 2
+                    ctets[c, 0] = t
+                    ctets[c, 1] = t2
+                    for j in ti.static(range(3)):
+                        cpos[c, j] = x[j]
+                    key[c] = _key(oldmin, c)
+
+
+@ti.kernel
+def face_split_apply(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, win: nd_i32, cpos: nd_f64_2, off: nd_i32,
+                     m0: ti.i32, voff: nd_i32, v0: ti.i32):
+    """Apply the winning face splits: candidate c's new vertex is row v0 + voff[c]; its two tets
+    are rewritten in place and four rows appended from m0 + off[c]."""
+    for c in range(win.shape[0]):
+        if win[c] == 1:
+            t, k = c // 4, c % 4
+            t2 = nb[t, k]  # the winner holds both tets: no other winner rewrites them
+            f0, f1, f2, d, e = _flip23_verts(T, t, k, t2)
+            p = v0 + voff[c]
+            for j in ti.static(range(3)):
+                V[p, j] = cpos[c, j]
+            base = m0 + off[c]
+            T[t, 0], T[t, 1], T[t, 2], T[t, 3] = p, f1, f2, d
+            T[base, 0], T[base, 1], T[base, 2], T[base, 3] = f0, p, f2, d
+            T[base + 1, 0], T[base + 1, 1], T[base + 1, 2], T[base + 1, 3] = f0, f1, p, d
+            T[t2, 0], T[t2, 1], T[t2, 2], T[t2, 3] = p, f2, f1, e
+            T[base + 2, 0], T[base + 2, 1], T[base + 2, 2], T[base + 2, 3] = f0, p, f1, e
+            T[base + 3, 0], T[base + 3, 1], T[base + 3, 2], T[base + 3, 3] = f0, f2, p, e
 
 
 # --------------------------------------------------------------------------- smoothing

@@ -10,8 +10,10 @@ Each sweep runs, as Taichi kernels over the whole mesh:
 2. topological passes until none applies: 2-3 flips of interior faces and removal of interior
    edges with 3..7 tets around them (3-2 and 4-4 flips are the n = 3, 4 cases; the best
    triangulation of the ring is chosen among all of them);
-3. when a sweep stalls: vertex insertion on interior edges of the worst tets (an edge split
-   whose new vertex is placed by compass search on the worst of its new tets).
+3. when a sweep stalls: vertex insertion on interior edges and interior faces of the worst tets
+   (an edge split, n tets -> 2n, or a face split, 2 tets -> 6, whose new vertex is placed by
+   compass search on the worst of its new tets). The face split frees a tet whose three other
+   faces lie on the boundary: no smoothing, flip or edge split can change such a tet.
 
 A move is kept only if it raises the worst quality of the tets it replaces, so no tet is ever
 made worse than the worst it replaced, none can invert, and the boundary faces (never touched:
@@ -223,7 +225,7 @@ class _Improver:
         self.limited = False  # set once the time limit cut the run short
         tab, tab_off = _triangulation_table(7)
         self.tab_d, self.tab_off_d = _device.upload(tab), _device.upload(tab_off)
-        self.counts = {"smooth_moves": 0, "flip23": 0, "edge_removal": 0, "splits": 0}
+        self.counts = {"smooth_moves": 0, "flip23": 0, "edge_removal": 0, "splits": 0, "face_splits": 0}
         self._ctx = None  # topology, adjacency, qualities and edges of the current mesh, built lazily
 
     # ----------------------------------------------------------------- helpers
@@ -386,23 +388,43 @@ class _Improver:
         return removed
 
     def split(self, below: float) -> int:
-        """Vertex insertion on interior edges of the tets below quality ``below``."""
-        K, m = self.K, self.m
+        """Vertex insertion on interior edges of the tets below quality ``below`` (n tets -> 2n)."""
         ctx = self._mesh_state()
         nbd, qd = ctx["nbd"], ctx["qd"]
         ne, Ed, etd, ctets, cn, key = self._edge_scratch()
         cpos = _device.empty((ne, 3), np.float64)
-        K.split_candidates(self.Vd, self.Td, nbd, qd, Ed, etd, ctets, cn, cpos, key, below, self.EPS)
-        win = self._resolve(ctets, cn, key, ne)
-        voff, nwin = exclusive_offsets(win, ne)
+        self.K.split_candidates(self.Vd, self.Td, nbd, qd, Ed, etd, ctets, cn, cpos, key, below, self.EPS)
+        return self._insert(ctets, cn, key, ne, 2,
+                            lambda Vb, Tb, win, off, voff: self.K.split_apply(Vb, Tb, nbd, Ed, etd, win, cpos, off,
+                                                                               self.m, voff, self.nv))
+
+    def face_split(self, below: float) -> int:
+        """Vertex insertion on interior faces of the tets below quality ``below`` (2 tets -> 6)."""
+        ctx = self._mesh_state()
+        nbd, qd = ctx["nbd"], ctx["qd"]
+        nc = 4 * self.m
+        ctets = _device.empty((nc, 2), np.int32)
+        cn = _device.empty((nc,), np.int32)
+        key = _device.empty((nc,), np.int64)
+        cpos = _device.empty((nc, 3), np.float64)
+        self.K.face_split_candidates(self.Vd, self.Td, nbd, qd, ctets, cn, cpos, key, below, self.EPS)
+        return self._insert(ctets, cn, key, nc, 3,
+                            lambda Vb, Tb, win, off, voff: self.K.face_split_apply(Vb, Tb, nbd, win, cpos, off,
+                                                                                    self.m, voff, self.nv))
+
+    def _insert(self, ctets, cn, key, nc: int, kind: int, apply) -> int:
+        """Resolve vertex-insertion candidates, give each winner its new vertex row and appended
+        tet rows (exclusive scans), ``apply`` them and commit: the number of vertices added."""
+        win = self._resolve(ctets, cn, key, nc)
+        voff, nwin = exclusive_offsets(win, nc)
         if nwin == 0:
             return 0
-        off, added = self._appends(win, cn, ne, 2)
+        off, added = self._appends(win, cn, nc, kind)
         Tb = self._padded_tets(added)
         Vb = _device.zeros((self.nv + nwin, 3), np.float64)
         copy_rows(self.Vd, Vb, self.nv)
-        K.split_apply(Vb, Tb, nbd, Ed, etd, win, cpos, off, m, voff, self.nv)
-        self.Vd, self.nv = Vb, self.nv + nwin
+        apply(Vb, Tb, win, off, voff)
+        self.Vd, self.nv, m = Vb, self.nv + nwin, self.m
         self._commit(Tb, m + added)  # drops the mesh state too
         return nwin
 
@@ -430,8 +452,12 @@ class _Improver:
         split = 0
         if insert and qmin <= best + CREEP and not self.out_of_time():
             # stalled or creeping: insert vertices on edges of the worst tets (the worst 1% or below 0.5)
-            split = self.split(max(float(np.quantile(q, 0.01)), min(0.5, qmin + 1e-3)))
+            below = max(float(np.quantile(q, 0.01)), min(0.5, qmin + 1e-3))
+            split = self.split(below)
             self.counts["splits"] += split
+            fsplit = self.face_split(below)
+            self.counts["face_splits"] += fsplit
+            split += fsplit
             qmin = min_value(self.qualities(), self.m)
         return {"min_sine": qmin, "tets": self.m, "vertices": self.nv, "smooth_moves": n_s, "splits": split,
                 "seconds": round(time.perf_counter() - self.t0, 3)}
