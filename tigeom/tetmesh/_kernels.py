@@ -119,6 +119,9 @@ def measures(V: nd_f64_2, T: nd_i32_2, out: nd_f64_2, dih: nd_f64_2):
 # --------------------------------------------------------------------------- improvement
 
 MAXRING = 8  # tets around an edge that an edge removal (n <= 7) or a split (n <= 8) may touch
+MAXCAV = 24  # tets a cavity move may replace
+STARCAV = 20  # largest vertex star a cavity move seeds with
+CAV_ROUNDS = 48  # compass rounds of a cavity move (each evaluation grows a cavity)
 KEY_SHIFT = 41  # priority in the high bits of a claim key, candidate id in the low 41 bits
 
 
@@ -366,8 +369,8 @@ def _flip23_verts(T: ti.template(), t, k, t2):
 @ti.kernel
 def append_counts(win: nd_i32, cn: nd_i32, kind: ti.template(), out: nd_i32):
     """Rows each winning candidate appends: a 2-3 flip 1 (kind 0), an edge removal of an n-ring
-    max(n - 4, 0) (kind 1), an edge split of an n-ring n (kind 2), a face split 4 (kind 3); 0 for
-    the others."""
+    max(n - 4, 0) (kind 1), an edge split of an n-ring n (kind 2), a face split 4 (kind 3), a
+    cavity insertion the count its candidate left in ``out`` (kind 4); 0 for the others."""
     for c in range(win.shape[0]):
         k = 0
         if win[c] == 1:
@@ -377,6 +380,8 @@ def append_counts(win: nd_i32, cn: nd_i32, kind: ti.template(), out: nd_i32):
                 k = ti.max(cn[c] - 4, 0)
             elif ti.static(kind == 3):
                 k = 4
+            elif ti.static(kind == 4):
+                k = out[c]
             else:
                 k = cn[c]
         out[c] = k
@@ -413,22 +418,27 @@ def _split_min(x, P, n):
 
 
 @ti.func
-def _compass_max(f: ti.template(), x, step, P, n):
-    """Compass search for the x that maximises f(x, P, n): the six axis steps from x, 48 rounds,
-    the step halved after a round without gain. Returns (x, f(x))."""
-    cur = f(x, P, n)
-    for _it in range(48):
-        improved = False
-        for dir6 in range(6):
-            y = x
-            y[dir6 // 2] += step * (1.0 - 2.0 * (dir6 % 2))
-            val = f(y, P, n)
-            if val > cur:
-                cur = val
-                x = y
-                improved = True
-        if not improved:
-            step *= 0.5
+def _compass_max(f: ti.template(), x, step, P: ti.template(), n, rounds=48):
+    """Compass search for the x that maximises f(x, P, n): the six axis steps from x, ``rounds`` rounds,
+    the step halved after a round without gain. Returns (x, f(x)). ``P`` is passed through as it
+    is: packed points, or a tuple of the mesh arrays. f is inlined at one call site only (the
+    start point is evaluation 0), which keeps the compile time of heavy objectives down."""
+    cur = ti.f64(-1e300)
+    improved = False
+    for s in range(1 + rounds * 6):
+        y = x
+        if s > 0:
+            d = (s - 1) % 6
+            y[d // 2] += step * (1.0 - 2.0 * (d % 2))
+        val = f(y, P, n)
+        if val > cur:
+            cur = val
+            x = y
+            improved = s > 0
+        if s > 0 and s % 6 == 0:  # end of a round of the six steps
+            if not improved:
+                step *= 0.5
+            improved = False
     return x, cur
 
 
@@ -545,6 +555,187 @@ def face_split_apply(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, win: nd_i32, cpos: 
             T[t2, 0], T[t2, 1], T[t2, 2], T[t2, 3] = p, f2, f1, e
             T[base + 2, 0], T[base + 2, 1], T[base + 2, 2], T[base + 2, 3] = f0, p, f1, e
             T[base + 3, 0], T[base + 3, 1], T[base + 3, 2], T[base + 3, 3] = f0, f2, p, e
+
+
+@ti.func
+def _holds(C: ti.template(), n, u):
+    """Whether u is among the first n entries of C."""
+    found = False
+    for i in range(n):
+        if C[i] == u:
+            found = True
+    return found
+
+
+@ti.func
+def _cavity_seed(M: ti.template(), c):
+    """Seed of cavity candidate c over the mesh M = (V, T, nb, q, ptr, vt, free, bad): with
+    t = bad[c // 5], mode c % 5 = 0 seeds t alone (a new vertex); mode j > 0 seeds the star of
+    t's vertex w = T[t, j - 1] when w may move and its star fits in STARCAV tets (w is then
+    relocated: the move is a smoothing of w that may also change its connectivity). Returns
+    (C, n, w, start): n = 0 when there is no candidate, w = -1 for a new vertex."""
+    V, T, ptr, vt, free, bad = ti.static(M[0], M[1], M[4], M[5], M[6], M[7])
+    C = ti.Vector([-1] * MAXCAV, ti.i32)
+    t, mode = bad[c // 5], c % 5
+    pa, pb, pc, pd = _pt(V, T[t, 0]), _pt(V, T[t, 1]), _pt(V, T[t, 2]), _pt(V, T[t, 3])
+    start = 0.25 * (pa + pb + pc + pd)
+    n, w = 0, -1
+    if mode == 0:
+        C[0] = t
+        n = 1
+    else:
+        w = T[t, mode - 1]
+        if free[w] == 1 and ptr[w + 1] - ptr[w] <= STARCAV:
+            for s in range(ptr[w], ptr[w + 1]):
+                C[n] = vt[s]
+                n += 1
+            start = _pt(V, w)
+        else:
+            w = -1
+    return C, n, w, start
+
+
+@ti.func
+def _cavity(x, M: ti.template(), c):
+    """Greedy cavity of candidate c (:func:`_cavity_seed`) for the vertex at x: each step takes in
+    the tet across the cavity face whose new tet (the face joined to x) is worst, unless that
+    face is a boundary face. Returns (C, n, gain): the best of the growth's prefixes is C's first
+    n tets, gain the worst of its new tets minus the worst of the tets it replaces (below 0 when
+    nothing gains). Face qualities and whether a face is on the cavity's boundary are kept per
+    cavity tet, so a step costs the faces of the tet it adds and one pass over the boundary."""
+    V, T, nb, q = ti.static(M[0], M[1], M[2], M[3])
+    C, n, _w, _start = _cavity_seed(M, c)
+    fq = ti.Vector([0.0] * (4 * MAXCAV), ti.f64)
+    open_ = ti.Vector([0] * (4 * MAXCAV), ti.i32)  # 1: a face of the cavity's boundary
+    nbest, best, oldmin, filled = n, ti.f64(-1e300), ti.f64(1e300), 0
+    done = n == 0
+    while not done:
+        for i in range(filled, n):
+            oldmin = ti.min(oldmin, q[C[i]])
+            for k in range(4):  # not unrolled: one inlined quality, for compile time
+                fq[4 * i + k] = _tet_q_at(V, T, C[i], T[C[i], k], x)
+                open_[4 * i + k] = 1
+                u = nb[C[i], k]
+                for j in range(i):
+                    if C[j] == u:  # the face between tets j and i is inside the cavity now
+                        open_[4 * i + k] = 0
+                        for kk in range(4):
+                            if nb[u, kk] == C[i]:
+                                open_[4 * j + kk] = 0
+        filled = n
+        low, worst, grow = ti.f64(1e300), ti.f64(1e300), -1
+        for f in range(4 * n):
+            if open_[f] == 1:
+                low = ti.min(low, fq[f])
+                u = nb[C[f // 4], f % 4]
+                if u >= 0 and fq[f] < worst:
+                    worst, grow = fq[f], u
+        if low - oldmin > best:
+            best, nbest = low - oldmin, n
+        if n == MAXCAV or grow < 0:
+            done = True
+        else:
+            C[n] = grow
+            n += 1
+    return C, nbest, best
+
+
+@ti.func
+def _cavity_gain(x, M: ti.template(), c):
+    _C, _n, gain = _cavity(x, M, c)
+    return gain
+
+
+@ti.func
+def _cavity_faces(T: ti.template(), nb: ti.template(), C: ti.template(), n, p, n_in, w):
+    """The new tets of a cavity (C's first n tets) around vertex p: each cavity face that is not
+    shared by two cavity tets, its tet's vertex off the face replaced by p (so the orientation
+    stays). Returns (rows (4 * MAXCAV, 4), count, whether every vertex of the cavity's tets is on
+    one of its faces, apart from the relocated vertex w and inserted ones (index >= n_in): a
+    cavity holding the whole star of an inserted vertex removes it)."""
+    R = ti.Matrix([[-1] * 4] * (4 * MAXCAV), ti.i32)
+    nf = 0
+    for i in range(n):
+        t = C[i]
+        for k in ti.static(range(4)):
+            if not _holds(C, n, nb[t, k]):
+                for j in ti.static(range(4)):
+                    R[nf, j] = T[t, j]
+                R[nf, k] = p
+                nf += 1
+    kept = True
+    for i in range(n):
+        for j in ti.static(range(4)):
+            v = T[C[i], j]
+            on = v >= n_in or v == w
+            for f in range(nf):
+                if R[f, 0] == v or R[f, 1] == v or R[f, 2] == v or R[f, 3] == v:
+                    on = True
+            kept = kept and on
+    return R, nf, kept
+
+
+@ti.kernel
+def cavity_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ptr: nd_i32, vt: nd_i32, free: nd_i32,
+                      bad: nd_i32, ctets: nd_i32_2, cn: nd_i32, cpos: nd_f64_2, crel: nd_i32, rows: nd_i32,
+                      key: nd_i64, eps: ti.f64, n_in: ti.i32):
+    """Five candidates per tet in ``bad`` (:func:`_cavity_seed`): a vertex position x (compass
+    search) and the greedy cavity around it that gains most (:func:`_cavity`), whose tets are
+    replaced by its faces joined to x, when that beats the worst tet it replaces. ``rows`` gets
+    the number of rows the move appends (new tets minus cavity tets, at least 0), ``crel`` the
+    relocated vertex or -1. Generalises the face split (a cavity of two tets) and the smoothing
+    (a vertex star) for worst tets that no single flip, smoothing or split can raise."""
+    for c in range(key.shape[0]):
+        key[c] = -1
+        cn[c] = 0
+        rows[c] = 0
+        M = ti.static((V, T, nb, q, ptr, vt, free, bad))
+        _C, n0, w, start = _cavity_seed(M, c)
+        if n0 > 0:
+            t = bad[c // 5]
+            pa, pb, pc, pd = _pt(V, T[t, 0]), _pt(V, T[t, 1]), _pt(V, T[t, 2]), _pt(V, T[t, 3])
+            step = 0.25 * ((pb - pa).norm() + (pc - pa).norm() + (pd - pa).norm() + (pc - pb).norm()
+                           + (pd - pb).norm() + (pd - pc).norm()) / 6.0
+            x, gain = _compass_max(_cavity_gain, start, step, M, c, CAV_ROUNDS)
+            C, n, gain = _cavity(x, M, c)
+            if gain > eps:
+                _R, nf, kept = _cavity_faces(T, nb, C, n, -1, n_in, w)
+                if kept:
+                    cn[c] = n
+                    crel[c] = w
+                    rows[c] = ti.max(nf - n, 0)
+                    for i in range(n):
+                        ctets[c, i] = C[i]
+                    for j in ti.static(range(3)):
+                        cpos[c, j] = x[j]
+                    key[c] = _key(q[t], c)
+
+
+@ti.kernel
+def cavity_apply(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, win: nd_i32, ctets: nd_i32_2, cn: nd_i32,
+                 cpos: nd_f64_2, crel: nd_i32, off: nd_i32, m0: ti.i32, voff: nd_i32, v0: ti.i32):
+    """Apply the winning cavity moves: candidate c's vertex is the relocated one, or new at row
+    v0 + voff[c]; its new tets overwrite the cavity's rows (rows left over become holes), the
+    rest go to rows m0 + off[c] onwards. Every tet a winner reads is one it holds, so winners do
+    not interfere."""
+    for c in range(win.shape[0]):
+        if win[c] == 1:
+            n = cn[c]
+            C = ti.Vector([-1] * MAXCAV, ti.i32)
+            for i in range(n):
+                C[i] = ctets[c, i]
+            p = crel[c]
+            if p < 0:
+                p = v0 + voff[c]
+            R, nf, _kept = _cavity_faces(T, nb, C, n, p, 0, -1)
+            for j in ti.static(range(3)):
+                V[p, j] = cpos[c, j]
+            for f in range(ti.max(nf, n)):  # a cavity that removes vertices can have fewer faces than tets
+                row = m0 + off[c] + f - n
+                if f < n:
+                    row = C[f]
+                for j in ti.static(range(4)):
+                    T[row, j] = R[f, j] if f < nf else -1  # -1: a hole, compacted away
 
 
 # --------------------------------------------------------------------------- smoothing
