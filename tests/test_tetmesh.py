@@ -248,8 +248,37 @@ def test_cavity_move_replaces_worst_tets_and_keeps_the_mesh():
     assert len(np.setdiff1d(np.arange(len(v)), T.ravel())) == 0  # every input vertex still used
     moved = np.flatnonzero((V[:len(v)] != v).any(1))
     assert len(moved) > 0 and not pinned[moved].any()  # relocations happened, of free vertices only
-    # a full run uses the move too
-    assert improve_tets(v, t).stats["cavity_moves"] > 0
+    # a full run uses the move too, and reports the bound the cube's 90-degree edges set
+    full = improve_tets(v, t)
+    assert full.stats["cavity_moves"] > 0
+    assert full.stats["boundary_crease_min_deg"] == pytest.approx(90.0, abs=1e-9)
+
+
+def test_target_stops_once_every_angle_is_in_range():
+    """``target=25`` stops at the first sweep that leaves every dihedral in [25, 155], before the
+    run without a target ends; a target out of (0, 70.5) is a ValueError naming it."""
+    v, t = sphere_mesh(1, 60, seed=0)
+    full = improve_tets(v, t)
+    early = improve_tets(v, t, target=25.0)
+    assert early.after["min_dihedral"] >= 25.0 and early.after["max_dihedral"] <= 155.0
+    assert len(early.history) < len(full.history)
+    sines = [h["min_sine"] for h in early.history]
+    assert sines[-1] >= np.sin(np.radians(25.0)) > max(sines[:-1])  # stopped at the first sweep that got there
+    for bad in (0.0, 71.0, -5.0):
+        with pytest.raises(ValueError, match="target"):
+            improve_tets(v, t, target=bad)
+
+
+def test_boundary_crease_bound_is_reached_on_a_sharp_wedge():
+    """A wedge whose boundary edge (0, 1) has a 15-degree interior angle: no mesh with that
+    boundary has a tet above 15 degrees, improve_tets reports the bound and does not beat it."""
+    a = np.radians(15.0)
+    v = np.array([[0, 0, 0], [0, 0, 1], [1, 0, 0.5], [np.cos(a), np.sin(a), 0.5]], float)
+    t = np.array([[0, 1, 2, 3]])
+    out = improve_tets(v, t)
+    crease = out.stats["boundary_crease_min_deg"]
+    assert crease == pytest.approx(15.0, abs=1e-9)
+    assert out.after["min_dihedral"] <= crease + 1e-9
 
 
 def test_generators_are_valid_delaunay():

@@ -47,7 +47,7 @@ from .._core import device as _device
 from .._core.progress import progress_bar
 from .._core.scan import compact_rows, copy_rows, count_positive, exclusive_offsets, min_value
 from .topology import MeshTopology, boundary_faces, face_adjacency
-from .quality import signed_volumes, tet_quality, validate_mesh
+from .quality import boundary_crease_min, signed_volumes, tet_quality, validate_mesh
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def _check_fixed(fixed, n: int) -> np.ndarray:
 
 
 def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bool = True,
+                 target: float | None = None,
                  smooth_iters: int = 4, smooth_rounds: int = SMOOTH_ROUNDS, time_limit: float | None = None,
                  progress: bool = False, callback=None) -> ImproveResult:
     """Improve a tetrahedral mesh without touching its boundary.
@@ -163,6 +164,9 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
         boundary vertices, which never move.
     max_sweeps : upper bound on smoothing + flipping sweeps; the run stops earlier when a sweep
         (insertion included) no longer raises the worst quality.
+    target : degrees in (0, 70.5): stop as soon as every dihedral angle lies within
+        [target, 180 - target] (the worst dihedral sine reaches sin(target)), e.g. 30 for a
+        mesh whose angles must be in [30, 150]. None (default): run until the worst stops rising.
     insert : allow vertex insertion (edge and face splits) and cavity moves when smoothing and
         flips stall.
     smooth_iters, smooth_rounds : ascent steps per vertex proposal, and smoothing passes per
@@ -176,6 +180,8 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
 
     Returns an :class:`ImproveResult`: ``vertices`` (the input's first, in their order, then any
     inserted ones), ``tets``, ``before``/``after`` quality summaries and the per-sweep history.
+    ``stats["boundary_crease_min_deg"]`` is the boundary's sharpest interior angle at an edge:
+    the tets around that edge split it, so no result can have a larger minimum dihedral angle.
     The boundary triangles, the boundary and fixed vertices' coordinates and the total volume are
     those of the input; every tet has positive volume (checked; a violation is a RuntimeError).
     """
@@ -185,6 +191,10 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
     fixed_mask = _check_fixed(fixed, len(v))
     if max_sweeps < 0:
         raise ValueError(f"max_sweeps: must be >= 0, got {max_sweeps}")
+    if target is not None and not 0.0 < float(target) < 70.5:
+        raise ValueError(f"target: a dihedral angle in degrees within (0, 70.5) (the regular tet has 70.53), "
+                         f"got {target}")
+    stop_sine = 2.0 if target is None else float(np.sin(np.radians(float(target))))
     for name, val in (("smooth_iters", smooth_iters), ("smooth_rounds", smooth_rounds)):
         if int(val) != val or val < 1:
             raise ValueError(f"{name}: must be an integer >= 1, got {val}")
@@ -198,12 +208,15 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
     pinned |= fixed_mask
     before = tet_quality(v, t).summary()
     run = _Improver(v, t, pinned, int(smooth_iters), time_limit, t0)
-    history = run.sweeps(max_sweeps, int(smooth_rounds), insert, progress, callback)
+    history = run.sweeps(max_sweeps, int(smooth_rounds), insert, progress, callback, stop_sine)
     V, T = run.result()
     _verify(v, V, T, bfaces0, vol0, pinned)
-    after = tet_quality(V, T).summary()
+    q_out = tet_quality(V, T)
+    after = q_out.summary()
+    crease = boundary_crease_min(T, q_out["dihedrals"], bfaces0)  # every output tet is positive
     stats = dict(run.counts, seconds=round(time.perf_counter() - t0, 3), sweeps=len(history),
-                 inserted_vertices=int(len(V) - len(v)), time_limited=run.limited)
+                 inserted_vertices=int(len(V) - len(v)), time_limited=run.limited,
+                 boundary_crease_min_deg=round(crease, 3))
     return ImproveResult(V, T, before, after, history, stats)
 
 
@@ -496,14 +509,16 @@ class _Improver:
         return {"min_sine": qmin, "tets": self.m, "vertices": self.nv, "smooth_moves": n_s, "splits": split,
                 "seconds": round(time.perf_counter() - self.t0, 3)}
 
-    def sweeps(self, max_sweeps: int, rounds: int, insert: bool, progress: bool, callback) -> list[dict]:
-        """Sweeps until the worst quality stops rising for two sweeps, or the limits."""
+    def sweeps(self, max_sweeps: int, rounds: int, insert: bool, progress: bool, callback,
+               stop_sine: float = 2.0) -> list[dict]:
+        """Sweeps until the worst quality stops rising for two sweeps, reaches ``stop_sine``, or the
+        limits."""
         history: list[dict] = []
         best = min_value(self.qualities(), self.m)
         stall = 0
         with progress_bar(progress, max_sweeps, "improve_tets") as advance:
             for sweep in range(max_sweeps):
-                if self.out_of_time():
+                if self.out_of_time() or best >= stop_sine:
                     break
                 entry = {"sweep": sweep, **self.sweep(rounds, insert, best)}
                 history.append(entry)

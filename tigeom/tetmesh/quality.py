@@ -123,3 +123,29 @@ def tet_quality(vertices, tets) -> TetQuality:
         "max_dihedral": dih.max(1) if m else np.zeros(0), "radius_ratio": out[:, 1], "mean_ratio": out[:, 2],
         "amips": out[:, 3], "min_sine": out[:, 4], "dihedrals": dih,
     })
+
+
+_EDGE_I = np.array([0, 0, 0, 1, 1, 2])  # the six tet edges in the order of ``dihedrals``' columns
+_EDGE_J = np.array([1, 2, 3, 2, 3, 3])
+
+
+def boundary_crease_min(tets, dihedrals, bfaces) -> float:
+    """The smallest interior angle (degrees) of a tet mesh's boundary at its edges: the sum of
+    the dihedral angles of the tets around a boundary edge. The tets around that edge split it,
+    so no mesh with this boundary has a minimum dihedral angle above it: it bounds what
+    :func:`improve_tets` can reach. ``dihedrals``: (M, 6) from :func:`tet_quality`; ``bfaces``:
+    the boundary triangles. inf for a mesh without boundary."""
+    t = np.asarray(tets, np.int64)
+    if len(bfaces) == 0 or len(t) == 0:
+        return float("inf")
+    n = int(t.max()) + 1
+    f = np.asarray(bfaces, np.int64)
+    be = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [0, 2]]]), axis=1)
+    bkey = np.unique(be[:, 0] * n + be[:, 1])
+    a, b = t[:, _EDGE_I], t[:, _EDGE_J]
+    key = (np.minimum(a, b) * n + np.maximum(a, b)).ravel()
+    pos = np.clip(np.searchsorted(bkey, key), 0, len(bkey) - 1)
+    hit = bkey[pos] == key
+    angle = np.zeros(len(bkey))
+    np.add.at(angle, pos[hit], np.asarray(dihedrals, float).ravel()[hit])
+    return float(angle.min())
