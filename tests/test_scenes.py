@@ -233,10 +233,15 @@ def test_improve_tets_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "min dihedral" in text and "before" in text and "tets outside [30, 150] deg" in text
     assert "[170, 180]" in text  # the histogram of dihedral angles, before and after
+    assert "sharpest edge angle, a bound on any minimum: 90.00 deg" in text  # the cube's edges
+    dst20 = tmp_path / "out20.vtu"
+    assert cli.main(["improve-tets", str(src), str(dst20), "--arch", "cpu", "--quiet", "--target", "20"]) == 0
+    v3, t3 = io.read_volume(dst20)
     v2, t2 = io.read_volume(dst)
     from tigeom.tetmesh import tet_quality
 
     assert tet_quality(v2, t2).summary()["min_dihedral"] > tet_quality(v, t).summary()["min_dihedral"]
+    assert tet_quality(v3, t3).summary()["min_dihedral"] >= 20.0
     assert cli.main(["improve-tets", str(tmp_path / "missing.vtu"), str(dst)]) == 2
 
 

@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("output", help="output mesh file (format from the suffix)")
     m.add_argument("--arch", choices=["auto", "cpu", "cuda"], default="auto", help="Taichi arch")
     m.add_argument("--max-sweeps", type=int, default=40, help="upper bound on improvement sweeps")
-    m.add_argument("--no-insert", action="store_true", help="no vertex insertion")
+    m.add_argument("--target", type=float, default=None,
+                   help="stop once every dihedral angle is in [TARGET, 180 - TARGET] degrees (e.g. 30)")
+    m.add_argument("--no-insert", action="store_true", help="no vertex insertion or cavity moves")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -54,7 +56,8 @@ def _improve_tets(args) -> int:
 
     v, t = io.read_volume(args.input)  # a bad path fails before Taichi starts
     init(args.arch)
-    out = improve_tets(v, t, max_sweeps=args.max_sweeps, insert=not args.no_insert, progress=not args.quiet)
+    out = improve_tets(v, t, max_sweeps=args.max_sweeps, insert=not args.no_insert, target=args.target,
+                       progress=not args.quiet)
     io.write_volume(args.output, out.vertices, out.tets)
     rows = [("tets", "tets"), ("min dihedral [deg]", "min_dihedral"), ("max dihedral [deg]", "max_dihedral"),
             ("min radius ratio", "min_radius_ratio"), ("min mean ratio", "min_mean_ratio"),
@@ -71,8 +74,9 @@ def _improve_tets(args) -> int:
     for k, (b, a) in enumerate(zip(hb, ha)):
         print(f"{f'  [{10 * k:3d}, {10 * k + 10:3d}' + (']' if k == 17 else ')'):30s} {b:14d} {a:14d}")
     print(f"{out.stats['sweeps']} sweeps in {out.stats['seconds']:.2f} s: {out.stats['flip23']} 2-3 flips, "
-          f"{out.stats['edge_removal']} edge removals, {out.stats['splits']} insertions, "
-          f"{out.stats['smooth_moves']} vertex moves; written to {args.output}")
+          f"{out.stats['edge_removal']} edge removals, {out.stats['splits'] + out.stats['face_splits']} splits, "
+          f"{out.stats['cavity_moves']} cavity moves, {out.stats['smooth_moves']} vertex moves; written to {args.output}")
+    print(f"the boundary's sharpest edge angle, a bound on any minimum: {out.stats['boundary_crease_min_deg']:.2f} deg")
     return 0
 
 
