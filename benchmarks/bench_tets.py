@@ -11,6 +11,9 @@ angle is in [30, 150]), tets with an angle outside [30, 150], seconds (improve_t
 a warm-up call, so kernel compilation is excluded; MMG3D's library call timed the same way).
 ``--large N``: random points in the unit cube, scipy Delaunay, about N tets; reports
 tet_quality throughput and improve_tets time per sweep (MMG3D run on it too unless --no-ref).
+``--fem`` adds ``sim.TetElasticity(...).report()`` of the large run's mesh and of MMG3D's output;
+where mmgpy is missing (a GPU machine), save MMG3D's output elsewhere with ``--save-ref FILE`` and
+pass it with ``--no-ref --ref-mesh FILE``.
 """
 
 import argparse
@@ -37,6 +40,22 @@ def row(tag, q, seconds):
             "tets_outside_30_150": out30, "tets": s["tets"], "seconds": round(seconds, 3)}
 
 
+def fem_reports(mesh, ref_mesh) -> dict:
+    """``sim.TetElasticity(...).report()`` (gravity, the low-x end clamped) of the improved mesh
+    and of the reference's output, when there is one."""
+    from tigeom.sim import TetElasticity
+
+    out = {}
+    for name, m in (("tigeom", mesh), ("mmg3d", ref_mesh)):
+        if m is None:
+            continue
+        t0 = time.perf_counter()
+        r = TetElasticity(*m).report()
+        out[name] = dict(r, tets=int(len(m[1])), seconds=round(time.perf_counter() - t0, 1))
+        print(f"fem {name}: {out[name]}", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="cpu")
@@ -48,6 +67,9 @@ def main():
     ap.add_argument("--save-large-cube", nargs=3, metavar=("GRID", "N_INTERIOR", "FILE"), default=None,
                     help="write cube_points(GRID, N_INTERIOR) triangulated by weighted_delaunay to FILE and exit")
     ap.add_argument("--no-ref", action="store_true")
+    ap.add_argument("--fem", action="store_true", help="TetElasticity report of the large run's mesh and MMG3D's")
+    ap.add_argument("--save-ref", default=None, help="save MMG3D's output on the large mesh (.npz)")
+    ap.add_argument("--ref-mesh", default=None, help="MMG3D's output on the large mesh from --save-ref (with --no-ref)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -120,11 +142,20 @@ def main():
                "tets_outside_30_150_after": after["tets_outside_30_150"], "tets_after": after["tets"],
                # per sweep: seconds since the start and the worst tet's quality (smallest dihedral sine)
                "history": [(h["seconds"], round(h["min_sine"], 4)) for h in out.history]}
+        ref_mesh = None
         if not args.no_ref:
             sec, mv, mt = mmg(p, t)
             ref = row("mmg3d", tet_quality(mv, mt), sec)
             big.update(mmg3d_s=round(sec, 2), mmg3d_min_dihedral=ref["min_dihedral"],
                        mmg3d_max_dihedral=ref["max_dihedral"], mmg3d_outside_30_150=ref["tets_outside_30_150"])
+            ref_mesh = (mv, mt)
+            if args.save_ref:
+                np.savez_compressed(args.save_ref, vertices=np.asarray(mv, np.float64), tets=np.asarray(mt, np.int32))
+        elif args.ref_mesh:  # MMG3D's output made where mmgpy is installed (--save-ref)
+            z = np.load(args.ref_mesh)
+            ref_mesh = (z["vertices"].astype(np.float64), z["tets"])
+        if args.fem:
+            big["fem"] = fem_reports((out.vertices, out.tets), ref_mesh)
         print("large:", big)
         results["large"] = big
     if args.json:
