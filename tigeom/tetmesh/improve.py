@@ -238,7 +238,7 @@ class _Improver:
         # a copy: on the CPU an upload is the array itself, and the passes move vertices in place
         self.Vd, self.nv = _device.upload(np.array(v, np.float64, copy=True)), len(v)
         self.Td, self.m = _device.upload(t.astype(np.int32)), len(t)
-        self.pinned_d = _device.upload(pinned.astype(np.int32))
+        self.free_in = (~pinned).astype(np.int32)  # input vertices that may move (host; fixed for the run)
         self.smooth_iters = smooth_iters
         self.time_limit, self.t0 = time_limit, t0
         self.limited = False  # set once the time limit cut the run short
@@ -316,7 +316,7 @@ class _Improver:
         T = _device.fetch(self.Td, self.m)
         mask = np.zeros(self.nv, bool)
         mask[np.unique(T[q < max(ACTIVE_SINE, float(q.min()) + 1e-3)])] = True
-        mask[:self.n_in] &= ~(_device.fetch(self.pinned_d) != 0)
+        mask[:self.n_in] &= self.free_in != 0
         return np.flatnonzero(mask).astype(np.int32)
 
     def _half_lengths(self, mov):
@@ -444,7 +444,7 @@ class _Improver:
         if len(bad) == 0:
             return 0
         free = np.ones(self.nv, np.int32)
-        free[:self.n_in] = _device.fetch(self.pinned_d) == 0
+        free[:self.n_in] = self.free_in
         nc = 5 * len(bad)
         ctets = _device.empty((nc, self.K.MAXCAV), np.int32)
         cn, crel, rows = (_device.empty((nc,), np.int32), _device.empty((nc,), np.int32),
