@@ -37,6 +37,7 @@ from . import runtime
 from .isosurface import extract as _iso
 from .isosurface import marching_cubes as _marching_cubes
 from .isosurface import marching_squares as _marching_squares
+from ._core.launch import fast
 from ._core.validate import as_scalar
 from .spatial import PointGrid
 
@@ -107,20 +108,21 @@ _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torc
                  np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}
 
 
-def _extract_in_place(vals: torch.Tensor, level: float, spacing, origin, dim: int):
+def _extract_in_place(vals: torch.Tensor, plan: "_GridPlan"):
     """(vertices in the runtime's dtype, vedge int64, elements int64) as tensors on ``vals``'s
     device: the kernels read ``vals`` and write their outputs in tensors of the exact size, so
     only the output size crosses to the host (and, where grid values equal the level exactly,
     the snapped vertices are welded through the host, as the numpy API does)."""
-    shape = tuple(vals.shape)
-    sweep, S = _iso.default_layout(shape)
+    shape, dim = tuple(vals.shape), plan.dim
 
     def alloc(name, shp, dtype):
+        if name in ("totals", "vsnap"):  # read on the host before this call returns: reused scratch
+            return _scratch(name, shp, dtype, vals.device)
         if name == "elems":  # the emission kernel writes int64 indices straight away
             dtype = np.int64
         return torch.empty(shp, dtype=_TORCH_DTYPES[np.dtype(dtype)], device=vals.device)
 
-    res = _iso._marcher(dim).run(vals, shape, level, origin, spacing, sweep, S, alloc=alloc)
+    res = _iso._marcher(dim).run(vals, shape, plan.level, plan.origin, plan.spacing, plan.sweep, plan.S, alloc=alloc)
     if res["V"] == 0:
         return (torch.zeros((0, dim), dtype=vals.dtype, device=vals.device),
                 torch.zeros(0, dtype=torch.int64, device=vals.device),
@@ -132,20 +134,50 @@ def _extract_in_place(vals: torch.Tensor, level: float, spacing, origin, dim: in
     return verts, vedge, elems
 
 
-_SMALL: dict = {}
+_SCRATCH: dict = {}
 
 
-def _small_tensor(arr: np.ndarray, device) -> torch.Tensor:
-    """A tiny constant array (strides, spacing) as a tensor on ``device``, uploaded once: an
-    upload from pageable host memory waits for the device, so repeating it every call would
-    serialise the host and the GPU."""
-    key = (str(device), arr.dtype.str, arr.shape, arr.tobytes())
-    t = _SMALL.get(key)
-    if t is None:
-        if len(_SMALL) > 64:
-            _SMALL.clear()
-        t = _SMALL[key] = torch.as_tensor(np.ascontiguousarray(arr), device=device)
-    return t
+def _scratch(name: str, shape: tuple, dtype, device) -> torch.Tensor:
+    """A grow-only scratch tensor per (name, dtype, device), its first ``shape[0]`` rows; for
+    arrays that the host reads before the call that filled them returns (the extraction's
+    totals, the snapped-vertex flags), so one call never sees another's."""
+    key = (name, np.dtype(dtype).str, device)
+    buf = _SCRATCH.get(key)
+    if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != tuple(shape[1:]):
+        cap = shape[0] if shape[0] <= 16 else int(shape[0] * 1.25)
+        buf = _SCRATCH[key] = torch.empty((cap,) + tuple(shape[1:]), dtype=_TORCH_DTYPES[np.dtype(dtype)],
+                                          device=device)
+    return buf if buf.shape[0] == shape[0] else buf[:shape[0]]
+
+
+class _GridPlan:
+    """What one grid signature (shape, level, spacing, origin, device) needs on every call,
+    validated and built once: the checked arguments, the kernels' layout and the vjp's constant
+    arrays on the device."""
+
+    def __init__(self, shape: tuple, level, spacing, origin, dim: int, device):
+        name = "marching_cubes" if dim == 3 else "marching_squares"
+        self.level, self.spacing, self.origin = _iso.check_grid_args(shape, level, spacing, origin, dim, name)
+        self.sweep, self.S = _iso.default_layout(shape)
+        rdt = runtime.real_dtype()
+        strides = np.array([int(np.prod(shape[d + 1:])) for d in range(dim)], np.int32)
+        self.strides = torch.as_tensor(strides, device=device)
+        self.spc = torch.as_tensor(self.spacing.astype(rdt), device=device)
+        self.eps_rel = 1e-12 if rdt == np.float64 else 1e-6
+        self.dim = dim
+
+
+_PLANS: dict = {}
+
+
+def _grid_plan(values: torch.Tensor, level: float, spacing: tuple, origin: tuple, dim: int) -> _GridPlan:
+    key = (tuple(values.shape), level, spacing, origin, values.device, runtime.generation())
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 64:
+            _PLANS.clear()
+        plan = _PLANS[key] = _GridPlan(key[0], level, spacing, origin, dim, values.device)
+    return plan
 
 
 class _Extract(torch.autograd.Function):
@@ -156,12 +188,15 @@ class _Extract(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, level, spacing, origin, dim):
         ctx.values_meta = _meta(values)
+        ctx.set_materialize_grads(False)  # no zero gradient is built for the faces
         if _on_runtime_device(values):
-            name = "marching_cubes" if dim == 3 else "marching_squares"
-            level, spacing, origin = _iso.check_grid_args(tuple(values.shape), level, spacing, origin, dim, name)
+            plan = _grid_plan(values, level, spacing, origin, dim)
             vals = values.detach().to(_runtime_dtype()).contiguous()
-            verts, vedge, elems = _extract_in_place(vals, level, spacing, origin, dim)
-            ctx.direct = (vals, vedge, spacing, level)
+            verts, vedge, elems = _extract_in_place(vals, plan)
+            # max |value| for the vjp's clamp, on the device; issued here, on the caller's thread,
+            # where it overlaps the emission kernel, rather than in backward
+            vmax = torch.linalg.vector_norm(vals, float("inf")).reshape(1) if ctx.needs_input_grad[0] else None
+            ctx.direct = (vals, vedge, plan, vmax)
             ctx.mark_non_differentiable(elems)
             return verts.to(values.dtype), elems
         fn = _marching_cubes if dim == 3 else _marching_squares
@@ -175,22 +210,27 @@ class _Extract(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_verts, _grad_elems):
+        if grad_verts is None:
+            return None, None, None, None, None
         if ctx.direct is None:
             g = _host(grad_verts).astype(np.float64)
             return _like(ctx.res.vjp(g), ctx.values_meta), None, None, None, None
-        vals, vedge, spacing, level = ctx.direct
-        out = torch.zeros(vals.numel(), dtype=vals.dtype, device=vals.device)
-        if len(vedge):
-            g = grad_verts.detach().to(device=vals.device, dtype=vals.dtype).contiguous()
-            vmax = torch.linalg.vector_norm(vals, float("inf")).reshape(1)  # max |value|, on the device
-            _iso.grid_vjp(vals.reshape(-1), tuple(vals.shape), vmax, vedge, g, spacing, level, out,
-                          small=lambda a: _small_tensor(a, vals.device))
+        vals, vedge, plan, vmax = ctx.direct
+        # a tensor of its own, not a view: autograd then keeps it as the gradient without a copy
+        out = torch.zeros(vals.shape, dtype=vals.dtype, device=vals.device)
+        n = int(vedge.shape[0])
+        if n:
+            g = grad_verts.to(dtype=vals.dtype).contiguous()
+            fast(_iso._kernels().vertex_vjp)(vals.view(-1), vedge, n, g, plan.strides, plan.spc, plan.dim,
+                                             plan.level, plan.eps_rel, vmax, out.view(-1))
         dtype, device = ctx.values_meta
-        return out.reshape(vals.shape).to(dtype=dtype, device=device), None, None, None, None
+        return (out if dtype == out.dtype else out.to(dtype)), None, None, None, None
 
 
 def _spec(x, n, name):
     """A scalar or n numbers (spacing/origin) as a tuple of floats."""
+    if type(x) in (float, int):  # the common case, without numpy
+        return (float(x),) * n
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu").numpy()
     arr = np.asarray(x, dtype=np.float64)
