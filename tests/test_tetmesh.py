@@ -254,6 +254,42 @@ def test_cavity_move_replaces_worst_tets_and_keeps_the_mesh():
     assert full.stats["boundary_crease_min_deg"] == pytest.approx(90.0, abs=1e-9)
 
 
+def test_pair_cavity_move_frees_a_cube_corner_capped_at_30_degrees():
+    """A saved state of a run on the cube family (vertices from index n_input on were inserted):
+    at a cube corner, an input vertex and an inserted one share the corner's star, so each of
+    the corner's two boundary edges has three tets around it and 30 degrees caps them. Moving
+    either vertex alone cannot help; one cavity pass relocates the input vertex and removes the
+    inserted one (the edge collapse with the vertex placed anew), after which every tet at the
+    corner is above 30 degrees."""
+    import time
+    from pathlib import Path
+
+    from tigeom.tetmesh.improve import _Improver, _verify
+
+    z = np.load(Path(__file__).parent / "data" / "cube_corner_stuck_tets.npz")
+    v, t, n_input = z["vertices"], z["tets"], int(z["n_input"])
+    q0 = tet_quality(v, t)
+    worst = t[np.argmin(q0["min_dihedral"])]
+    on_faces = (v[worst] == 1.0).sum(1) + (v[worst] == 0.0).sum(1)
+    assert q0["min_dihedral"].min() < 30.0 and on_faces.max() == 3  # the worst tet is at a corner
+    corner = int(worst[np.argmax(on_faces)])
+    bf = boundary_faces(t)
+    pinned = np.zeros(len(v), bool)
+    pinned[bf.ravel()] = True
+    run = _Improver(v, t, pinned, 4, None, time.perf_counter(), n_input=n_input)
+    moves = run.cavity(np.sin(np.radians(30.0)) + 1e-9)
+    V, T = run.result()
+    assert moves > 0
+    assert not pinned[n_input:].any()  # the inserted vertices are interior
+    _verify(v[:n_input], V, T, bf, float(signed_volumes(v, t).sum()), pinned[:n_input])  # RuntimeError if broken
+    assert len(V) < len(v)  # an inserted vertex is gone
+    assert len(np.setdiff1d(np.arange(n_input), T.ravel())) == 0  # every input vertex still used
+    q1 = tet_quality(V, T)
+    star1 = np.flatnonzero((T == corner).any(1))
+    assert q1["min_dihedral"][star1].min() > 30.5, q1["min_dihedral"][star1].min()
+    assert q1["max_dihedral"][star1].max() < 149.5
+
+
 def test_target_stops_once_every_angle_is_in_range():
     """``target=25`` stops at the first sweep that leaves every dihedral in [25, 155], before the
     run without a target ends; a target out of (0, 70.5) is a ValueError naming it."""

@@ -121,7 +121,8 @@ def measures(V: nd_f64_2, T: nd_i32_2, out: nd_f64_2, dih: nd_f64_2):
 MAXRING = 8  # tets around an edge that an edge removal (n <= 7) or a split (n <= 8) may touch
 MAXCAV = 24  # tets a cavity move may replace
 STARCAV = 20  # largest vertex star a cavity move seeds with
-CAV_ROUNDS = 48  # compass rounds of a cavity move (each evaluation grows a cavity)
+CAV_ROUNDS = 48  # compass rounds of a cavity move (14 steps each; each evaluation grows a cavity)
+CAV_MODES = 17  # cavity candidates per bad tet (see _cavity_seed)
 KEY_SHIFT = 41  # priority in the high bits of a claim key, candidate id in the low 41 bits
 
 
@@ -418,24 +419,32 @@ def _split_min(x, P, n):
 
 
 @ti.func
-def _compass_max(f: ti.template(), x, step, P: ti.template(), n, rounds=48):
-    """Compass search for the x that maximises f(x, P, n): the six axis steps from x, ``rounds`` rounds,
-    the step halved after a round without gain. Returns (x, f(x)). ``P`` is passed through as it
-    is: packed points, or a tuple of the mesh arrays. f is inlined at one call site only (the
-    start point is evaluation 0), which keeps the compile time of heavy objectives down."""
+def _compass_max(f: ti.template(), x, step, P: ti.template(), n, rounds=48, ndir: ti.template() = 6):
+    """Compass search for the x that maximises f(x, P, n): ``ndir`` steps from x per round (6: the
+    axis directions; 14: also the eight diagonals, which follow a ridge of a max-min objective
+    that no axis step climbs), ``rounds`` rounds, the step halved after a round without gain.
+    Returns (x, f(x)). ``P`` is passed through as it is: packed points, or a tuple of the mesh
+    arrays. f is inlined at one call site only (the start point is evaluation 0), which keeps
+    the compile time of heavy objectives down."""
     cur = ti.f64(-1e300)
     improved = False
-    for s in range(1 + rounds * 6):
+    diag = ti.f64(0.5773502691896258)  # 1 / sqrt(3), in f64 whatever the runtime's precision
+    for s in range(1 + rounds * ndir):
         y = x
         if s > 0:
-            d = (s - 1) % 6
-            y[d // 2] += step * (1.0 - 2.0 * (d % 2))
+            d = (s - 1) % ndir
+            if d < 6:
+                y[d // 2] += step * (1.0 - 2.0 * (d % 2))
+            else:
+                e = d - 6
+                y += step * diag * v3(ti.f64(1 - 2 * (e & 1)), ti.f64(1 - 2 * ((e >> 1) & 1)),
+                                      ti.f64(1 - 2 * ((e >> 2) & 1)))
         val = f(y, P, n)
         if val > cur:
             cur = val
             x = y
             improved = s > 0
-        if s > 0 and s % 6 == 0:  # end of a round of the six steps
+        if s > 0 and s % ndir == 0:  # end of a round
             if not improved:
                 step *= 0.5
             improved = False
@@ -570,28 +579,54 @@ def _holds(C: ti.template(), n, u):
 @ti.func
 def _cavity_seed(M: ti.template(), c):
     """Seed of cavity candidate c over the mesh M = (V, T, nb, q, ptr, vt, free, bad): with
-    t = bad[c // 5], mode c % 5 = 0 seeds t alone (a new vertex); mode j > 0 seeds the star of
-    t's vertex w = T[t, j - 1] when w may move and its star fits in STARCAV tets (w is then
-    relocated: the move is a smoothing of w that may also change its connectivity). Returns
-    (C, n, w, start): n = 0 when there is no candidate, w = -1 for a new vertex."""
+    t = bad[c // CAV_MODES] and mode = c % CAV_MODES,
+    - mode 0 seeds t alone (a new vertex);
+    - mode j in 1..4 seeds the star of t's vertex w = T[t, j - 1] when w may move and its star
+      fits in STARCAV tets (w is then relocated: the move is a smoothing of w that may also
+      change its connectivity);
+    - mode 5 + k (k < 12) seeds the stars of two vertices of t, w = T[t, k // 3] that may move
+      and u = T[t, (k // 3 + 1 + k % 3) % 4] that was inserted, when their union fits in MAXCAV
+      tets: w is relocated and u removed, the collapse of the edge (u, w) with w placed anew.
+      Two nearby inserted vertices can block each other: at a cube corner, two of them made
+      three tets around each of the corner's boundary edges, which caps their angle at 30
+      degrees, and neither could move alone to reach two.
+    ``free`` is 0 for vertices that may not move, 1 for input vertices that may, 2 for inserted
+    ones. Returns (C, n, w, start): n = 0 when there is no candidate, w = -1 for a new vertex."""
     V, T, ptr, vt, free, bad = ti.static(M[0], M[1], M[4], M[5], M[6], M[7])
     C = ti.Vector([-1] * MAXCAV, ti.i32)
-    t, mode = bad[c // 5], c % 5
+    t, mode = bad[c // CAV_MODES], c % CAV_MODES
     pa, pb, pc, pd = _pt(V, T[t, 0]), _pt(V, T[t, 1]), _pt(V, T[t, 2]), _pt(V, T[t, 3])
     start = 0.25 * (pa + pb + pc + pd)
     n, w = 0, -1
     if mode == 0:
         C[0] = t
         n = 1
-    else:
-        w = T[t, mode - 1]
-        if free[w] == 1 and ptr[w + 1] - ptr[w] <= STARCAV:
-            for s in range(ptr[w], ptr[w + 1]):
+    elif mode <= 4:
+        u = T[t, mode - 1]
+        if free[u] >= 1 and ptr[u + 1] - ptr[u] <= STARCAV:
+            for s in range(ptr[u], ptr[u + 1]):
                 C[n] = vt[s]
                 n += 1
-            start = _pt(V, w)
-        else:
-            w = -1
+            w = u
+            start = _pt(V, u)
+    else:
+        k = mode - 5
+        wv, u = T[t, k // 3], T[t, (k // 3 + 1 + k % 3) % 4]
+        if free[wv] >= 1 and free[u] == 2 and ptr[wv + 1] - ptr[wv] + ptr[u + 1] - ptr[u] <= MAXCAV + 8:
+            for s in range(ptr[wv], ptr[wv + 1]):
+                C[n] = vt[s]
+                n += 1
+            for s in range(ptr[u], ptr[u + 1]):
+                # the tets of the edge (u, w) are in both stars; C is read only within its size
+                if n <= MAXCAV and not _holds(C, ti.min(n, MAXCAV), vt[s]):
+                    if n < MAXCAV:
+                        C[n] = vt[s]
+                    n += 1
+            if n > MAXCAV:
+                n = 0
+            else:
+                w = wv
+                start = 0.5 * (_pt(V, wv) + _pt(V, u))
     return C, n, w, start
 
 
@@ -679,7 +714,7 @@ def _cavity_faces(T: ti.template(), nb: ti.template(), C: ti.template(), n, p, n
 def cavity_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ptr: nd_i32, vt: nd_i32, free: nd_i32,
                       bad: nd_i32, ctets: nd_i32_2, cn: nd_i32, cpos: nd_f64_2, crel: nd_i32, rows: nd_i32,
                       key: nd_i64, eps: ti.f64, n_in: ti.i32):
-    """Five candidates per tet in ``bad`` (:func:`_cavity_seed`): a vertex position x (compass
+    """CAV_MODES candidates per tet in ``bad`` (:func:`_cavity_seed`): a vertex position x (compass
     search) and the greedy cavity around it that gains most (:func:`_cavity`), whose tets are
     replaced by its faces joined to x, when that beats the worst tet it replaces. ``rows`` gets
     the number of rows the move appends (new tets minus cavity tets, at least 0), ``crel`` the
@@ -692,11 +727,11 @@ def cavity_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ptr: nd
         M = ti.static((V, T, nb, q, ptr, vt, free, bad))
         _C, n0, w, start = _cavity_seed(M, c)
         if n0 > 0:
-            t = bad[c // 5]
+            t = bad[c // CAV_MODES]
             pa, pb, pc, pd = _pt(V, T[t, 0]), _pt(V, T[t, 1]), _pt(V, T[t, 2]), _pt(V, T[t, 3])
             step = 0.25 * ((pb - pa).norm() + (pc - pa).norm() + (pd - pa).norm() + (pc - pb).norm()
                            + (pd - pb).norm() + (pd - pc).norm()) / 6.0
-            x, gain = _compass_max(_cavity_gain, start, step, M, c, CAV_ROUNDS)
+            x, gain = _compass_max(_cavity_gain, start, step, M, c, CAV_ROUNDS, 14)
             C, n, gain = _cavity(x, M, c)
             if gain > eps:
                 _R, nf, kept = _cavity_faces(T, nb, C, n, -1, n_in, w)

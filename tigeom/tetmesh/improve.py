@@ -14,11 +14,13 @@ Each sweep runs, as Taichi kernels over the whole mesh:
    (an edge split, n tets -> 2n, or a face split, 2 tets -> 6, whose new vertex is placed by
    compass search on the worst of its new tets). The face split frees a tet whose three other
    faces lie on the boundary: no smoothing, flip or edge split can change such a tet.
-   Then cavity moves: from each worst tet, or from the star of one of its free vertices, a
-   cavity of up to 24 tets grown greedily across its worst face, replaced by its boundary faces
-   joined to one vertex (a new one, or the star's vertex relocated), placed by compass search.
-   They lift worst tets that are local optima of every single move above (a vertex serving two
-   surface triangles at a crease, a cap whose best apex needs different neighbours).
+   Then cavity moves: from each worst tet, from the star of one of its free vertices, or from
+   the stars of a free vertex and an inserted one, a cavity of up to 24 tets grown greedily
+   across its worst face, replaced by its boundary faces joined to one vertex (a new one, or the
+   star's vertex relocated, the inserted one then removed), placed by compass search. They lift
+   worst tets that are local optima of every single move above (a vertex serving two surface
+   triangles at a crease, a cap whose best apex needs different neighbours, two vertices that
+   leave three tets around each boundary edge at a cube corner).
 
 A move is kept only if it raises the worst quality of the tets it replaces, so no tet is ever
 made worse than the worst it replaced, none can invert, and the boundary faces (never touched:
@@ -230,15 +232,17 @@ class _Improver:
     EPS = 1e-9
 
     def __init__(self, v: np.ndarray, t: np.ndarray, pinned: np.ndarray, smooth_iters: int,
-                 time_limit: float | None, t0: float):
+                 time_limit: float | None, t0: float, n_input: int | None = None):
+        """``n_input``: the vertices from that index on count as inserted ones, which a move may
+        remove (default: none; a mesh saved from an earlier run's state can name its own)."""
         from . import _kernels as K
 
         self.K = K
-        self.n_in = len(v)
+        self.n_in = len(v) if n_input is None else int(n_input)
         # a copy: on the CPU an upload is the array itself, and the passes move vertices in place
         self.Vd, self.nv = _device.upload(np.array(v, np.float64, copy=True)), len(v)
         self.Td, self.m = _device.upload(t.astype(np.int32)), len(t)
-        self.free_in = (~pinned).astype(np.int32)  # input vertices that may move (host; fixed for the run)
+        self.free_in = (~pinned[:self.n_in]).astype(np.int32)  # input vertices that may move (host)
         self.smooth_iters = smooth_iters
         self.time_limit, self.t0 = time_limit, t0
         self.limited = False  # set once the time limit cut the run short
@@ -443,9 +447,9 @@ class _Improver:
         bad = np.flatnonzero(_device.fetch(qd, self.m) < below).astype(np.int32)
         if len(bad) == 0:
             return 0
-        free = np.ones(self.nv, np.int32)
+        free = np.full(self.nv, 2, np.int32)  # 2: inserted (may move and be removed)
         free[:self.n_in] = self.free_in
-        nc = 5 * len(bad)
+        nc = self.K.CAV_MODES * len(bad)
         ctets = _device.empty((nc, self.K.MAXCAV), np.int32)
         cn, crel, rows = (_device.empty((nc,), np.int32), _device.empty((nc,), np.int32),
                           _device.empty((nc + 1,), np.int32))
