@@ -157,6 +157,32 @@ def test_duplicates_hide_the_lighter_twin():
     check_valid(tri)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_duplicate_search_by_hashed_keys_equals_the_lexicographic_reference(d, monkeypatch):
+    """The duplicate search sorts one hashed key per point and compares only points whose key is
+    shared: the same mask as sorting every point lexicographically, for random points, a grid
+    with repeated rows and tied weights, signed zeros (-0.0 equals 0.0) and forced key
+    collisions (distinct points in one bucket stay distinct)."""
+    from tigeom.delaunay import triangulation as tr
+
+    rng = np.random.default_rng(4)
+    g = np.stack(np.meshgrid(*[np.arange(-3.0, 4.0)] * d, indexing="ij"), -1).reshape(-1, d)
+    signed = rng.random((30, d))
+    signed[:10, 0] = 0.0
+    signed = np.concatenate([signed, signed[:10] * np.r_[-1.0, np.ones(d - 1)]])  # twins by -0.0 == 0.0 only
+    cases = [rng.random((2000, d)), np.concatenate([g, g[::3], g[::5]]), signed]
+    for p in cases:
+        for w in (np.zeros(len(p)), np.round(rng.random(len(p)) * 2)):
+            np.testing.assert_array_equal(tr._duplicates(p, w), tr._duplicates_exact(p, w))
+    assert tr._duplicates(cases[1], np.zeros(len(cases[1]))).sum() > len(g[::3])  # many twins
+    assert tr._duplicates(signed, np.zeros(len(signed)))[30:].all()
+    p = cases[1]
+    # every key equal: the exact pass alone decides
+    monkeypatch.setattr(tr, "_coord_keys", lambda q: np.zeros(len(q), np.uint64))
+    w = np.round(rng.random(len(p)) * 2)
+    np.testing.assert_array_equal(tr._duplicates(p, w), tr._duplicates_exact(p, w))
+
+
 def test_nearly_coplanar_and_nearly_collinear():
     rng = np.random.default_rng(2)
     p = rng.random((60, 3))

@@ -190,7 +190,40 @@ def _validate(points, weights):
 
 def _duplicates(pts: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Mask of points hidden by a twin at the same position: the heavier stays, ties keep the
-    smaller index."""
+    smaller index.
+
+    Twins have equal coordinates, so they share a hash of their coordinates' bits: one sort of
+    one uint64 key per point finds the few points whose key is not unique, and only those go
+    through the exact comparison (a lexicographic sort), which also separates hash collisions.
+    At 1e6 points this takes a fraction of the time of sorting every point lexicographically."""
+    n = len(pts)
+    key = _coord_keys(pts)
+    order = np.argsort(key)  # the order among equal keys does not matter: they go to the exact pass
+    ks = key[order]
+    shared = np.zeros(n, bool)
+    shared[1:] = ks[1:] == ks[:-1]
+    shared[:-1] |= shared[1:]
+    cand = np.sort(order[shared])  # points whose key another point has
+    dup = np.zeros(n, bool)
+    if len(cand):
+        dup[cand] = _duplicates_exact(pts[cand], w[cand])
+    return dup
+
+
+def _coord_keys(pts: np.ndarray) -> np.ndarray:
+    """One uint64 hash per point of its coordinates' bits (equal coordinates, equal keys)."""
+    bits = np.ascontiguousarray(pts + 0.0, np.float64).view(np.uint64)  # + 0.0: -0.0 gets 0.0's bits
+    key = np.zeros(len(pts), np.uint64)
+    with np.errstate(over="ignore"):
+        for j, mult in enumerate((0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)[:pts.shape[1]]):
+            key ^= bits[:, j] * np.uint64(mult)
+            key ^= key >> np.uint64(29)
+    return key
+
+
+def _duplicates_exact(pts: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """:func:`_duplicates` by a lexicographic sort of every point (its reference); ``pts`` in
+    index order, so ties keep the smaller index."""
     n = len(pts)
     order = np.lexsort((np.arange(n), -w, *pts.T[::-1]))
     ps = pts[order]
