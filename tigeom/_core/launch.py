@@ -105,6 +105,14 @@ def fast(kernel) -> FastKernel:
     return launcher
 
 
+def fast_module_kernels(namespace: dict) -> None:
+    """Replace every ``@ti.kernel`` in a module's namespace (``globals()``, at the module's end)
+    by its fast launcher, so that the module's callers and its importers launch through it."""
+    for name, obj in list(namespace.items()):
+        if getattr(obj, "_is_wrapped_kernel", False) and not getattr(obj, "_is_classkernel", False):
+            namespace[name] = fast(obj)
+
+
 def _template_key(a):
     """A template argument's value, when it is a plain scalar (anything else: Taichi's path)."""
     if isinstance(a, (int, float, np.integer, np.floating, np.bool_, str)):

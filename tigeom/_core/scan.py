@@ -12,6 +12,7 @@ import taichi as ti
 
 from .. import runtime
 from . import device as _device
+from .launch import fast_module_kernels
 
 _BLOCK = 256
 SERIAL_ON_CPU = 1 << 22  # on a CPU backend one thread scans up to this many values (a few ms) faster
@@ -262,3 +263,6 @@ def exclusive_offsets(counts, n: int) -> tuple[object, int]:
     off = _device.empty((n + 1,), np.int32)
     ExclusiveScan(max(n, 1)).run(counts, off, n)
     return off, element(off, n)
+
+
+fast_module_kernels(globals())  # every kernel above launches through a prepared launch context

@@ -24,6 +24,7 @@ import taichi as ti
 from .. import runtime
 from .._core import device as _device
 from .._core.keys import row_keys
+from .._core.launch import fast_module_kernels
 from .._core.scan import ExclusiveScan, sort_segments
 from ._kernels import EDGES  # the tet's local edge numbering, shared with the move kernels
 
@@ -172,3 +173,6 @@ def boundary_faces(t: np.ndarray, nb: np.ndarray | None = None) -> np.ndarray:
         return np.zeros((0, 3), np.int64)
     f = np.sort(np.asarray(t)[tt[:, None], _OTHER3[kk]], axis=1).astype(np.int64)
     return f[np.lexsort(f.T[::-1])]
+
+
+fast_module_kernels(globals())  # every kernel above launches through a prepared launch context
