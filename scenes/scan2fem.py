@@ -27,7 +27,7 @@ import numpy as np
 from tigeom import dmesh, io
 from tigeom.dmesh import sampling
 from tigeom.scene import Scene
-from tigeom.tetmesh import improve_tets, tet_quality
+from tigeom.tetmesh import improve_tets, output_index, tet_quality
 
 from . import plotting
 
@@ -155,7 +155,7 @@ class Scan2Fem(Scene):
     def _improve(self):
         out = improve_tets(self.arrays["v0"], self.arrays["t0"], max_sweeps=int(self.config["improve_sweeps"]),
                            progress=False)
-        self.arrays.update(v1=out.vertices, t1=out.tets)
+        self.arrays.update(v1=out.vertices, t1=out.tets, src1=out.input_index)
         self.figures["quality_before"], self.figures["quality_after"] = out.before, out.after
         self.figures["improve_stats"] = out.stats
 
@@ -219,9 +219,11 @@ class Scan2Fem(Scene):
             point = {"displacement": a["u_after"]} if "u_after" in a else None
             io.write_volume(self.out / "tets_improved.vtu", a["v1"], a["t1"], cell_data=cell, point_data=point)
             bf1 = boundary_faces(a["t1"])
+            pos = output_index(a["src1"], len(a["v0"]))  # improve_tets may remove interior vertices
             sv = np.unique(a["f0"])
-            figs["boundary_kept"] = bool(np.array_equal(np.unique(np.sort(a["f0"], axis=1), axis=0), bf1)
-                                         and np.array_equal(a["v1"][sv], a["v0"][sv]))
+            figs["boundary_kept"] = bool((pos[sv] >= 0).all()
+                                         and np.array_equal(np.unique(np.sort(pos[a["f0"]], axis=1), axis=0), bf1)
+                                         and np.array_equal(a["v1"][pos[sv]], a["v0"][sv]))
             panels = []
             for tag, v, t, q in (("before", a["v0"], a["t0"], q0), ("after", a["v1"], a["t1"], q1)):
                 worst = t[np.argsort(q["min_dihedral"])[:40]]

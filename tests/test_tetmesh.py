@@ -7,7 +7,8 @@ import pytest
 
 import tigeom
 from helpers import ARCH
-from tigeom.tetmesh import boundary_faces, cube_mesh, improve_tets, signed_volumes, sphere_mesh, tet_quality
+from tigeom.tetmesh import (boundary_faces, cube_mesh, improve_tets, output_index, signed_volumes, sphere_mesh,
+                            tet_quality)
 
 REGULAR = np.array([[1, 1, 1], [-1, 1, -1], [1, -1, -1], [-1, -1, 1]], float)  # positive
 CORNER = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
@@ -90,15 +91,30 @@ def test_improve_bad_arguments():
         improve_tets(v, two)
 
 
+def _sorted_rows(f):
+    f = np.sort(f, axis=1)
+    return f[np.lexsort(f.T[::-1])]
+
+
 def _check_invariants(v, t, out, fixed=None):
     vol = signed_volumes(out.vertices, out.tets)
     assert (vol > 0).all()
     assert vol.sum() == pytest.approx(np.abs(signed_volumes(v, t)).sum(), rel=1e-12)
-    np.testing.assert_array_equal(boundary_faces(out.tets), boundary_faces(t))
+    src = out.input_index  # input vertices that remain, in their order, then inserted ones (-1)
+    n_kept = int((src >= 0).sum())
+    assert src.shape == (len(out.vertices),) and (src[n_kept:] == -1).all()
+    assert (np.diff(src[:n_kept]) > 0).all() and (src[:n_kept] < len(v)).all()
+    pos = output_index(src, len(v))
+    assert out.stats["removed_vertices"] == int((pos < 0).sum())
+    assert out.stats["inserted_vertices"] == len(src) - n_kept
+    assert np.unique(out.tets).size == len(out.vertices)  # no vertex left without a tet
     bverts = np.unique(boundary_faces(t))
-    np.testing.assert_array_equal(out.vertices[bverts], v[bverts])
+    assert (pos[bverts] >= 0).all()
+    np.testing.assert_array_equal(boundary_faces(out.tets), _sorted_rows(pos[boundary_faces(t)]))
+    np.testing.assert_array_equal(out.vertices[pos[bverts]], v[bverts])
     if fixed is not None:
-        np.testing.assert_array_equal(out.vertices[fixed], v[fixed])
+        assert (pos[fixed] >= 0).all()
+        np.testing.assert_array_equal(out.vertices[pos[fixed]], v[fixed])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -227,8 +243,8 @@ def test_cavity_move_replaces_worst_tets_and_keeps_the_mesh():
     """One cavity pass on raw Delaunay slivers: each winner replaces up to MAXCAV tets by the
     faces of their union joined to one vertex (new, or a free vertex relocated with new
     connectivity). The worst tet rises, nothing gets worse than what it replaced, every tet is
-    positive, the boundary, the pinned vertices and the volume stay, and no input vertex is
-    dropped."""
+    positive, the boundary, the pinned vertices and the volume stay, and only free vertices are
+    moved or removed."""
     import time
 
     from tigeom.tetmesh.improve import _Improver, _verify
@@ -240,14 +256,16 @@ def test_cavity_move_replaces_worst_tets_and_keeps_the_mesh():
     run = _Improver(v, t, pinned, 4, None, time.perf_counter())
     q0 = tet_quality(v, t)["min_dihedral"]
     moves = run.cavity(0.3)  # tets below ~17.5 degrees
-    V, T = run.result()
+    V, T, src = run.result()
     assert moves > 0
-    _verify(v, V, T, bf, float(signed_volumes(v, t).sum()), pinned)  # RuntimeError if broken
+    _verify(v, V, T, src, bf, float(signed_volumes(v, t).sum()), pinned)  # RuntimeError if broken
     q1 = tet_quality(V, T)["min_dihedral"]
     assert q1.min() > q0.min() + 1.0, (q0.min(), q1.min())
-    assert len(np.setdiff1d(np.arange(len(v)), T.ravel())) == 0  # every input vertex still used
-    moved = np.flatnonzero((V[:len(v)] != v).any(1))
+    pos = output_index(src, len(v))
+    kept = np.flatnonzero(pos >= 0)
+    moved = kept[(V[pos[kept]] != v[kept]).any(1)]
     assert len(moved) > 0 and not pinned[moved].any()  # relocations happened, of free vertices only
+    assert not pinned[pos < 0].any()  # and only free vertices were removed
     # a full run uses the move too, and reports the bound the cube's 90-degree edges set
     full = improve_tets(v, t)
     assert full.stats["cavity_moves"] > 0
@@ -278,16 +296,51 @@ def test_pair_cavity_move_frees_a_cube_corner_capped_at_30_degrees():
     pinned[bf.ravel()] = True
     run = _Improver(v, t, pinned, 4, None, time.perf_counter(), n_input=n_input)
     moves = run.cavity(np.sin(np.radians(30.0)) + 1e-9)
-    V, T = run.result()
+    V, T, src = run.result()
     assert moves > 0
     assert not pinned[n_input:].any()  # the inserted vertices are interior
-    _verify(v[:n_input], V, T, bf, float(signed_volumes(v, t).sum()), pinned[:n_input])  # RuntimeError if broken
-    assert len(V) < len(v)  # an inserted vertex is gone
-    assert len(np.setdiff1d(np.arange(n_input), T.ravel())) == 0  # every input vertex still used
+    _verify(v[:n_input], V, T, src, bf, float(signed_volumes(v, t).sum()), pinned[:n_input])  # RuntimeError if broken
+    assert len(V) < len(v)  # a vertex is gone
     q1 = tet_quality(V, T)
-    star1 = np.flatnonzero((T == corner).any(1))
+    star1 = np.flatnonzero((T == output_index(src, n_input)[corner]).any(1))
     assert q1["min_dihedral"][star1].min() > 30.5, q1["min_dihedral"][star1].min()
     assert q1["max_dihedral"][star1].max() < 149.5
+
+
+def test_pair_cavity_move_removes_an_input_vertex_capping_a_cube_edge():
+    """A saved state of a run on the cube family where every vertex that caps the worst tets is
+    an input vertex: two interior input vertices make three tets around a 90-degree boundary
+    edge of the cube, which caps them at 30 degrees. One cavity pass relocates one of them and
+    removes the other; every tet is then within [30, 150] degrees, the removed vertex was free,
+    and ``input_index`` maps the output back to the input."""
+    import time
+    from pathlib import Path
+
+    from tigeom.tetmesh.improve import _Improver, _verify
+
+    z = np.load(Path(__file__).parent / "data" / "cube_edge_stuck_tets.npz")
+    v, t, n_input = z["vertices"], z["tets"], int(z["n_input"])
+    q0 = tet_quality(v, t)
+    bad = (q0["min_dihedral"] < 30.0) | (q0["max_dihedral"] > 150.0)
+    assert bad.sum() == 2 and q0["min_dihedral"].min() > 29.99  # capped, not degenerate
+    bf = boundary_faces(t)
+    interior = np.setdiff1d(np.unique(t[bad]), bf.ravel())
+    assert len(interior) == 2 and (interior < n_input).all()  # both cap vertices are input vertices
+    pinned = np.zeros(len(v), bool)
+    pinned[bf.ravel()] = True
+    run = _Improver(v, t, pinned, 4, None, time.perf_counter(), n_input=n_input)
+    moves = run.cavity(np.sin(np.radians(30.0)) + 1e-9)
+    V, T, src = run.result()
+    _verify(v[:n_input], V, T, src, bf, float(signed_volumes(v, t).sum()), pinned[:n_input])  # RuntimeError if broken
+    pos = output_index(src, n_input)
+    removed = np.flatnonzero(pos < 0)
+    assert moves > 0 and len(removed) == 1 and removed[0] in interior
+    assert len(V) == len(v) - 1 and (src[src >= 0] != removed[0]).all()
+    kept = np.flatnonzero(pos >= 0)
+    same = (V[pos[kept]] == v[kept]).all(1)
+    assert same[pinned[kept]].all()  # boundary vertices sit where they were, under their new indices
+    q1 = tet_quality(V, T)
+    assert q1["min_dihedral"].min() >= 30.0 and q1["max_dihedral"].max() <= 150.0, q1.summary()
 
 
 def test_target_stops_once_every_angle_is_in_range():
@@ -317,7 +370,7 @@ def test_scan2fem_chain_mesh_reaches_20_degrees():
     out = improve_tets(v, t)
     assert out.before["min_dihedral"] < 1.0
     assert out.after["min_dihedral"] >= 20.0, out.after["min_dihedral"]  # 24.7 measured
-    np.testing.assert_array_equal(boundary_faces(out.tets), boundary_faces(t))
+    _check_invariants(v, t, out)
     assert out.stats["boundary_crease_min_deg"] > 70.0  # the surface allows far more than 20
 
 

@@ -13,6 +13,8 @@ sqrt(8) / 3 = 0.9428.
 
 import taichi as ti
 
+from .._core.launch import fast_module_kernels
+
 nd_f64 = ti.types.ndarray(dtype=ti.f64, ndim=1)
 nd_f64_2 = ti.types.ndarray(dtype=ti.f64, ndim=2)
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
@@ -119,10 +121,12 @@ def measures(V: nd_f64_2, T: nd_i32_2, out: nd_f64_2, dih: nd_f64_2):
 # --------------------------------------------------------------------------- improvement
 
 MAXRING = 8  # tets around an edge that an edge removal (n <= 7) or a split (n <= 8) may touch
-MAXCAV = 24  # tets a cavity move may replace
+MAXCAV = 32  # tets a cavity move may replace
 STARCAV = 20  # largest vertex star a cavity move seeds with
 CAV_ROUNDS = 48  # compass rounds of a cavity move (14 steps each; each evaluation grows a cavity)
 CAV_MODES = 17  # cavity candidates per bad tet (see _cavity_seed)
+COMPASS_TINY = 1.0 / 4096  # a compass search stops once its step has fallen below this fraction of the first
+SMOOTH_TOL = 1e-4  # a smoothing move must raise the worst sine of its star by more than this
 KEY_SHIFT = 41  # priority in the high bits of a claim key, candidate id in the low 41 bits
 
 
@@ -422,13 +426,15 @@ def _split_min(x, P, n):
 def _compass_max(f: ti.template(), x, step, P: ti.template(), n, rounds=48, ndir: ti.template() = 6):
     """Compass search for the x that maximises f(x, P, n): ``ndir`` steps from x per round (6: the
     axis directions; 14: also the eight diagonals, which follow a ridge of a max-min objective
-    that no axis step climbs), ``rounds`` rounds, the step halved after a round without gain.
-    Returns (x, f(x)). ``P`` is passed through as it is: packed points, or a tuple of the mesh
-    arrays. f is inlined at one call site only (the start point is evaluation 0), which keeps
-    the compile time of heavy objectives down."""
+    that no axis step climbs), ``rounds`` rounds, the step halved after a round without gain,
+    stopping early once it is below COMPASS_TINY of the first. Returns (x, f(x)). ``P`` is
+    passed through as it is: packed points, or a tuple of the mesh arrays. f is inlined at one
+    call site only (the start point is evaluation 0), which keeps the compile time of heavy
+    objectives down."""
     cur = ti.f64(-1e300)
     improved = False
     diag = ti.f64(0.5773502691896258)  # 1 / sqrt(3), in f64 whatever the runtime's precision
+    tiny = step * ti.f64(COMPASS_TINY)
     for s in range(1 + rounds * ndir):
         y = x
         if s > 0:
@@ -447,6 +453,8 @@ def _compass_max(f: ti.template(), x, step, P: ti.template(), n, rounds=48, ndir
         if s > 0 and s % ndir == 0:  # end of a round
             if not improved:
                 step *= 0.5
+                if step < tiny:
+                    break
             improved = False
     return x, cur
 
@@ -584,12 +592,12 @@ def _cavity_seed(M: ti.template(), c):
     - mode j in 1..4 seeds the star of t's vertex w = T[t, j - 1] when w may move and its star
       fits in STARCAV tets (w is then relocated: the move is a smoothing of w that may also
       change its connectivity);
-    - mode 5 + k (k < 12) seeds the stars of two vertices of t, w = T[t, k // 3] that may move
-      and u = T[t, (k // 3 + 1 + k % 3) % 4] that was inserted, when their union fits in MAXCAV
-      tets: w is relocated and u removed, the collapse of the edge (u, w) with w placed anew.
-      Two nearby inserted vertices can block each other: at a cube corner, two of them made
-      three tets around each of the corner's boundary edges, which caps their angle at 30
-      degrees, and neither could move alone to reach two.
+    - mode 5 + k (k < 12) seeds the stars of two vertices of t that may move, w = T[t, k // 3]
+      and u = T[t, (k // 3 + 1 + k % 3) % 4], when their union fits in MAXCAV tets: w is
+      relocated and u removed, the collapse of the edge (u, w) with w placed anew. Two nearby
+      interior vertices can block each other: at a cube corner, two of them made three tets
+      around each of the corner's boundary edges, which caps their angle at 30 degrees, and
+      neither could move alone to reach two.
     ``free`` is 0 for vertices that may not move, 1 for input vertices that may, 2 for inserted
     ones. Returns (C, n, w, start): n = 0 when there is no candidate, w = -1 for a new vertex."""
     V, T, ptr, vt, free, bad = ti.static(M[0], M[1], M[4], M[5], M[6], M[7])
@@ -612,7 +620,7 @@ def _cavity_seed(M: ti.template(), c):
     else:
         k = mode - 5
         wv, u = T[t, k // 3], T[t, (k // 3 + 1 + k % 3) % 4]
-        if free[wv] >= 1 and free[u] == 2 and ptr[wv + 1] - ptr[wv] + ptr[u + 1] - ptr[u] <= MAXCAV + 8:
+        if free[wv] >= 1 and free[u] >= 1 and ptr[wv + 1] - ptr[wv] + ptr[u + 1] - ptr[u] <= MAXCAV + 8:
             for s in range(ptr[wv], ptr[wv + 1]):
                 C[n] = vt[s]
                 n += 1
@@ -628,6 +636,29 @@ def _cavity_seed(M: ti.template(), c):
                 w = wv
                 start = 0.5 * (_pt(V, wv) + _pt(V, u))
     return C, n, w, start
+
+
+@ti.func
+def _seeded_before(M: ti.template(), c, below):
+    """Whether candidate c's vertex (modes 1-4) or vertex pair (modes 5-16) is a vertex or an
+    edge of a tet listed before its own in ``bad`` (a lower index with quality below
+    ``below``): that tet's candidate seeds the same star(s), so this one is skipped."""
+    T, q, ptr, vt, bad = ti.static(M[1], M[3], M[4], M[5], M[7])
+    t, mode = bad[c // CAV_MODES], c % CAV_MODES
+    w, u = -1, -1
+    if 1 <= mode <= 4:
+        w = T[t, mode - 1]
+    elif mode >= 5:
+        k = mode - 5
+        w, u = T[t, k // 3], T[t, (k // 3 + 1 + k % 3) % 4]
+    found = False
+    if w >= 0:
+        for j in range(ptr[w], ptr[w + 1]):
+            s = vt[j]
+            if s < t and q[s] < below:
+                if u < 0 or T[s, 0] == u or T[s, 1] == u or T[s, 2] == u or T[s, 3] == u:
+                    found = True
+    return found
 
 
 @ti.func
@@ -682,12 +713,10 @@ def _cavity_gain(x, M: ti.template(), c):
 
 
 @ti.func
-def _cavity_faces(T: ti.template(), nb: ti.template(), C: ti.template(), n, p, n_in, w):
+def _cavity_faces(T: ti.template(), nb: ti.template(), C: ti.template(), n, p):
     """The new tets of a cavity (C's first n tets) around vertex p: each cavity face that is not
     shared by two cavity tets, its tet's vertex off the face replaced by p (so the orientation
-    stays). Returns (rows (4 * MAXCAV, 4), count, whether every vertex of the cavity's tets is on
-    one of its faces, apart from the relocated vertex w and inserted ones (index >= n_in): a
-    cavity holding the whole star of an inserted vertex removes it)."""
+    stays). Returns (rows (4 * MAXCAV, 4), count)."""
     R = ti.Matrix([[-1] * 4] * (4 * MAXCAV), ti.i32)
     nf = 0
     for i in range(n):
@@ -698,22 +727,30 @@ def _cavity_faces(T: ti.template(), nb: ti.template(), C: ti.template(), n, p, n
                     R[nf, j] = T[t, j]
                 R[nf, k] = p
                 nf += 1
+    return R, nf
+
+
+@ti.func
+def _cavity_keeps(T: ti.template(), C: ti.template(), n, R: ti.template(), nf, free: ti.template(), w):
+    """Whether every vertex of the cavity's tets that may not move (``free`` 0) is on one of its
+    new tets: a cavity that holds the whole star of a vertex removes it, which is allowed for
+    interior vertices that may move (input or inserted) and never for fixed ones."""
     kept = True
     for i in range(n):
         for j in ti.static(range(4)):
             v = T[C[i], j]
-            on = v >= n_in or v == w
+            on = free[v] >= 1 or v == w
             for f in range(nf):
                 if R[f, 0] == v or R[f, 1] == v or R[f, 2] == v or R[f, 3] == v:
                     on = True
             kept = kept and on
-    return R, nf, kept
+    return kept
 
 
 @ti.kernel
 def cavity_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ptr: nd_i32, vt: nd_i32, free: nd_i32,
                       bad: nd_i32, ctets: nd_i32_2, cn: nd_i32, cpos: nd_f64_2, crel: nd_i32, rows: nd_i32,
-                      key: nd_i64, eps: ti.f64, n_in: ti.i32):
+                      key: nd_i64, eps: ti.f64, below: ti.f64):
     """CAV_MODES candidates per tet in ``bad`` (:func:`_cavity_seed`): a vertex position x (compass
     search) and the greedy cavity around it that gains most (:func:`_cavity`), whose tets are
     replaced by its faces joined to x, when that beats the worst tet it replaces. ``rows`` gets
@@ -726,7 +763,7 @@ def cavity_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ptr: nd
         rows[c] = 0
         M = ti.static((V, T, nb, q, ptr, vt, free, bad))
         _C, n0, w, start = _cavity_seed(M, c)
-        if n0 > 0:
+        if n0 > 0 and not _seeded_before(M, c, below):
             t = bad[c // CAV_MODES]
             pa, pb, pc, pd = _pt(V, T[t, 0]), _pt(V, T[t, 1]), _pt(V, T[t, 2]), _pt(V, T[t, 3])
             step = 0.25 * ((pb - pa).norm() + (pc - pa).norm() + (pd - pa).norm() + (pc - pb).norm()
@@ -734,8 +771,8 @@ def cavity_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ptr: nd
             x, gain = _compass_max(_cavity_gain, start, step, M, c, CAV_ROUNDS, 14)
             C, n, gain = _cavity(x, M, c)
             if gain > eps:
-                _R, nf, kept = _cavity_faces(T, nb, C, n, -1, n_in, w)
-                if kept:
+                R, nf = _cavity_faces(T, nb, C, n, -1)
+                if _cavity_keeps(T, C, n, R, nf, free, w):
                     cn[c] = n
                     crel[c] = w
                     rows[c] = ti.max(nf - n, 0)
@@ -762,7 +799,7 @@ def cavity_apply(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, win: nd_i32, ctets: nd_
             p = crel[c]
             if p < 0:
                 p = v0 + voff[c]
-            R, nf, _kept = _cavity_faces(T, nb, C, n, p, 0, -1)
+            R, nf = _cavity_faces(T, nb, C, n, p)
             for j in ti.static(range(3)):
                 V[p, j] = cpos[c, j]
             for f in range(ti.max(nf, n)):  # a cavity that removes vertices can have fewer faces than tets
@@ -904,7 +941,7 @@ def _smooth_block(E: ti.template(), vidx: ti.template(), gain: ti.template(), qv
         blocked[i] = 0
     for e in range(E.shape[0]):
         i, j = vidx[E[e, 0]], vidx[E[e, 1]]
-        if i >= 0 and j >= 0 and gain[i] > 0.0 and gain[j] > 0.0:
+        if i >= 0 and j >= 0 and gain[i] > SMOOTH_TOL and gain[j] > SMOOTH_TOL:
             if qv[i] < qv[j] or (qv[i] == qv[j] and i < j):
                 blocked[j] = 1
             else:
@@ -919,7 +956,7 @@ def _smooth_apply(V: ti.template(), movable: ti.template(), newpos: ti.template(
     mover and every vertex sharing an edge (so a tet) with one."""
     moved[0] = 0
     for i in range(movable.shape[0]):
-        go = gain[i] > 0.0 and blocked[i] == 0
+        go = gain[i] > SMOOTH_TOL and blocked[i] == 0
         dirty[i] = ti.cast(go, ti.i32)
         if go:
             for j in ti.static(range(3)):
@@ -928,9 +965,9 @@ def _smooth_apply(V: ti.template(), movable: ti.template(), newpos: ti.template(
     for e in range(E.shape[0]):
         i, j = vidx[E[e, 0]], vidx[E[e, 1]]
         if i >= 0 and j >= 0:
-            if gain[i] > 0.0 and blocked[i] == 0:
+            if gain[i] > SMOOTH_TOL and blocked[i] == 0:
                 dirty[j] = 1
-            if gain[j] > 0.0 and blocked[j] == 0:
+            if gain[j] > SMOOTH_TOL and blocked[j] == 0:
                 dirty[i] = 1
 
 
@@ -943,3 +980,6 @@ def smooth_round(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable: 
     _smooth_propose(V, T, vt_ptr, vt, movable, hlen, newpos, gain, qv, iters, dirty)
     _smooth_block(E, vidx, gain, qv, blocked)
     _smooth_apply(V, movable, newpos, gain, blocked, moved, E, vidx, dirty)
+
+
+fast_module_kernels(globals())  # every kernel above launches through a prepared launch context

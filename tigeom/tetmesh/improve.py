@@ -4,9 +4,9 @@ Each sweep runs, as Taichi kernels over the whole mesh:
 
 1. smoothing: every free interior vertex of a tet below quality 0.6 climbs the worst quality of
    its star (min-norm ascent direction of the nearly-worst tets, backtracking, kept only if the
-   worst tet improves); an independent set of the proposals (no two on one edge, worse stars
-   first) is applied; up to 20 such passes per sweep (three passes per sweep left the test
-   family near 25 degrees, twenty reach about 30);
+   worst tet improves by more than 1e-4); an independent set of the proposals (no two on one
+   edge, worse stars first) is applied; up to 20 such passes per sweep (three passes per sweep
+   leave the test family near 27 degrees, twenty above 30);
 2. topological passes until none applies: 2-3 flips of interior faces and removal of interior
    edges with 3..7 tets around them (3-2 and 4-4 flips are the n = 3, 4 cases; the best
    triangulation of the ring is chosen among all of them);
@@ -15,9 +15,9 @@ Each sweep runs, as Taichi kernels over the whole mesh:
    compass search on the worst of its new tets). The face split frees a tet whose three other
    faces lie on the boundary: no smoothing, flip or edge split can change such a tet.
    Then cavity moves: from each worst tet, from the star of one of its free vertices, or from
-   the stars of a free vertex and an inserted one, a cavity of up to 24 tets grown greedily
-   across its worst face, replaced by its boundary faces joined to one vertex (a new one, or the
-   star's vertex relocated, the inserted one then removed), placed by compass search. They lift
+   the stars of two of them, a cavity of up to 32 tets grown greedily across its worst face,
+   replaced by its boundary faces joined to one vertex (a new one, or the star's vertex
+   relocated, the pair's other vertex then removed), placed by compass search. They lift
    worst tets that are local optima of every single move above (a vertex serving two surface
    triangles at a crease, a cap whose best apex needs different neighbours, two vertices that
    leave three tets around each boundary edge at a cube corner).
@@ -68,6 +68,8 @@ class ImproveResult:
     after: dict
     history: list = field(default_factory=list)  # per sweep: min dihedral, min sine, tets, counts
     stats: dict = field(default_factory=dict)
+    # per output vertex, its index in the input (-1: inserted); output_index() inverts it
+    input_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -180,8 +182,11 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
     progress : a progress bar (rich) over the sweeps.
     callback : called after every sweep with the history entry (a dict).
 
-    Returns an :class:`ImproveResult`: ``vertices`` (the input's first, in their order, then any
-    inserted ones), ``tets``, ``before``/``after`` quality summaries and the per-sweep history.
+    Returns an :class:`ImproveResult`: ``vertices`` (the input's that remain, in their order, then
+    any inserted ones), ``tets``, ``input_index`` (each output vertex's index in the input, -1 for
+    an inserted one; :func:`output_index` gives the other direction), ``before``/``after``
+    quality summaries and the per-sweep history. Interior vertices that may move can be removed
+    (``stats["removed_vertices"]``); boundary and ``fixed`` vertices always remain.
     ``stats["boundary_crease_min_deg"]`` is the boundary's sharpest interior angle at an edge:
     the tets around that edge split it, so no result can have a larger minimum dihedral angle.
     The boundary triangles, the boundary and fixed vertices' coordinates and the total volume are
@@ -211,15 +216,16 @@ def improve_tets(vertices, tets, fixed=None, *, max_sweeps: int = 40, insert: bo
     before = tet_quality(v, t).summary()
     run = _Improver(v, t, pinned, int(smooth_iters), time_limit, t0)
     history = run.sweeps(max_sweeps, int(smooth_rounds), insert, progress, callback, stop_sine)
-    V, T = run.result()
-    _verify(v, V, T, bfaces0, vol0, pinned)
+    V, T, src = run.result()
+    _verify(v, V, T, src, bfaces0, vol0, pinned)
     q_out = tet_quality(V, T)
     after = q_out.summary()
-    crease = boundary_crease_min(T, q_out["dihedrals"], bfaces0)  # every output tet is positive
+    crease = boundary_crease_min(T, q_out["dihedrals"], boundary_faces(T))  # every output tet is positive
     stats = dict(run.counts, seconds=round(time.perf_counter() - t0, 3), sweeps=len(history),
-                 inserted_vertices=int(len(V) - len(v)), time_limited=run.limited,
+                 inserted_vertices=int((src < 0).sum()), removed_vertices=int(len(v) - (src >= 0).sum()),
+                 time_limited=run.limited,
                  boundary_crease_min_deg=round(crease, 3))
-    return ImproveResult(V, T, before, after, history, stats)
+    return ImproveResult(V, T, before, after, history, stats, src)
 
 
 class _Improver:
@@ -243,6 +249,8 @@ class _Improver:
         self.Vd, self.nv = _device.upload(np.array(v, np.float64, copy=True)), len(v)
         self.Td, self.m = _device.upload(t.astype(np.int32)), len(t)
         self.free_in = (~pinned[:self.n_in]).astype(np.int32)  # input vertices that may move (host)
+        self.unused_in = np.ones(self.n_in, bool)  # input vertices of no input tet: kept in the output
+        self.unused_in[t[t < self.n_in]] = False
         self.smooth_iters = smooth_iters
         self.time_limit, self.t0 = time_limit, t0
         self.limited = False  # set once the time limit cut the run short
@@ -456,7 +464,7 @@ class _Improver:
         key = _device.empty((nc,), np.int64)
         cpos = _device.empty((nc, 3), np.float64)
         self.K.cavity_candidates(self.Vd, self.Td, nbd, qd, topo.ptr, topo.vt, _device.upload(free),
-                                 _device.upload(bad), ctets, cn, cpos, crel, rows, key, self.EPS, self.n_in)
+                                 _device.upload(bad), ctets, cn, cpos, crel, rows, key, self.EPS, below)
         return self._insert(ctets, cn, key, nc, 4,
                             lambda Vb, Tb, win, off, voff: self.K.cavity_apply(Vb, Tb, nbd, win, ctets, cn, cpos, crel,
                                                                                 off, self.m, voff, self.nv), rows)
@@ -541,28 +549,40 @@ class _Improver:
                         break
         return history
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """The mesh on the host, without inserted vertices that no tet uses (input vertices keep
-        their indices)."""
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vertices, tets, input_index) on the host, without the vertices that moves removed:
+        the input's vertices first, in their order, then the inserted ones; ``input_index`` gives
+        each output vertex's index in the input, or -1 for an inserted one. Input vertices that
+        no input tet used stay (they were never the mesh's to remove)."""
         V = _device.fetch(self.Vd, self.nv).copy()
         T = _device.fetch(self.Td, self.m).astype(np.int64)
         used = np.zeros(len(V), bool)
         used[T.ravel()] = True
-        n_in = self.n_in
-        keep = np.concatenate([np.arange(n_in), n_in + np.flatnonzero(used[n_in:])])
+        used[:self.n_in] |= self.unused_in
+        keep = np.flatnonzero(used)
         remap = -np.ones(len(V), np.int64)
         remap[keep] = np.arange(len(keep))
-        return V[keep], remap[T]
+        return V[keep], remap[T], np.where(keep < self.n_in, keep, -1)
 
 
-def _verify(v_in, V, T, bfaces0, vol0, pinned):
+def output_index(input_index: np.ndarray, n_input: int) -> np.ndarray:
+    """Per input vertex, its index in the output (-1: removed), from ``ImproveResult.input_index``."""
+    out = -np.ones(n_input, np.int64)
+    kept = np.flatnonzero(input_index >= 0)
+    out[input_index[kept]] = kept
+    return out
+
+
+def _verify(v_in, V, T, src, bfaces0, vol0, pinned):
     """The promises of improve_tets, checked on the output (a failure is a bug: RuntimeError)."""
     vol = signed_volumes(V, T)
     if not (vol > 0).all():
         raise RuntimeError(f"improve_tets: {int((vol <= 0).sum())} tet(s) not positive in the output")
-    if not np.array_equal(boundary_faces(T), bfaces0):
+    ids = np.where(src >= 0, src, len(v_in) + np.arange(len(src)))  # inserted vertices after the input's
+    if not np.array_equal(boundary_faces(ids[T]), bfaces0):
         raise RuntimeError("improve_tets: the boundary triangles changed")
-    if not np.array_equal(V[:len(v_in)][pinned], v_in[pinned]):
-        raise RuntimeError("improve_tets: a boundary or fixed vertex moved")
+    pos = output_index(src, len(v_in))[pinned]
+    if (pos < 0).any() or not np.array_equal(V[pos], v_in[pinned]):
+        raise RuntimeError("improve_tets: a boundary or fixed vertex moved or was removed")
     if abs(vol.sum() - vol0) > 1e-9 * abs(vol0):
         raise RuntimeError(f"improve_tets: total volume changed from {vol0!r} to {vol.sum()!r}")
