@@ -186,21 +186,17 @@ def _sign_lifted_sorted(P: ti.template(), W: ti.template(), v: ti.template(), di
             s = 1
         elif det < -bound:
             s = -1
-    if s == 0:
-        # D(eps) = D - sum_r eps_r C_r, C_r = (-1)^(r+d) H(others); the first (lowest index)
-        # r with H != 0 decides: sign = -(-1)^(r+d) sign(H)
-        for r in ti.static(range(dim + 2)):
-            if s == 0:
-                o = ti.Vector.zero(ti.i32, dim + 1)
-                for q in ti.static(range(dim + 2)):
-                    if ti.static(q < r):
-                        o[q] = v[q]
-                    elif ti.static(q > r):
-                        o[q - 1] = v[q]
-                h = _sign_orient_sorted(P, o, dim)
-                if h != 0:
-                    sg = -1 if ti.static((r + dim) % 2 == 0) else 1
-                    s = sg * h
+    # D(eps) = D - sum_r eps_r C_r, C_r = (-1)^(r+d) H(others); the first (lowest index) r with
+    # H != 0 decides: sign = -(-1)^(r+d) sign(H). A runtime loop: the orientation is inlined once
+    r = 0
+    while s == 0 and r < dim + 2:
+        o = ti.Vector.zero(ti.i32, dim + 1)  # v without its entry r
+        for q in ti.static(range(dim + 1)):
+            o[q] = v[q] if q < r else v[q + 1]
+        h = _sign_orient_sorted(P, o, dim)
+        if h != 0:
+            s = h if (r + dim) % 2 == 1 else -h
+        r += 1
     return s
 
 
@@ -1161,6 +1157,7 @@ def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), o, q, 
 
 
 WRAP_B = 4  # cells (blocks) per edge of a block (superblock) of the wrap search's box hierarchy
+WRAP_BOUND_MARGIN = 1e-6  # a point this far (relative to the face's size) in front of it bounds the apex's t
 
 
 @ti.kernel
@@ -1229,6 +1226,17 @@ def _wrap_box_open(box: ti.template(), f, n3, p03, cf3, best, tb, K, scale):
     return ok
 
 
+@ti.func
+def _wrap_prune(best, tb, bound, tbound):
+    """(whether a bound exists, the smallest known t) from the exact best so far and the
+    floating-point bound of the cells around c_f: both are t values of points in front of the
+    face, so the apex's t is at most either."""
+    pb, tp = best, tb
+    if bound >= 0 and (best < 0 or tbound < tb):
+        pb, tp = bound, tbound
+    return pb, tp
+
+
 @ti.kernel
 def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32, out: nd_i32,
               glo: nd_f64, res: nd_i32, start: nd_i32, order: nd_i32, prm: nd_f64,
@@ -1240,10 +1248,13 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
     the face's at t_q; the simplex on that side belongs to the smallest t_q. Ties are decided by
     the lifted predicate. prm = (grid cell size, largest weight).
 
-    Search: first the 3^d grid cells around c_f, for a good first apex; then every point that
-    may still beat it, through a three-level hierarchy of point bounding boxes (superblocks of
-    blocks of grid cells, WRAP_B per edge): a box is skipped when it lies behind the face's plane
-    or outside the current best's power sphere (centre c(t_b), radius^2 <= pow_f + t_b^2 + wmax).
+    Search: first the 3^d grid cells around c_f, in floating point only, for a bound on the
+    apex's t (a point surely in front of the plane); then, with the exact predicates, every
+    point that may still beat the bound or the best so far, through a three-level hierarchy of
+    point bounding boxes (superblocks of blocks of grid cells, WRAP_B per edge): a box is
+    skipped when it lies behind the face's plane or outside the power sphere of the smallest
+    known t (centre c(t), radius^2 <= pow_f + t^2 + wmax). The predicates are thus inlined at
+    one call site, which halves the kernel's compile time.
     Hull slivers, whose power spheres are huge, then visit only the few boxes that reach in
     front of their plane instead of every grid column."""
     for fi in range(faces.shape[0]):  # no statements before the loop (see cells2d)
@@ -1294,6 +1305,12 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
             cf3[a] = cf[a]
         best = -1
         tb = _f64(0.0)
+        # a bound on the apex's t from the 3^d cells around c_f, in floating point only: any
+        # point surely in front of the plane bounds the smallest t, which prunes the exact
+        # search below (the one call site of the inlined predicates)
+        bound = -1
+        tbound = _f64(0.0)
+        margin = ti.f64(WRAP_BOUND_MARGIN) * ti.sqrt(scale)
         c = _cell_of(cf, lo, h, r3, dim)
         for a, b, e in ti.ndrange((-1, 2), (-1, 2), (-1 if ti.static(dim == 3) else 0, 2 if ti.static(dim == 3) else 1)):
             cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
@@ -1301,19 +1318,26 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
                 f = (cx * r3[1] + cy) * r3[2] + cz
                 for sidx in range(start[f], start[f + 1]):
                     q = order[sidx]
-                    if skip[q] == 0:
-                        best, tb = _wrap_candidate(P, W, F, opp[fi], q, n, p0, cf, pow_f, scale, best, tb, dim)
+                    pq = _pt(P, q, dim)
+                    if skip[q] == 0 and n.dot(pq - p0) > margin:
+                        dq = cf - pq
+                        tq = (dq.dot(dq) - W[q] - pow_f) / (2.0 * n.dot(pq - cf))
+                        if bound < 0 or tq < tbound:
+                            bound, tbound = q, tq
         for sx, sy, sz in ti.ndrange(sres[0], sres[1], sres[2]):
-            if _wrap_box_open(sbox, (sx * sres[1] + sy) * sres[2] + sz, n3, p03, cf3, best, tb, K, scale):
+            pb, tp = _wrap_prune(best, tb, bound, tbound)
+            if _wrap_box_open(sbox, (sx * sres[1] + sy) * sres[2] + sz, n3, p03, cf3, pb, tp, K, scale):
                 for bx in range(sx * WRAP_B, ti.min(sx * WRAP_B + WRAP_B, bres[0])):
                     for by in range(sy * WRAP_B, ti.min(sy * WRAP_B + WRAP_B, bres[1])):
                         for bz in range(sz * WRAP_B, ti.min(sz * WRAP_B + WRAP_B, bres[2])):
-                            if _wrap_box_open(bbox, (bx * bres[1] + by) * bres[2] + bz, n3, p03, cf3, best, tb, K, scale):
+                            pb, tp = _wrap_prune(best, tb, bound, tbound)
+                            if _wrap_box_open(bbox, (bx * bres[1] + by) * bres[2] + bz, n3, p03, cf3, pb, tp, K, scale):
                                 for cx in range(bx * WRAP_B, ti.min(bx * WRAP_B + WRAP_B, r3[0])):
                                     for cy in range(by * WRAP_B, ti.min(by * WRAP_B + WRAP_B, r3[1])):
                                         for cz in range(bz * WRAP_B, ti.min(bz * WRAP_B + WRAP_B, r3[2])):
                                             f = (cx * r3[1] + cy) * r3[2] + cz
-                                            if _wrap_box_open(cbox, f, n3, p03, cf3, best, tb, K, scale):
+                                            pb, tp = _wrap_prune(best, tb, bound, tbound)
+                                            if _wrap_box_open(cbox, f, n3, p03, cf3, pb, tp, K, scale):
                                                 for sidx in range(start[f], start[f + 1]):
                                                     q = order[sidx]
                                                     if skip[q] == 0:
