@@ -117,6 +117,34 @@ def test_repeated_in_place_extractions_follow_their_own_grid_and_arguments():
         np.testing.assert_allclose(vals.grad.numpy(), ref.vjp(g.numpy()), rtol=1e-13, atol=1e-13)
 
 
+def test_backward_prepared_in_the_forward_runs_once_per_graph():
+    """The vjp's launch and zeroed gradient are prepared in the forward (once the kernel has
+    run with that signature) and used by the first backward: repeated extractions, a second
+    backward through the same graph (retain_graph: fresh zeros, not added twice), a gradient
+    of another dtype and an extraction whose output gets no gradient all match the numpy vjp."""
+    rng = np.random.default_rng(5)
+    vals, _ = _ellipsoid_grid(9)
+    vals = (vals + 0.01 * torch.as_tensor(rng.standard_normal(vals.shape))).requires_grad_(True)
+    ref = tigeom.marching_cubes(vals.detach().numpy(), 0.0, 0.25, -1.0)
+    for _ in range(3):  # the first call prepares the launch plan, the later ones bind it
+        v, _f = tt.marching_cubes(vals, 0.0, 0.25, -1.0)
+        g = torch.as_tensor(rng.standard_normal(tuple(v.shape)))
+        loss = (v * g).sum()
+        for _k in range(2):
+            vals.grad = None
+            loss.backward(retain_graph=True)
+            np.testing.assert_allclose(vals.grad.numpy(), ref.vjp(g.numpy()), rtol=1e-13, atol=1e-13)
+    v, _f = tt.marching_cubes(vals, 0.0, 0.25, -1.0)
+    g32 = torch.ones(tuple(v.shape), dtype=torch.float32)  # converted to the vertices' dtype
+    vals.grad = None
+    torch.autograd.backward(v, g32)
+    np.testing.assert_allclose(vals.grad.numpy(), ref.vjp(np.ones(tuple(v.shape))), rtol=1e-13, atol=1e-13)
+    v, _f = tt.marching_cubes(vals, 0.0, 0.25, -1.0)
+    vals.grad = None
+    (v[:, 0] * 0 + 1).sum().backward()  # only the first column gets a (zero-slope) gradient
+    np.testing.assert_allclose(vals.grad.numpy(), 0.0, atol=1e-13)
+
+
 class Ball(torch.nn.Module):
     """s(x) = |x - c| - r: a distance field with parameters."""
 

@@ -193,10 +193,20 @@ class _Extract(torch.autograd.Function):
             plan = _grid_plan(values, level, spacing, origin, dim)
             vals = values.detach().to(_runtime_dtype()).contiguous()
             verts, vedge, elems = _extract_in_place(vals, plan)
-            # max |value| for the vjp's clamp, on the device; issued here, on the caller's thread,
-            # where it overlaps the emission kernel, rather than in backward
-            vmax = torch.linalg.vector_norm(vals, float("inf")).reshape(1) if ctx.needs_input_grad[0] else None
+            launch = out = vmax = None
+            if ctx.needs_input_grad[0]:
+                # the backward's work that does not need the incoming gradient, done here on the
+                # caller's thread (autograd runs the backward of CUDA tensors on a thread of its
+                # own, where the same host work takes longer): max |value| for the vjp's clamp, the
+                # zeroed gradient, and the vjp's launch with every argument but the gradient set
+                vmax = torch.linalg.vector_norm(vals, float("inf")).reshape(1)
+                out = torch.zeros(vals.shape, dtype=vals.dtype, device=vals.device)
+                if len(vedge):
+                    launch = fast(_iso._kernels().vertex_vjp).bind(
+                        (vals.view(-1), vedge, int(vedge.shape[0]), verts, plan.strides, plan.spc, plan.dim,
+                         plan.level, plan.eps_rel, vmax, out.view(-1)), late=3)
             ctx.direct = (vals, vedge, plan, vmax)
+            ctx.prepared = (out, launch)  # used by the first backward only
             ctx.mark_non_differentiable(elems)
             return verts.to(values.dtype), elems
         fn = _marching_cubes if dim == 3 else _marching_squares
@@ -216,13 +226,17 @@ class _Extract(torch.autograd.Function):
             g = _host(grad_verts).astype(np.float64)
             return _like(ctx.res.vjp(g), ctx.values_meta), None, None, None, None
         vals, vedge, plan, vmax = ctx.direct
-        # a tensor of its own, not a view: autograd then keeps it as the gradient without a copy
-        out = torch.zeros(vals.shape, dtype=vals.dtype, device=vals.device)
+        out, launch = ctx.prepared
+        ctx.prepared = (None, None)  # a second backward (retain_graph) starts from fresh zeros
+        if out is None:
+            # a tensor of its own, not a view: autograd then keeps it as the gradient without a copy
+            out = torch.zeros(vals.shape, dtype=vals.dtype, device=vals.device)
         n = int(vedge.shape[0])
         if n:
             g = grad_verts.to(dtype=vals.dtype).contiguous()
-            fast(_iso._kernels().vertex_vjp)(vals.view(-1), vedge, n, g, plan.strides, plan.spc, plan.dim,
-                                             plan.level, plan.eps_rel, vmax, out.view(-1))
+            if launch is None or not launch(g):
+                fast(_iso._kernels().vertex_vjp)(vals.view(-1), vedge, n, g, plan.strides, plan.spc, plan.dim,
+                                                 plan.level, plan.eps_rel, vmax, out.view(-1))
         dtype, device = ctx.values_meta
         return (out if dtype == out.dtype else out.to(dtype)), None, None, None, None
 

@@ -67,6 +67,41 @@ class FastKernel:
         prog.launch_kernel(prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel), ctx)
         return None
 
+    def bind(self, args: tuple, late: int):
+        """A launch of this kernel with every argument but ``args[late]`` set now; the returned
+        function sets that one and launches, once. ``args[late]`` is a placeholder of the same
+        signature (dtype, dimensions, device) as the value that comes later, e.g. a backward
+        pass prepared in its forward, where the host is less busy. None when the signature has
+        no prepared launch yet (its first call goes through Taichi): launch normally then."""
+        backend = runtime.config().backend
+        if backend not in ("cpu", "cuda") or len(args) != len(self._keyfns) or late in self._templates:
+            return None
+        _GPU[0] = backend == "cuda"
+        key = (runtime.generation(), *[f(a) for f, a in zip(self._keyfns, args)])
+        plan = self._plans.get(key)
+        if plan is None or plan is _FALLBACK:
+            return None
+        t_kernel, prog, setters = plan
+        ctx = t_kernel.make_launch_context()
+        late_slot = late_setter = None
+        for slot, i, setter in setters:
+            if i == late:
+                late_slot, late_setter = slot, setter
+            else:
+                setter(ctx, (slot,), args[i])
+        want = key[1 + late]
+
+        def launch(value) -> bool:
+            """Launch with ``value`` as the late argument; False (nothing launched) when its
+            signature differs from the placeholder's."""
+            if _signature(value) != want:
+                return False
+            late_setter(ctx, (late_slot,), value)
+            prog.launch_kernel(prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel), ctx)
+            return True
+
+        return launch
+
     def _plan(self, args, key):
         """(Taichi kernel, the program it runs in, one argument setter per argument), or
         _FALLBACK. The key holds the runtime's generation, so the program outlives the plan."""
