@@ -1227,6 +1227,31 @@ def _wrap_box_open(box: ti.template(), f, n3, p03, cf3, best, tb, K, scale):
 
 
 @ti.func
+def _wrap_bound(P: ti.template(), W: ti.template(), skip: ti.template(), start: ti.template(), order: ti.template(),
+                c, r3, n, p0, cf, pow_f, scale, dim: ti.template()):
+    """(point, t) bounding the apex's t from the 3^d grid cells around c_f (cell c), in floating
+    point only: any point surely in front of the face's plane (by WRAP_BOUND_MARGIN of its size)
+    bounds the smallest t, which prunes the exact search (the one call site of the inlined
+    predicates); (-1, 0) when there is none."""
+    bound = -1
+    tbound = _f64(0.0)
+    margin = ti.f64(WRAP_BOUND_MARGIN) * ti.sqrt(scale)
+    for a, b, e in ti.ndrange((-1, 2), (-1, 2), (-1 if ti.static(dim == 3) else 0, 2 if ti.static(dim == 3) else 1)):
+        cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
+        if 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]:
+            f = (cx * r3[1] + cy) * r3[2] + cz
+            for sidx in range(start[f], start[f + 1]):
+                q = order[sidx]
+                pq = _pt(P, q, dim)
+                if skip[q] == 0 and n.dot(pq - p0) > margin:
+                    dq = cf - pq
+                    tq = (dq.dot(dq) - W[q] - pow_f) / (2.0 * n.dot(pq - cf))
+                    if bound < 0 or tq < tbound:
+                        bound, tbound = q, tq
+    return bound, tbound
+
+
+@ti.func
 def _wrap_prune(best, tb, bound, tbound):
     """(whether a bound exists, the smallest known t) from the exact best so far and the
     floating-point bound of the cells around c_f: both are t values of points in front of the
@@ -1305,25 +1330,8 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
             cf3[a] = cf[a]
         best = -1
         tb = _f64(0.0)
-        # a bound on the apex's t from the 3^d cells around c_f, in floating point only: any
-        # point surely in front of the plane bounds the smallest t, which prunes the exact
-        # search below (the one call site of the inlined predicates)
-        bound = -1
-        tbound = _f64(0.0)
-        margin = ti.f64(WRAP_BOUND_MARGIN) * ti.sqrt(scale)
-        c = _cell_of(cf, lo, h, r3, dim)
-        for a, b, e in ti.ndrange((-1, 2), (-1, 2), (-1 if ti.static(dim == 3) else 0, 2 if ti.static(dim == 3) else 1)):
-            cx, cy, cz = c[0] + a, c[1] + b, c[2] + e
-            if 0 <= cx < r3[0] and 0 <= cy < r3[1] and 0 <= cz < r3[2]:
-                f = (cx * r3[1] + cy) * r3[2] + cz
-                for sidx in range(start[f], start[f + 1]):
-                    q = order[sidx]
-                    pq = _pt(P, q, dim)
-                    if skip[q] == 0 and n.dot(pq - p0) > margin:
-                        dq = cf - pq
-                        tq = (dq.dot(dq) - W[q] - pow_f) / (2.0 * n.dot(pq - cf))
-                        if bound < 0 or tq < tbound:
-                            bound, tbound = q, tq
+        bound, tbound = _wrap_bound(P, W, skip, start, order, _cell_of(cf, lo, h, r3, dim), r3, n, p0, cf, pow_f,
+                                    scale, dim)
         for sx, sy, sz in ti.ndrange(sres[0], sres[1], sres[2]):
             pb, tp = _wrap_prune(best, tb, bound, tbound)
             if _wrap_box_open(sbox, (sx * sres[1] + sy) * sres[2] + sz, n3, p03, cf3, pb, tp, K, scale):
