@@ -67,8 +67,8 @@ def _sort_small(v, n: ti.template()):
     (+1/-1). ``v`` is taken by value: the caller's vector keeps its order (conflict_exact relies on
     that to combine the parities of its two sorts)."""
     par = 1
-    for a in ti.static(range(n)):
-        for b in ti.static(range(n - 1 - a)):
+    for a in range(n - 1):  # runtime loops: far less code to compile than the unrolled network
+        for b in range(n - 1 - a):
             if v[b] > v[b + 1]:
                 t = v[b]
                 v[b] = v[b + 1]
