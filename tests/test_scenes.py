@@ -243,6 +243,8 @@ def test_improve_tets_cli(tmp_path, capsys):
     assert "min dihedral" in text and "before" in text and "tets outside [30, 150] deg" in text
     assert "[170, 180]" in text  # the histogram of dihedral angles, before and after
     assert "sharpest edge angle, a bound on any minimum: 90.00 deg" in text  # the cube's edges
+    v2, t2 = io.read_volume(dst)
+    assert f"vertices: {len(v)} in, {len(v2)} out (" in text
     dst20 = tmp_path / "out20.vtu"
     assert cli.main(["improve-tets", str(src), str(dst20), "--arch", "cpu", "--quiet", "--target", "20"]) == 0
     v3, t3 = io.read_volume(dst20)

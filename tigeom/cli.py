@@ -77,6 +77,8 @@ def _improve_tets(args) -> int:
           f"{out.stats['edge_removal']} edge removals, {out.stats['splits'] + out.stats['face_splits']} splits, "
           f"{out.stats['cavity_moves']} cavity moves, {out.stats['smooth_moves']} vertex moves; written to {args.output}")
     print(f"the boundary's sharpest edge angle, a bound on any minimum: {out.stats['boundary_crease_min_deg']:.2f} deg")
+    print(f"vertices: {len(v)} in, {len(out.vertices)} out ({out.stats['inserted_vertices']} inserted, "
+          f"{out.stats['removed_vertices']} interior ones removed; the remaining input vertices keep their order)")
     return 0
 
 
