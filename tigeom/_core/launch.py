@@ -44,15 +44,20 @@ class FastKernel:
         self._templates = frozenset(i for i, arg in enumerate(arguments) if isinstance(arg.annotation, template))
         self._keyfns = [_template_key if i in self._templates else _signature for i in range(len(arguments))]
 
-    def __call__(self, *args):
+    def _lookup(self, args):
+        """(signature key, prepared plan or None or _FALLBACK); key None when only Taichi's own
+        path applies (another backend, a wrong argument count)."""
         backend = runtime.config().backend
-        if backend not in ("cpu", "cuda"):
-            return self.kernel(*args)
+        if backend not in ("cpu", "cuda") or len(args) != len(self._keyfns):
+            return None, None  # on a wrong argument count Taichi reports it
         _GPU[0] = backend == "cuda"
-        if len(args) != len(self._keyfns):
-            return self.kernel(*args)  # Taichi reports the wrong argument count
         key = (runtime.generation(), *[f(a) for f, a in zip(self._keyfns, args)])
-        plan = self._plans.get(key)
+        return key, self._plans.get(key)
+
+    def __call__(self, *args):
+        key, plan = self._lookup(args)
+        if key is None:
+            return self.kernel(*args)
         if plan is None or plan is _FALLBACK:
             self.kernel(*args)  # compiles, checks and launches through Taichi
             if plan is None:
@@ -73,12 +78,9 @@ class FastKernel:
         signature (dtype, dimensions, device) as the value that comes later, e.g. a backward
         pass prepared in its forward, where the host is less busy. None when the signature has
         no prepared launch yet (its first call goes through Taichi): launch normally then."""
-        backend = runtime.config().backend
-        if backend not in ("cpu", "cuda") or len(args) != len(self._keyfns) or late in self._templates:
+        if late in self._templates:
             return None
-        _GPU[0] = backend == "cuda"
-        key = (runtime.generation(), *[f(a) for f, a in zip(self._keyfns, args)])
-        plan = self._plans.get(key)
+        key, plan = self._lookup(args)
         if plan is None or plan is _FALLBACK:
             return None
         t_kernel, prog, setters = plan
