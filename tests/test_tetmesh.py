@@ -307,6 +307,14 @@ def test_pair_cavity_move_frees_a_cube_corner_capped_at_30_degrees():
     assert q1["max_dihedral"][star1].max() < 149.5
 
 
+def test_output_index_inverts_input_index_and_rejects_bad_maps():
+    np.testing.assert_array_equal(output_index(np.array([0, 2, 3, -1, -1]), 4), [0, -1, 1, 2])
+    for bad, n in ((np.array([0, 4]), 4), (np.array([1, 1]), 4), (np.array([-2, 0]), 4),
+                   (np.array([0.0, 1.0]), 4), (np.zeros((2, 2), int), 4)):
+        with pytest.raises(ValueError, match="input_index"):
+            output_index(bad, n)
+
+
 def test_pair_cavity_move_removes_an_input_vertex_capping_a_cube_edge():
     """A saved state of a run on the cube family where every vertex that caps the worst tets is
     an input vertex: two interior input vertices make three tets around a 90-degree boundary

@@ -566,7 +566,17 @@ class _Improver:
 
 
 def output_index(input_index: np.ndarray, n_input: int) -> np.ndarray:
-    """Per input vertex, its index in the output (-1: removed), from ``ImproveResult.input_index``."""
+    """Per input vertex, its index in the output (-1: removed), from ``ImproveResult.input_index``.
+
+    ValueError when ``input_index`` is not a 1D integer array of values in [-1, n_input) whose
+    non-negative entries are distinct."""
+    input_index = np.asarray(input_index)
+    if input_index.ndim != 1 or not np.issubdtype(input_index.dtype, np.integer):
+        raise ValueError(f"input_index: expected a 1D integer array, got shape {input_index.shape} "
+                         f"and dtype {input_index.dtype}")
+    kept_in = input_index[input_index >= 0]
+    if (input_index < -1).any() or (kept_in >= n_input).any() or len(np.unique(kept_in)) != len(kept_in):
+        raise ValueError(f"input_index: entries must be -1 or distinct indices below n_input={n_input}")
     out = -np.ones(n_input, np.int64)
     kept = np.flatnonzero(input_index >= 0)
     out[input_index[kept]] = kept
