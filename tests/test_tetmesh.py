@@ -272,6 +272,50 @@ def test_cavity_move_replaces_worst_tets_and_keeps_the_mesh():
     assert full.stats["boundary_crease_min_deg"] == pytest.approx(90.0, abs=1e-9)
 
 
+def test_smoothing_round_moves_an_independent_set_beyond_the_local_minima():
+    """One smoothing round: the movers share no edge (so no tet), each one gains, and the choice
+    fills in behind vertices that lost to a better-placed neighbour: some movers have a
+    neighbour that wanted to move first (a worse star) and did not, which a one-pass rule (only
+    the local minima of the priority move) never allows."""
+    import time
+
+    from tigeom._core import device as _device
+    from tigeom.tetmesh import _kernels as K
+    from tigeom.tetmesh.improve import _Improver
+
+    v, t = cube_mesh(3, 60, seed=0)
+    pinned = np.zeros(len(v), bool)
+    pinned[boundary_faces(t).ravel()] = True
+    run = _Improver(v, t, pinned, 4, None, time.perf_counter())
+    mov = run._movable()
+    args = run._smooth_args(mov)
+    x0 = _device.fetch(run.Vd, run.nv).copy()
+    run.K.smooth_round(run.Vd, *args)
+    gain, qv, E, vidx, state = (_device.fetch(a) for a in (args[6], args[7], args[10], args[11], args[12]))
+    x1 = _device.fetch(run.Vd, run.nv)
+    want = gain > K.SMOOTH_TOL
+    go = state == 2
+    assert go.sum() == int(_device.fetch(args[13])[0]) > 0
+    assert not (go & ~want).any()
+    moved = np.flatnonzero((x1 != x0).any(1))
+    np.testing.assert_array_equal(moved, np.sort(mov[go]))
+    i, j = vidx[E[:, 0]], vidx[E[:, 1]]
+    both = (i >= 0) & (j >= 0)
+    i, j = i[both], j[both]
+    assert not (go[i] & go[j]).any()  # independent
+    first = lambda a, b: (qv[a] < qv[b]) | ((qv[a] == qv[b]) & (a < b))  # noqa: E731
+    # every vertex that wanted to move and did not has a mover next to it (maximal on this mesh)
+    blocked_by_mover = np.zeros(len(mov), bool)
+    blocked_by_mover[j[go[i]]] = True
+    blocked_by_mover[i[go[j]]] = True
+    assert (go | ~want | blocked_by_mover).all()
+    # movers that a one-pass rule would have blocked: a wanting neighbour goes before them
+    preceded = np.zeros(len(mov), bool)
+    preceded[j[want[i] & want[j] & first(i, j)]] = True
+    preceded[i[want[i] & want[j] & first(j, i)]] = True
+    assert (go & preceded).sum() > 0
+
+
 def test_pair_cavity_move_frees_a_cube_corner_capped_at_30_degrees():
     """A saved state of a run on the cube family (vertices from index n_input on were inserted):
     at a cube corner, an input vertex and an inserted one share the corner's star, so each of

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("input", help="mesh file holding 'tetra' cells (.vtu, .vtk, .msh, .mesh)")
     m.add_argument("output", help="output mesh file (format from the suffix)")
     m.add_argument("--arch", choices=["auto", "cpu", "cuda"], default="auto", help="Taichi arch")
-    m.add_argument("--max-sweeps", type=int, default=40, help="upper bound on improvement sweeps")
+    m.add_argument("--max-sweeps", type=int, default=30, help="upper bound on improvement sweeps")
     m.add_argument("--target", type=float, default=None,
                    help="stop once every dihedral angle is in [TARGET, 180 - TARGET] degrees (e.g. 30)")
     m.add_argument("--no-insert", action="store_true", help="no vertex insertion or cavity moves")
