@@ -1020,6 +1020,28 @@ def _smooth_apply(V: ti.template(), movable: ti.template(), newpos: ti.template(
 
 
 @ti.kernel
+def star_edge_lengths(V: nd_f64_2, T: nd_i32_2, ptr: nd_i32, vt: nd_i32, movable: nd_i32, vidx: nd_i32,
+                      hlen: nd_f64):
+    """Per movable vertex v (``vidx[v]`` gets its index i): ``hlen[i]``, the mean length of the
+    edges at v over the tets of its star (an edge counts once per tet that holds it), summed in
+    the star's order."""
+    for i in range(movable.shape[0]):
+        v = movable[i]
+        vidx[v] = i
+        pv = _pt(V, v)
+        s = ti.f64(0.0)
+        n = 0
+        for j in range(ptr[v], ptr[v + 1]):
+            t = vt[j]
+            for k in ti.static(range(4)):
+                u = T[t, k]
+                if u != v:
+                    s += (_pt(V, u) - pv).norm()
+                    n += 1
+        hlen[i] = s / ti.max(n, 1)
+
+
+@ti.kernel
 def smooth_round(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable: nd_i32, hlen: nd_f64,
                  newpos: nd_f64_2, gain: nd_f64, qv: nd_f64, iters: ti.i32, dirty: nd_i32, E: nd_i32_2, vidx: nd_i32,
                  state: nd_i32, moved: nd_i32):

@@ -319,9 +319,10 @@ class _Improver:
         return self._ctx
 
     def _edges(self):
+        """(E, etet, ne) on the device (:meth:`MeshTopology.edge_arrays`), kept with the mesh state."""
         ctx = self._mesh_state()
         if "edges" not in ctx:
-            ctx["edges"] = ctx["topo"].edges()
+            ctx["edges"] = ctx["topo"].edge_arrays()
         return ctx["edges"]
 
     # ----------------------------------------------------------------- smoothing
@@ -336,30 +337,32 @@ class _Improver:
         mask[:self.n_in] &= self.free_in != 0
         return np.flatnonzero(mask).astype(np.int32)
 
-    def _half_lengths(self, mov):
-        """Mean length of the edges at each movable vertex (the ascent's step scale)."""
-        E, _ = self._edges()
-        V = _device.fetch(self.Vd, self.nv)  # once per sweep: numpy's norm keeps the step sizes bit-stable
-        el = np.linalg.norm(V[E[:, 0]] - V[E[:, 1]], axis=1)
-        Ed = _device.upload(E.astype(np.int32))
-        deg = np.bincount(E.ravel(), minlength=self.nv)
-        hl = np.bincount(E.ravel(), weights=np.repeat(el, 2), minlength=self.nv) / np.maximum(deg, 1)
-        vidx = -np.ones(self.nv, np.int32)
-        vidx[mov] = np.arange(len(mov), dtype=np.int32)
-        return Ed, _device.upload(vidx), _device.upload(hl[mov])
+    def _half_lengths(self, mov_d, k: int):
+        """(E, vidx, hl) on the device: the edges, each vertex's index among the ``k`` movable
+        ones ``mov_d`` (-1 for the others), and the ascent's step scale per movable vertex: the
+        mean length of the edges at it over the tets of its star, summed in star order (so the
+        same on every run, unlike a sum by atomics)."""
+        Ed, _etet, _ne = self._edges()
+        topo = self._mesh_state()["topo"]
+        vidx = _device.empty((self.nv,), np.int32)
+        vidx.fill(-1)
+        hl = _device.empty((k,), np.float64)
+        self.K.star_edge_lengths(self.Vd, self.Td, topo.ptr, topo.vt, mov_d, vidx, hl)
+        return Ed, vidx, hl
 
     def _smooth_args(self, mov) -> tuple:
         """The arguments of ``smooth_round`` after the vertices, for the movable vertices ``mov``:
         (T, vt_ptr, vt, movable, hlen, newpos, gain, qv, iters, dirty, E, vidx, state, moved),
         with every star dirty (new)."""
         topo = self._mesh_state()["topo"]
-        Ed, vidx_d, hl_d = self._half_lengths(mov)
         k = len(mov)
+        mov_d = _device.upload(mov)
+        Ed, vidx_d, hl_d = self._half_lengths(mov_d, k)
         newpos = _device.empty((k, 3), np.float64)
         gain, qv = _device.empty((k,), np.float64), _device.empty((k,), np.float64)
         dirty, state = _device.empty((k,), np.int32), _device.empty((k,), np.int32)
         dirty.fill(1)  # every star is new; later rounds re-propose only where a star changed
-        return (self.Td, topo.ptr, topo.vt, _device.upload(mov), hl_d, newpos, gain, qv, self.smooth_iters, dirty,
+        return (self.Td, topo.ptr, topo.vt, mov_d, hl_d, newpos, gain, qv, self.smooth_iters, dirty,
                 Ed, vidx_d, state, _device.empty((1,), np.int32))
 
     def smooth(self, rounds: int) -> int:
@@ -404,9 +407,7 @@ class _Improver:
         return added
 
     def _edge_scratch(self):
-        E, etet = self._edges()
-        ne = len(E)
-        Ed, etd = _device.upload(E.astype(np.int32)), _device.upload(etet.astype(np.int32))
+        Ed, etd, ne = self._edges()
         ctets = _device.empty((ne, self.K.MAXRING), np.int32)
         cn = _device.empty((ne,), np.int32)
         key = _device.empty((ne,), np.int64)

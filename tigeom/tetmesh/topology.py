@@ -125,8 +125,10 @@ class MeshTopology:
             raise ValueError("tets: a face is shared by more than two tets (the mesh is not a manifold)")
         return nb
 
-    def edges(self) -> tuple[np.ndarray, np.ndarray]:
-        """Unique edges (a < b), sorted, and for each the lowest-numbered tet holding it (host)."""
+    def edge_arrays(self):
+        """(E (ne, 2), etet (ne,), ne): the unique edges (a < b) as device arrays, each with the
+        lowest-numbered tet holding it, in the order of that tet and then of its local edges
+        (so the same connectivity always gives the same order), without a host round trip."""
         n6 = 6 * self.m
         own = _device.empty((n6,), np.int32)
         _edge_owner(self.Td, self.ptr, self.vt, own)
@@ -136,6 +138,11 @@ class MeshTopology:
         E = _device.empty((ne, 2), np.int32)
         etet = _device.empty((ne,), np.int32)
         _edge_emit(self.Td, own, slot, E, etet)
+        return E, etet, ne
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unique edges (a < b), sorted, and for each the lowest-numbered tet holding it (host)."""
+        E, etet, ne = self.edge_arrays()
         E, etet = _device.fetch(E, ne), _device.fetch(etet, ne)
         order = np.argsort(row_keys(E, self.nv), kind="stable")
         return E[order], etet[order]
