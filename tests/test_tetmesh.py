@@ -316,6 +316,29 @@ def test_smoothing_round_moves_an_independent_set_beyond_the_local_minima():
     assert (go & preceded).sum() > 0
 
 
+def test_a_run_continues_while_fewer_tets_sit_at_the_worst(monkeypatch):
+    """The stopping rule: a sweep that leaves the worst quality where it was but fewer tets at it
+    (a plateau being worked off, as three tets around each cube edge cap the worst at 30
+    degrees) is progress; STALL_SWEEPS sweeps without either end the run."""
+    from tigeom.tetmesh import improve as imp
+
+    script = [(0.40, 9)] + [(0.5, n) for n in (40, 30, 20, 10, 10, 10, 10, 10, 10, 10)] + [(0.6, 1)]
+    calls = []
+
+    def fake_sweep(self, rounds, insert, best, stalled=False):
+        q, near = script[len(calls)]
+        calls.append(stalled)
+        return {"min_sine": q, "near_worst": near, "tets": self.m, "vertices": self.nv, "smooth_moves": 0,
+                "splits": 0, "seconds": 0.0}
+
+    monkeypatch.setattr(imp._Improver, "sweep", fake_sweep)
+    v, t = cube_mesh(3, 20, seed=0)
+    out = improve_tets(v, t, max_sweeps=len(script))
+    # 0.40, then 0.5 with 40 -> 10 tets at it (progress four times), then STALL_SWEEPS without
+    assert len(out.history) == 1 + 4 + imp.STALL_SWEEPS
+    assert calls[:6] == [False] * 6 and all(calls[6:])  # the wide cavity band after a sweep without progress
+
+
 def test_pair_cavity_move_frees_a_cube_corner_capped_at_30_degrees():
     """A saved state of a run on the cube family (vertices from index n_input on were inserted):
     at a cube corner, an input vertex and an inserted one share the corner's star, so each of

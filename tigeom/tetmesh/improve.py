@@ -59,7 +59,8 @@ SMOOTH_ROUNDS = 6  # smoothing passes per sweep (each moves a nearly maximal ind
 ACTIVE_SINE = 0.6  # smoothing moves the vertices of tets whose quality is below this (~37 deg)
 CAV_BAND = 0.01  # cavity moves start from the tets within this much of the worst quality (sine)
 FLIP_ROUNDS = 12  # at most this many rounds of flips per sweep (until a round applies none)
-STALL_SWEEPS = 4  # the run stops after this many sweeps in a row that do not raise the worst quality
+STALL_SWEEPS = 4  # the run stops after this many sweeps in a row without progress (see _Improver.sweeps)
+NEAR_WORST = 1e-5  # tets within this much (sine) of the worst count as at the worst, for progress
 CREEP = 3e-4  # a sweep that raises the worst sine by less than this inserts vertices, as a stalled one does
 
 
@@ -529,16 +530,22 @@ class _Improver:
             csplit = self.cavity(below if stalled else min(below, qmin + CAV_BAND))
             self.counts["cavity_moves"] += csplit
             split += fsplit + csplit
-            qmin = min_value(self.qualities(), self.m)
-        return {"min_sine": qmin, "tets": self.m, "vertices": self.nv, "smooth_moves": n_s, "splits": split,
+            q = _device.fetch(self._mesh_state()["qd"], self.m)  # the next sweep's state too
+            qmin = float(q.min())
+        return {"min_sine": qmin, "near_worst": int((q < qmin + NEAR_WORST).sum()), "tets": self.m,
+                "vertices": self.nv, "smooth_moves": n_s, "splits": split,
                 "seconds": round(time.perf_counter() - self.t0, 3)}
 
     def sweeps(self, max_sweeps: int, rounds: int, insert: bool, progress: bool, callback,
                stop_sine: float = 2.0) -> list[dict]:
-        """Sweeps until the worst quality stops rising for two sweeps, reaches ``stop_sine``, or the
-        limits."""
+        """Sweeps until the worst quality stops making progress for STALL_SWEEPS sweeps, reaches
+        ``stop_sine``, or the limits. Progress is a rise of the worst quality, or, at the same
+        worst, fewer tets within NEAR_WORST of it: on a plateau (three tets around each cube edge
+        cap the worst at exactly 30 degrees) each move that frees one such edge is progress, and
+        the worst rises only once the last one is freed."""
         history: list[dict] = []
         best = min_value(self.qualities(), self.m)
+        near = None
         stall = 0
         with progress_bar(progress, max_sweeps, "improve_tets") as advance:
             for sweep in range(max_sweeps):
@@ -552,8 +559,12 @@ class _Improver:
                 advance(f"improve_tets min sine {qmin:.3f}")
                 if self.out_of_time():
                     break
-                if qmin > best + 1e-6:
-                    best = qmin
+                rose = qmin > best + 1e-6
+                fewer = near is not None and entry["near_worst"] < near
+                if rose or fewer or near is None:
+                    near = entry["near_worst"]
+                best = max(best, qmin)
+                if rose or fewer:
                     stall = 0
                 else:
                     stall += 1
