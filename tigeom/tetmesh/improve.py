@@ -8,7 +8,7 @@ Each sweep runs, as Taichi kernels over the whole mesh:
    two on one edge, worse stars first, chosen in a few priority rounds) is applied; up to 6 such
    passes per sweep. Taking only the local minima of the priority moved about 8 vertices a
    pass out of about 400 that could, and left the test family near 33 degrees after 40 sweeps;
-   the fuller set reaches 33-35 in 30;
+   the fuller set reaches 31-36 in 30;
 2. topological passes until none applies: 2-3 flips of interior faces and removal of interior
    edges with 3..7 tets around them (3-2 and 4-4 flips are the n = 3, 4 cases; the best
    triangulation of the ring is chosen among all of them);
@@ -17,7 +17,8 @@ Each sweep runs, as Taichi kernels over the whole mesh:
    compass search on the worst of its new tets). The face split frees a tet whose three other
    faces lie on the boundary: no smoothing, flip or edge split can change such a tet.
    Then cavity moves: from each tet within 0.01 (in sine) of the worst, from the star of one
-   of its free vertices, or from the stars of two of them, a cavity of up to 32 tets grown greedily across its worst face,
+   of its free vertices, or from the stars of two of them, a cavity of up to 32 tets grown
+   greedily across its worst face,
    replaced by its boundary faces joined to one vertex (a new one, or the star's vertex
    relocated, the pair's other vertex then removed), placed by compass search. They lift
    worst tets that are local optima of every single move above (a vertex serving two surface
@@ -30,8 +31,9 @@ moves act on interior faces and edges only, boundary vertices never move) stay a
 Moves that touch a common tet are resolved by priority (the worst replaced tet first, an atomic
 claim per tet), so the worst elements improve first and every pass is parallel. The mesh stays on
 the device for the whole run; between passes the vertex stars, face adjacency and edge list are
-rebuilt by kernels (:mod:`.topology`) and the tets are compacted by a scan; the host sorts the
-edges.
+rebuilt by kernels (:mod:`.topology`) and the tets are compacted by a scan. The edge list keeps
+the order the kernels emit it in (by owner tet, then local edge), which is deterministic and
+fixes the priority order of edge moves.
 
 The quality is the smallest dihedral sine of a tet (see ``_kernels``): it penalises small and
 large angles alike, and a mesh whose every tet has quality >= 0.5 has every dihedral angle
@@ -238,8 +240,8 @@ class _Improver:
     """The mesh on the device for the whole run: vertices ``Vd`` (nv, 3) float64 and tets ``Td``
     (m, 4) int32 kernel arrays. A pass builds its scratch on the device, applies the winning
     moves there and compacts the tets there; what comes back to the host per pass is a few
-    counts, the per-tet qualities once per smoothing and per sweep, and the edge list (sorted on
-    the host by int64 key, which fixes the priority order of edge moves)."""
+    counts, and the per-tet qualities (with the tets, once per smoothing) to choose the movable
+    vertices and the insertion thresholds."""
 
     EPS = 1e-9
 
