@@ -612,11 +612,11 @@ def _cavity_seed(M: ti.template(), c):
       fits in STARCAV tets (w is then relocated: the move is a smoothing of w that may also
       change its connectivity);
     - mode 5 + k (k < 6) seeds the stars of two vertices of t that may move, its edge k
-      (:func:`_pair`) with w the first end and u the second, when their union fits in MAXCAV tets: w is
-      relocated and u removed, the collapse of the edge (u, w) with w placed anew. Two nearby
-      interior vertices can block each other: at a cube corner, two of them made three tets
-      around each of the corner's boundary edges, which caps their angle at 30 degrees, and
-      neither could move alone to reach two.
+      (:func:`_pair`) with w the first end and u the second, when their union fits in MAXCAV
+      tets: w is relocated and u removed, the collapse of the edge (u, w) with w placed anew.
+      Two nearby interior vertices can block each other: at a cube corner, two of them made
+      three tets around each of the corner's boundary edges, which caps their angle at 30
+      degrees, and neither could move alone to reach two.
     ``free`` is 0 for vertices that may not move, 1 for input vertices that may, 2 for inserted
     ones. Returns (C, n, w, start): n = 0 when there is no candidate, w = -1 for a new vertex."""
     V, T, ptr, vt, free, bad = ti.static(M[0], M[1], M[4], M[5], M[6], M[7])
@@ -899,7 +899,7 @@ def _smooth_propose(V: ti.template(), T: ti.template(), vt_ptr: ti.template(), v
                 cur = ql
                 x = cen
         for _it in range(iters):
-            # gradients (forward differences) of the tets within 1e-3 of the worst, up to 6
+            # gradients (central differences) of the tets within 1e-3 of the worst, up to 6
             grads = ti.Matrix.zero(ti.f64, 6, 3)
             na = 0
             fd = ti.f64(1e-7) * h
@@ -952,11 +952,6 @@ def _smooth_propose(V: ti.template(), T: ti.template(), vt_ptr: ti.template(), v
 
 
 @ti.func
-def _smooth_wants(gain: ti.template(), i):
-    return gain[i] > SMOOTH_TOL
-
-
-@ti.func
 def _smooth_first(qv: ti.template(), i, j):
     """Whether vertex i's move goes before j's: the worse star first, then the lower index."""
     return qv[i] < qv[j] or (qv[i] == qv[j] and i < j)
@@ -973,7 +968,7 @@ def _smooth_select(E: ti.template(), vidx: ti.template(), gain: ti.template(), q
     about 400 that wanted to on the test family). ``state``: 0 undecided, 1 out, 2 in, 3
     undecided but preceded this round."""
     for i in range(state.shape[0]):
-        state[i] = 0 if _smooth_wants(gain, i) else 1
+        state[i] = 0 if gain[i] > SMOOTH_TOL else 1
     for _r in ti.static(range(SELECT_ROUNDS)):
         for e in range(E.shape[0]):
             i, j = vidx[E[e, 0]], vidx[E[e, 1]]
