@@ -130,7 +130,7 @@ def measures(V: nd_f64_2, T: nd_i32_2, out: nd_f64_2, dih: nd_f64_2):
 # --------------------------------------------------------------------------- improvement
 
 MAXRING = 8  # tets around an edge that an edge removal (n <= 7) or a split (n <= 8) may touch
-MAXCAV = 32  # tets a cavity move may replace
+MAXCAV = 40  # tets a cavity move may replace (at 32, pairs of stars of 34 and more held cube-edge caps)
 STARCAV = 20  # largest vertex star a cavity move seeds with
 CAV_ROUNDS = 48  # compass rounds of a cavity move (14 steps each; each evaluation grows a cavity)
 CAV_MODES = 11  # cavity candidates per bad tet (see _cavity_seed)

@@ -17,7 +17,7 @@ Each sweep runs, as Taichi kernels over the whole mesh:
    compass search on the worst of its new tets). The face split frees a tet whose three other
    faces lie on the boundary: no smoothing, flip or edge split can change such a tet.
    Then cavity moves: from each tet within 0.01 (in sine) of the worst, from the star of one
-   of its free vertices, or from the stars of two of them, a cavity of up to 32 tets grown
+   of its free vertices, or from the stars of two of them, a cavity of up to 40 tets grown
    greedily across its worst face,
    replaced by its boundary faces joined to one vertex (a new one, or the star's vertex
    relocated, the pair's other vertex then removed), placed by compass search. They lift
