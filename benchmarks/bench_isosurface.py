@@ -103,7 +103,7 @@ def bench_device(vals: np.ndarray, repeat: int) -> dict:
     t_fwd = best(fwd, repeat)
     res = m.run(vd, shape, 0.0, org, spc, sweep, S)
     V = res["V"]
-    g = _device.upload(np.random.default_rng(0).standard_normal((V, 3)).astype(np.float32))
+    g = _device.upload(np.random.default_rng(0).standard_normal(V * 3).astype(np.float32))  # (V, 3), flat
     vmax = _device.upload(np.array([np.abs(vals).max()], np.float32))
     strides = _device.upload(np.array([shape[1] * shape[2], shape[2], 1], np.int32))
     spc_d = _device.upload(spc.astype(np.float32))
@@ -111,7 +111,7 @@ def bench_device(vals: np.ndarray, repeat: int) -> dict:
 
     def vjp():
         out.fill(0)
-        K.vertex_vjp(flat, res["vedge"], V, g, strides, spc_d, 3, 0.0, 1e-6, vmax, out)
+        K.vertex_vjp(flat, res["vedge"], V, g, 3, 1, strides, spc_d, 3, 0.0, 1e-6, vmax, out)
         ti.sync()
 
     vjp()

@@ -41,7 +41,7 @@ def device_internal(host: np.ndarray, h: float):
     m = iso._marcher(3)
     spc, org = np.full(3, h), np.full(3, -1.0)
     V = m.run(vals, shape, 0.0, org, spc, sweep, S)["V"]
-    ones = dev.upload(np.ones((V, 3), host.dtype))
+    ones = dev.upload(np.ones(V * 3, host.dtype))  # (V, 3), flat
     vmax = dev.upload(np.array([np.abs(host).max()], host.dtype))
     strides = dev.upload(np.array([shape[1] * shape[2], shape[2], 1], np.int32))
     spc_d = dev.upload(spc.astype(host.dtype))
@@ -50,7 +50,7 @@ def device_internal(host: np.ndarray, h: float):
     def fb():
         r = m.run(vals, shape, 0.0, org, spc, sweep, S)
         out.fill(0)
-        K.vertex_vjp(flat, r["vedge"], r["V"], ones, strides, spc_d, 3, 0.0, 1e-6, vmax, out)
+        K.vertex_vjp(flat, r["vedge"], r["V"], ones, 3, 1, strides, spc_d, 3, 0.0, 1e-6, vmax, out)
 
     return fb
 

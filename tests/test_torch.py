@@ -145,6 +145,25 @@ def test_backward_prepared_in_the_forward_runs_once_per_graph():
     np.testing.assert_allclose(vals.grad.numpy(), 0.0, atol=1e-13)
 
 
+def test_broadcast_and_transposed_vertex_gradients_are_read_in_place():
+    """The vjp reads the incoming gradient through its strides: the broadcast gradient of a sum
+    (strides 0) and a transposed one give the numpy vjp of the same values."""
+    rng = np.random.default_rng(7)
+    vals, _ = _ellipsoid_grid(9)
+    vals = (vals + 0.01 * torch.as_tensor(rng.standard_normal(vals.shape))).requires_grad_(True)
+    ref = tigeom.marching_cubes(vals.detach().numpy(), 0.0, 0.25, -1.0)
+    for _ in range(2):  # the first call goes through Taichi, the second through the prepared launch
+        v, _f = tt.marching_cubes(vals, 0.0, 0.25, -1.0)
+        vals.grad = None
+        v.sum().backward()
+        np.testing.assert_allclose(vals.grad.numpy(), ref.vjp(np.ones(tuple(v.shape))), rtol=1e-13, atol=1e-13)
+        v, _f = tt.marching_cubes(vals, 0.0, 0.25, -1.0)
+        W = torch.as_tensor(rng.standard_normal((3, len(v))))
+        vals.grad = None
+        (v.T * W).sum().backward()  # the gradient reaching v is W.T, strides (1, V)
+        np.testing.assert_allclose(vals.grad.numpy(), ref.vjp(W.T.numpy()), rtol=1e-13, atol=1e-13)
+
+
 class Ball(torch.nn.Module):
     """s(x) = |x - c| - r: a distance field with parameters."""
 

@@ -134,6 +134,15 @@ def _extract_in_place(vals: torch.Tensor, plan: "_GridPlan"):
     return verts, vedge, elems
 
 
+def _strided(g: torch.Tensor):
+    """(the storage span of a (V, d) tensor as a contiguous 1-D view, its two element strides):
+    the vjp reads the gradient in place, so a broadcast one (the gradient of a sum has strides 0)
+    is never materialised."""
+    s0, s1 = g.stride()
+    span = 1 + (g.shape[0] - 1) * s0 + (g.shape[1] - 1) * s1
+    return g.as_strided((span,), (1,)), s0, s1
+
+
 _SCRATCH: dict = {}
 
 
@@ -198,13 +207,14 @@ class _Extract(torch.autograd.Function):
                 # the backward's work that does not need the incoming gradient, done here on the
                 # caller's thread (autograd runs the backward of CUDA tensors on a thread of its
                 # own, where the same host work takes longer): max |value| for the vjp's clamp, the
-                # zeroed gradient, and the vjp's launch with every argument but the gradient set
+                # zeroed gradient, and the vjp's launch with every argument but the gradient and
+                # its strides set
                 vmax = torch.linalg.vector_norm(vals, float("inf")).reshape(1)
                 out = torch.zeros(vals.shape, dtype=vals.dtype, device=vals.device)
                 if len(vedge):
                     launch = fast(_iso._kernels().vertex_vjp).bind(
-                        (vals.view(-1), vedge, int(vedge.shape[0]), verts, plan.strides, plan.spc, plan.dim,
-                         plan.level, plan.eps_rel, vmax, out.view(-1)), late=3)
+                        (vals.view(-1), vedge, int(vedge.shape[0]), verts.view(-1), plan.dim, 1, plan.strides,
+                         plan.spc, plan.dim, plan.level, plan.eps_rel, vmax, out.view(-1)), late=(3, 4, 5))
             ctx.direct = (vals, vedge, plan, vmax)
             ctx.prepared = (out, launch)  # used by the first backward only
             ctx.mark_non_differentiable(elems)
@@ -233,9 +243,9 @@ class _Extract(torch.autograd.Function):
             out = torch.zeros(vals.shape, dtype=vals.dtype, device=vals.device)
         n = int(vedge.shape[0])
         if n:
-            g = grad_verts.to(dtype=vals.dtype).contiguous()
-            if launch is None or not launch(g):
-                fast(_iso._kernels().vertex_vjp)(vals.view(-1), vedge, n, g, plan.strides, plan.spc, plan.dim,
+            g = _strided(grad_verts.to(dtype=vals.dtype))
+            if launch is None or not launch(*g):
+                fast(_iso._kernels().vertex_vjp)(vals.view(-1), vedge, n, *g, plan.strides, plan.spc, plan.dim,
                                                  plan.level, plan.eps_rel, vmax, out.view(-1))
         dtype, device = ctx.values_meta
         return (out if dtype == out.dtype else out.to(dtype)), None, None, None, None

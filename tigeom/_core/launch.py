@@ -72,33 +72,37 @@ class FastKernel:
         prog.launch_kernel(prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel), ctx)
         return None
 
-    def bind(self, args: tuple, late: int):
-        """A launch of this kernel with every argument but ``args[late]`` set now; the returned
-        function sets that one and launches, once. ``args[late]`` is a placeholder of the same
-        signature (dtype, dimensions, device) as the value that comes later, e.g. a backward
-        pass prepared in its forward, where the host is less busy. None when the signature has
-        no prepared launch yet (its first call goes through Taichi): launch normally then."""
-        if late in self._templates:
+    def bind(self, args: tuple, late):
+        """A launch of this kernel with every argument but those at the indices ``late`` (an int
+        or a tuple of ints) set now; the returned function takes those arguments, in that order,
+        sets them and launches, once. The ``args`` at ``late`` are placeholders of the same
+        signature (kind, dtype, dimensions, device) as the values that come later, e.g. a
+        backward pass prepared in its forward, where the host is less busy. None when the
+        signature has no prepared launch yet (its first call goes through Taichi): launch
+        normally then."""
+        late = (late,) if isinstance(late, int) else tuple(late)
+        if any(i in self._templates for i in late):
             return None
         key, plan = self._lookup(args)
         if plan is None or plan is _FALLBACK:
             return None
         t_kernel, prog, setters = plan
         ctx = t_kernel.make_launch_context()
-        late_slot = late_setter = None
+        slots = {}
         for slot, i, setter in setters:
-            if i == late:
-                late_slot, late_setter = slot, setter
+            if i in late:
+                slots[i] = (slot, setter)
             else:
                 setter(ctx, (slot,), args[i])
-        want = key[1 + late]
+        todo = [(slots[i][0], slots[i][1], key[1 + i]) for i in late]
 
-        def launch(value) -> bool:
-            """Launch with ``value`` as the late argument; False (nothing launched) when its
-            signature differs from the placeholder's."""
-            if _signature(value) != want:
+        def launch(*values) -> bool:
+            """Launch with ``values`` as the late arguments; False (nothing launched) when one's
+            signature differs from its placeholder's."""
+            if any(_signature(v) != want for v, (_s, _f, want) in zip(values, todo)):
                 return False
-            late_setter(ctx, (late_slot,), value)
+            for v, (slot, setter, _want) in zip(values, todo):
+                setter(ctx, (slot,), v)
             prog.launch_kernel(prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel), ctx)
             return True
 

@@ -473,14 +473,16 @@ def _totals(base: ti.template(), R, flags: ti.template(), out: ti.template()):
 # --------------------------------------------------------------------------------------------
 
 @ti.kernel
-def vertex_vjp(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, n: ti.i32, grad: ti.types.ndarray(ndim=2),
-               strides: nd_i32, spc: ti.types.ndarray(ndim=1), dim: ti.i32, level: float, eps_rel: float,
-               vmax: ti.types.ndarray(ndim=1), out: ti.types.ndarray(ndim=1)):
+def vertex_vjp(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, n: ti.i32, grad: ti.types.ndarray(ndim=1),
+               gs0: ti.i32, gs1: ti.i32, strides: nd_i32, spc: ti.types.ndarray(ndim=1), dim: ti.i32, level: float,
+               eps_rel: float, vmax: ti.types.ndarray(ndim=1), out: ti.types.ndarray(ndim=1)):
     """out[node] += d(sum_v g_v . x_v)/d values[node] for each vertex's edge (A, B).
 
     x_v = x_A + t (x_B - x_A) along one axis, t = (level - a) / (b - a):
-    dt/da = (level - b) / (b - a)^2, dt/db = (a - level) / (b - a)^2. ``grad`` holds g (V, dim);
-    |b - a| is clamped below by eps_rel * max(1, vmax[0]) (vmax: max |values|). Vertices 0..n-1.
+    dt/da = (level - b) / (b - a)^2, dt/db = (a - level) / (b - a)^2. g_v[k] is
+    ``grad[v * gs0 + k * gs1]`` (element strides: a broadcast gradient, such as the one of a sum,
+    is read in place, with strides 0); |b - a| is clamped below by eps_rel * max(1, vmax[0])
+    (vmax: max |values|). Vertices 0..n-1.
     """
     eps = eps_rel * ti.max(1.0, vmax[0])
     for v in range(n):
@@ -493,7 +495,7 @@ def vertex_vjp(vflat: ti.types.ndarray(ndim=1), vedge: nd_i64, n: ti.i32, grad: 
         d = b - a
         if ti.abs(d) < eps:
             d = eps if d >= 0 else -eps
-        coef = grad[v, axis] * spc[axis] / (d * d)
+        coef = grad[v * gs0 + axis * gs1] * spc[axis] / (d * d)
         out[fa] += coef * (level - b)
         out[fb] += coef * (a - level)
 

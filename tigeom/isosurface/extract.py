@@ -242,10 +242,10 @@ def extract_kernel_array(vals, shape: tuple, level: float, spacing: np.ndarray, 
 def grid_vjp(vflat, shape: tuple, vmax, vedge, grad_vertices, spacing: np.ndarray, level: float, out,
              small=None, n: int | None = None) -> None:
     """Add ``d(sum(grad_vertices * vertices)) / d values`` into ``out``: the flat grid values
-    ``vflat``, ``out``, ``vedge`` (V,) int64 and ``grad_vertices`` (V, d) in the runtime's real
-    dtype are kernel-ready arrays (numpy, Taichi ndarrays or torch tensors on the runtime's
-    device); ``vmax`` is max |values| (it scales the clamp of tiny edge differences), a float or
-    a one-element kernel array. ``small`` turns the small constant arrays into kernel arrays
+    ``vflat`` and ``out`` in the runtime's real dtype and ``vedge`` (V,) int64 are kernel-ready
+    arrays (numpy, Taichi ndarrays or torch tensors on the runtime's device), ``grad_vertices``
+    (V, d) a numpy array or a contiguous tensor there; ``vmax`` is max |values| (it scales the
+    clamp of tiny edge differences), a float or a one-element kernel array. ``small`` turns the small constant arrays into kernel arrays
     (default: Taichi ndarrays). ``n``: the first n vertices (default: all of ``vedge``)."""
     n = int(vedge.shape[0]) if n is None else int(n)
     if n == 0:
@@ -260,9 +260,11 @@ def grid_vjp(vflat, shape: tuple, vmax, vedge, grad_vertices, spacing: np.ndarra
     if isinstance(vedge, np.ndarray):
         vedge = _device.upload(np.ascontiguousarray(vedge, np.int64))
     if isinstance(grad_vertices, np.ndarray):
-        grad_vertices = _device.upload(np.ascontiguousarray(grad_vertices, rdt))
-    fast(_kernels().vertex_vjp)(vflat, vedge, n, grad_vertices, small(strides), small(np.asarray(spacing).astype(rdt)),
-                          dim, level, eps_rel, vmax, out)
+        grad_vertices = _device.upload(np.ascontiguousarray(grad_vertices, rdt).ravel())
+    else:  # a contiguous tensor (V, d)
+        grad_vertices = grad_vertices.reshape(-1)
+    fast(_kernels().vertex_vjp)(vflat, vedge, n, grad_vertices, dim, 1, small(strides),
+                                small(np.asarray(spacing).astype(rdt)), dim, level, eps_rel, vmax, out)
 
 
 def _extract(values, level, spacing, origin, dim: int, name: str, layout):
