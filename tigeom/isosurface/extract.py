@@ -245,8 +245,9 @@ def grid_vjp(vflat, shape: tuple, vmax, vedge, grad_vertices, spacing: np.ndarra
     ``vflat`` and ``out`` in the runtime's real dtype and ``vedge`` (V,) int64 are kernel-ready
     arrays (numpy, Taichi ndarrays or torch tensors on the runtime's device), ``grad_vertices``
     (V, d) a numpy array or a contiguous tensor there; ``vmax`` is max |values| (it scales the
-    clamp of tiny edge differences), a float or a one-element kernel array. ``small`` turns the small constant arrays into kernel arrays
-    (default: Taichi ndarrays). ``n``: the first n vertices (default: all of ``vedge``)."""
+    clamp of tiny edge differences), a float or a one-element kernel array. ``small`` turns the
+    small constant arrays into kernel arrays (default: Taichi ndarrays). ``n``: the first n
+    vertices (default: all of ``vedge``)."""
     n = int(vedge.shape[0]) if n is None else int(n)
     if n == 0:
         return
