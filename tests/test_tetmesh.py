@@ -332,6 +332,7 @@ def test_a_run_continues_while_fewer_tets_sit_at_the_worst(monkeypatch):
                 "splits": 0, "seconds": 0.0}
 
     monkeypatch.setattr(imp._Improver, "sweep", fake_sweep)
+    monkeypatch.setattr(imp._Improver, "escape", lambda self, qmin: None)  # no plateau escape here
     v, t = cube_mesh(3, 20, seed=0)
     out = improve_tets(v, t, max_sweeps=len(script))
     # 0.40, then 0.5 with 40 -> 10 tets at it (progress four times), then STALL_SWEEPS without
@@ -519,3 +520,4 @@ def test_smoothing_options_are_checked(kw):
 
 def test_top_level_names():
     assert tigeom.tet_quality is tet_quality and tigeom.improve_tets is improve_tets
+

@@ -769,13 +769,15 @@ def _cavity_keeps(T: ti.template(), C: ti.template(), n, R: ti.template(), nf, f
 @ti.kernel
 def cavity_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ptr: nd_i32, vt: nd_i32, free: nd_i32,
                       bad: nd_i32, ctets: nd_i32_2, cn: nd_i32, cpos: nd_f64_2, crel: nd_i32, rows: nd_i32,
-                      key: nd_i64, eps: ti.f64, below: ti.f64):
+                      key: nd_i64, eps: ti.f64, below: ti.f64, pair_eps: ti.f64):
     """CAV_MODES candidates per tet in ``bad`` (:func:`_cavity_seed`): a vertex position x (compass
     search) and the greedy cavity around it that gains most (:func:`_cavity`), whose tets are
     replaced by its faces joined to x, when that beats the worst tet it replaces. ``rows`` gets
     the number of rows the move appends (new tets minus cavity tets, at least 0), ``crel`` the
     relocated vertex or -1. Generalises the face split (a cavity of two tets) and the smoothing
-    (a vertex star) for worst tets that no single flip, smoothing or split can raise."""
+    (a vertex star) for worst tets that no single flip, smoothing or split can raise. A pair
+    candidate (modes 5-10) must gain more than ``pair_eps`` instead of ``eps``: a negative one
+    lets an edge collapse lose that much, the escape from a plateau (see improve.py)."""
     for c in range(key.shape[0]):
         key[c] = -1
         cn[c] = 0
@@ -789,7 +791,7 @@ def cavity_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ptr: nd
                            + (pd - pb).norm() + (pd - pc).norm()) / 6.0
             x, gain = _compass_max(_cavity_gain, start, step, M, c, CAV_ROUNDS, 14)
             C, n, gain = _cavity(x, M, c)
-            if gain > eps:
+            if gain > (eps if c % CAV_MODES < 5 else pair_eps):
                 R, nf = _cavity_faces(T, nb, C, n, -1)
                 if _cavity_keeps(T, C, n, R, nf, free, w):
                     cn[c] = n

@@ -64,6 +64,10 @@ FLIP_ROUNDS = 12  # at most this many rounds of flips per sweep (until a round a
 STALL_SWEEPS = 4  # the run stops after this many sweeps in a row without progress (see _Improver.sweeps)
 NEAR_WORST = 1e-5  # tets within this much (sine) of the worst count as at the worst, for progress
 CREEP = 3e-4  # a sweep that raises the worst sine by less than this inserts vertices, as a stalled one does
+ESCAPE_CREEP = 3  # sweeps in a row that raise the worst sine by less than CREEP before an escape
+ESCAPE_BAND = 1e-3  # an escape's pair moves start from the tets within this much (sine) of the worst
+ESCAPE_DROP = 0.15  # and may lower the worst of the tets they replace by this much (sine)
+MAX_ESCAPES = 2  # escapes per run
 
 
 @dataclass
@@ -265,7 +269,8 @@ class _Improver:
         tab, tab_off = _triangulation_table(7)
         self.tab_d, self.tab_off_d = _device.upload(tab), _device.upload(tab_off)
         self.counts = {"smooth_moves": 0, "flip23": 0, "edge_removal": 0, "splits": 0, "face_splits": 0,
-                       "cavity_moves": 0}
+                       "cavity_moves": 0, "escapes": 0, "escapes_undone": 0}
+        self._best = None  # (worst quality, state, counts) kept by an escape
         self._ctx = None  # topology, adjacency, qualities and edges of the current mesh, built lazily
 
     # ----------------------------------------------------------------- helpers
@@ -459,10 +464,11 @@ class _Improver:
                             lambda Vb, Tb, win, off, voff: self.K.face_split_apply(Vb, Tb, nbd, win, cpos, off,
                                                                                     self.m, voff, self.nv))
 
-    def cavity(self, below: float) -> int:
+    def cavity(self, below: float, pair_eps: float | None = None) -> int:
         """Cavity moves around each tet below quality ``below``: up to MAXCAV tets replaced by the
         cavity's faces joined to a new vertex, or to a relocated free vertex whose star seeded the
-        cavity. Returns the number of moves."""
+        cavity. ``pair_eps``: the gain a pair's move (an edge collapse) must beat, EPS unless
+        given (negative: the move may lose that much). Returns the number of moves."""
         ctx = self._mesh_state()
         nbd, qd, topo = ctx["nbd"], ctx["qd"], ctx["topo"]
         bad = np.flatnonzero(_device.fetch(qd, self.m) < below).astype(np.int32)
@@ -477,7 +483,8 @@ class _Improver:
         key = _device.empty((nc,), np.int64)
         cpos = _device.empty((nc, 3), np.float64)
         self.K.cavity_candidates(self.Vd, self.Td, nbd, qd, topo.ptr, topo.vt, _device.upload(free),
-                                 _device.upload(bad), ctets, cn, cpos, crel, rows, key, self.EPS, below)
+                                 _device.upload(bad), ctets, cn, cpos, crel, rows, key, self.EPS, below,
+                                 self.EPS if pair_eps is None else pair_eps)
         return self._insert(ctets, cn, key, nc, 4,
                             lambda Vb, Tb, win, off, voff: self.K.cavity_apply(Vb, Tb, nbd, win, ctets, cn, cpos, crel,
                                                                                 off, self.m, voff, self.nv), rows)
@@ -548,7 +555,7 @@ class _Improver:
         history: list[dict] = []
         best = min_value(self.qualities(), self.m)
         near = None
-        stall = 0
+        stall = creep = 0
         with progress_bar(progress, max_sweeps, "improve_tets") as advance:
             for sweep in range(max_sweeps):
                 if self.out_of_time() or best >= stop_sine:
@@ -563,16 +570,58 @@ class _Improver:
                     break
                 rose = qmin > best + 1e-6
                 fewer = near is not None and entry["near_worst"] < near
+                creep = creep + 1 if qmin <= best + CREEP else 0
                 if rose or fewer or near is None:
                     near = entry["near_worst"]
                 best = max(best, qmin)
-                if rose or fewer:
-                    stall = 0
-                else:
-                    stall += 1
-                    if stall >= STALL_SWEEPS:
-                        break
+                stall = 0 if rose or fewer else stall + 1
+                if insert and (creep >= ESCAPE_CREEP or stall >= STALL_SWEEPS):
+                    low = self.escape(qmin)
+                    if low is not None:  # progress is measured from the state the escape left
+                        best, near, stall, creep = low, None, 0, 0
+                if stall >= STALL_SWEEPS:
+                    break
+        self.restore_best()
         return history
+
+    # ----------------------------------------------------------------- plateau escape
+
+    def _copy_state(self) -> tuple:
+        V = _device.empty((self.nv, 3), np.float64)
+        T = _device.empty((self.m, 4), np.int32)
+        copy_rows(self.Vd, V, self.nv)
+        copy_rows(self.Td, T, self.m)
+        return V, T, self.nv, self.m
+
+    def escape(self, qmin: float) -> float | None:
+        """The way off a plateau that every improving move has left: the pair moves (edge
+        collapses with the kept vertex placed anew) seeded by the tets within ESCAPE_BAND of the
+        worst may lose up to ESCAPE_DROP. Three tets around a 90-degree boundary edge cap the
+        worst at 30 degrees; when their two interior vertices sit close to the edge, no
+        collapse gains, but one that loses a little leaves two tets there, and the sweeps that
+        follow raise what it lost. The state before the first escape, or any better one, is
+        kept and restored at the end when the run did not beat it (:meth:`restore_best`). At
+        most MAX_ESCAPES per run. Returns the new worst quality, or None when no move applied."""
+        if self.counts["escapes"] >= MAX_ESCAPES or self.out_of_time():
+            return None
+        if self._best is None or qmin > self._best[0]:
+            self._best = (qmin, self._copy_state(), dict(self.counts))
+        moved = self.cavity(qmin + ESCAPE_BAND, pair_eps=-ESCAPE_DROP)
+        if moved == 0:
+            return None
+        self.counts["escapes"] += 1
+        self.counts["cavity_moves"] += moved
+        return min_value(self._mesh_state()["qd"], self.m)
+
+    def restore_best(self) -> None:
+        """Back to the state kept by :meth:`escape` when the mesh now is worse than it."""
+        if self._best is None:
+            return
+        qmin = min_value(self._mesh_state()["qd"], self.m)
+        if qmin < self._best[0]:
+            (self.Vd, self.Td, self.nv, self.m), counts = self._best[1], self._best[2]
+            self.counts.update(counts, escapes=self.counts["escapes"], escapes_undone=1)
+            self._ctx = None
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(vertices, tets, input_index) on the host, without the vertices that moves removed:
