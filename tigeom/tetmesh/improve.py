@@ -24,6 +24,9 @@ Each sweep runs, as Taichi kernels over the whole mesh:
    worst tets that are local optima of every single move above (a vertex serving two surface
    triangles at a crease, a cap whose best apex needs different neighbours, two vertices that
    leave three tets around each boundary edge at a cube corner).
+4. on a plateau (three sweeps that barely raise the worst, or a stall): an escape, pair moves
+   at the worst tets that may lose up to 0.15 in sine, at most twice a run; the best state
+   seen before is restored at the end if the run does not beat it.
 
 A move is kept only if it raises the worst quality of the tets it replaces, so no tet is ever
 made worse than the worst it replaced, none can invert, and the boundary faces (never touched:
