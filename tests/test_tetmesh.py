@@ -375,6 +375,41 @@ def test_pair_cavity_move_frees_a_cube_corner_capped_at_30_degrees():
     assert q1["max_dihedral"][star1].max() < 149.5
 
 
+def test_plateau_escape_may_lose_and_the_state_before_it_is_restored():
+    """Once a run has ended on its plateau, the pair moves near the worst that gain are spent; an
+    escape applies ones that lose at most ESCAPE_DROP (sine). The mesh stays valid and changes,
+    its worst drops by no more than that, and ``restore_best`` brings back the state from before
+    the escape exactly, counting the undo. A run takes at most MAX_ESCAPES."""
+    import time
+
+    import tigeom.tetmesh.improve as imp
+
+    v, t = cube_mesh(2, 20, seed=0)
+    bf = boundary_faces(t)
+    pinned = np.zeros(len(v), bool)
+    pinned[bf.ravel()] = True
+    run = imp._Improver(v, t, pinned, 4, None, time.perf_counter())
+    run.sweeps(200, 4, True, False, None)
+    assert run.counts["escapes"] <= imp.MAX_ESCAPES
+    run.counts["escapes"], run._best = 0, None  # a fresh budget on the finished state
+    q0 = imp.min_value(run._mesh_state()["qd"], run.m)
+    V0, T0, _ = run.result()
+    low = run.escape(q0)
+    assert low is not None and q0 - imp.ESCAPE_DROP <= low < q0, (q0, low)
+    V1, T1, src1 = run.result()
+    imp._verify(v, V1, T1, src1, bf, float(signed_volumes(v, t).sum()), pinned)  # RuntimeError if broken
+    assert len(V1) != len(V0) or not np.array_equal(T1, T0)
+    assert tet_quality(V1, T1)["min_dihedral"].min() < tet_quality(V0, T0)["min_dihedral"].min()
+    run.restore_best()
+    V2, T2, _ = run.result()
+    np.testing.assert_array_equal(V2, V0)
+    np.testing.assert_array_equal(T2, T0)
+    assert run.counts["escapes"] == 1 and run.counts["escapes_undone"] == 1
+    for _ in range(imp.MAX_ESCAPES):
+        run.escape(q0)
+    assert run.counts["escapes"] == imp.MAX_ESCAPES and run.escape(q0) is None
+
+
 def test_output_index_inverts_input_index_and_rejects_bad_maps():
     np.testing.assert_array_equal(output_index(np.array([0, 2, 3, -1, -1]), 4), [0, -1, 1, 2])
     for bad, n in ((np.array([0, 4]), 4), (np.array([1, 1]), 4), (np.array([-2, 0]), 4),
