@@ -410,6 +410,28 @@ def test_plateau_escape_may_lose_and_the_state_before_it_is_restored():
     assert run.counts["escapes"] == imp.MAX_ESCAPES and run.escape(q0) is None
 
 
+def test_worst_below_caps_the_cavity_seeds_to_the_worst():
+    """A stalled sweep seeds cavity moves from the tets below a threshold; on a large mesh only
+    the WIDE_SEEDS worst of them (ties by index), in index order."""
+    from tigeom.tetmesh.improve import worst_below
+
+    q = np.array([0.5, 0.1, 0.3, 0.1, 0.9, 0.2, 0.3])
+    np.testing.assert_array_equal(worst_below(q, 0.4, 10), [1, 2, 3, 5, 6])
+    np.testing.assert_array_equal(worst_below(q, 0.4, 3), [1, 3, 5])
+    np.testing.assert_array_equal(worst_below(q, 0.4, 4), [1, 2, 3, 5])  # 0.3 at 2 before 0.3 at 6
+    assert worst_below(q, 0.05, 3).dtype == np.int32 and len(worst_below(q, 0.05, 3)) == 0
+
+
+def test_history_marks_escapes_and_times_the_phases():
+    v, t = cube_mesh(6, 400, seed=1)  # its run sits at a 30-degree cube-edge cap and escapes once
+    out = improve_tets(v, t)
+    assert all(set(h["phase_seconds"]) == {"smooth", "flips", "insert"} for h in out.history)
+    assert all(min(h["phase_seconds"].values()) >= 0 for h in out.history)
+    marked = [h for h in out.history if "escape_min_sine" in h]
+    assert len(marked) == out.stats["escapes"] >= 1
+    assert all(h["escape_min_sine"] < h["min_sine"] for h in marked)  # an escape may lose
+
+
 def test_output_index_inverts_input_index_and_rejects_bad_maps():
     np.testing.assert_array_equal(output_index(np.array([0, 2, 3, -1, -1]), 4), [0, -1, 1, 2])
     for bad, n in ((np.array([0, 4]), 4), (np.array([1, 1]), 4), (np.array([-2, 0]), 4),

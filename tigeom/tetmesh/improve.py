@@ -25,8 +25,9 @@ Each sweep runs, as Taichi kernels over the whole mesh:
    triangles at a crease, a cap whose best apex needs different neighbours, two vertices that
    leave three tets around each boundary edge at a cube corner).
 4. on a plateau (three sweeps that barely raise the worst, or a stall): an escape, pair moves
-   at the worst tets that may lose up to 0.15 in sine, at most twice a run; the best state
-   seen before is restored at the end if the run does not beat it.
+   at the worst tets that may lose up to 0.25 in sine, at most four times a run; the best
+   state seen before is restored at the end if the run does not beat it. A stalled sweep's
+   cavity moves start from at most the 4,096 worst tets.
 
 A move is kept only if it raises the worst quality of the tets it replaces, so no tet is ever
 made worse than the worst it replaced, none can invert, and the boundary faces (never touched:
@@ -69,8 +70,9 @@ NEAR_WORST = 1e-5  # tets within this much (sine) of the worst count as at the w
 CREEP = 3e-4  # a sweep that raises the worst sine by less than this inserts vertices, as a stalled one does
 ESCAPE_CREEP = 3  # sweeps in a row that raise the worst sine by less than CREEP before an escape
 ESCAPE_BAND = 1e-3  # an escape's pair moves start from the tets within this much (sine) of the worst
-ESCAPE_DROP = 0.15  # and may lower the worst of the tets they replace by this much (sine)
-MAX_ESCAPES = 2  # escapes per run
+ESCAPE_DROP = 0.25  # and may lower the worst of the tets they replace by this much (sine)
+MAX_ESCAPES = 4  # escapes per run
+WIDE_SEEDS = 4096  # a stalled sweep's cavity moves start from at most this many of the worst tets
 
 
 @dataclass
@@ -148,6 +150,15 @@ def _face_parity(tet, k) -> int:
 
 
 # --------------------------------------------------------------------------- driver
+
+
+def worst_below(q: np.ndarray, below: float, cap: int) -> np.ndarray:
+    """Indices of the entries of ``q`` below ``below``, at most ``cap`` of them: the smallest,
+    ties broken by the lower index; ascending, int32."""
+    idx = np.flatnonzero(q < below)
+    if len(idx) > cap:
+        idx = np.sort(idx[np.lexsort((idx, q[idx]))[:cap]])
+    return idx.astype(np.int32)
 
 
 def _check_fixed(fixed, n: int) -> np.ndarray:
@@ -474,7 +485,7 @@ class _Improver:
         given (negative: the move may lose that much). Returns the number of moves."""
         ctx = self._mesh_state()
         nbd, qd, topo = ctx["nbd"], ctx["qd"], ctx["topo"]
-        bad = np.flatnonzero(_device.fetch(qd, self.m) < below).astype(np.int32)
+        bad = worst_below(_device.fetch(qd, self.m), below, WIDE_SEEDS)
         if len(bad) == 0:
             return 0
         free = np.full(self.nv, 2, np.int32)  # 2: inserted (may move and be removed)
@@ -526,10 +537,13 @@ class _Improver:
         """Smoothing, flips and, when the worst quality stalled, insertion: the history entry.
         Cavity moves start from the tets within CAV_BAND of the worst, or, after a sweep that did
         not raise the worst (``stalled``), from all the tets the splits start from."""
+        t0 = time.perf_counter()
         n_s = self.smooth(rounds)
         self.counts["smooth_moves"] += n_s
+        t1 = time.perf_counter()
         self.flips()
         q = _device.fetch(self._mesh_state()["qd"], self.m)
+        t2 = time.perf_counter()
         qmin = float(q.min())
         split = 0
         if insert and qmin <= best + CREEP and not self.out_of_time():
@@ -546,7 +560,9 @@ class _Improver:
             qmin = float(q.min())
         return {"min_sine": qmin, "near_worst": int((q < qmin + NEAR_WORST).sum()), "tets": self.m,
                 "vertices": self.nv, "smooth_moves": n_s, "splits": split,
-                "seconds": round(time.perf_counter() - self.t0, 3)}
+                "seconds": round(time.perf_counter() - self.t0, 3),
+                "phase_seconds": {"smooth": round(t1 - t0, 4), "flips": round(t2 - t1, 4),
+                                  "insert": round(time.perf_counter() - t2, 4)}}
 
     def sweeps(self, max_sweeps: int, rounds: int, insert: bool, progress: bool, callback,
                stop_sine: float = 2.0) -> list[dict]:
@@ -565,11 +581,11 @@ class _Improver:
                     break
                 entry = {"sweep": sweep, **self.sweep(rounds, insert, best, stall > 0)}
                 history.append(entry)
-                if callback is not None:
-                    callback(entry)
                 qmin = entry["min_sine"]
                 advance(f"improve_tets min sine {qmin:.3f}")
                 if self.out_of_time():
+                    if callback is not None:
+                        callback(entry)
                     break
                 rose = qmin > best + 1e-6
                 fewer = near is not None and entry["near_worst"] < near
@@ -582,6 +598,9 @@ class _Improver:
                     low = self.escape(qmin)
                     if low is not None:  # progress is measured from the state the escape left
                         best, near, stall, creep = low, None, 0, 0
+                        entry["escape_min_sine"] = low
+                if callback is not None:
+                    callback(entry)
                 if stall >= STALL_SWEEPS:
                     break
         self.restore_best()
