@@ -74,6 +74,24 @@ def step_time(n: int, repeats: int = 5) -> dict:
             **{k: float(np.median(v)) for k, v in parts.items()}}
 
 
+def wdt_time(n: int, repeats: int = 5) -> dict:
+    """DMesh's "wdt" probabilities (a weighted Delaunay triangulation of the points, then the
+    probabilities of the candidates): the first call, which compiles the kernels not yet in
+    Taichi's offline cache (run with an empty ``TI_OFFLINE_CACHE_FILE_PATH`` to include them
+    all), and the median warm call."""
+    rng = np.random.default_rng(0)
+    real = sampling.torus_samples(n, rng=rng)
+    pts = np.concatenate([real, rng.uniform(real.min(0), real.max(0), (n // 2, 3))])
+    reals = np.r_[np.ones(n), np.zeros(n // 2)]
+    t = time.perf_counter()
+    m = dmesh.DMesh(pts, reals, method="wdt")  # its refresh triangulates: the first call
+    m.probabilities()
+    tigeom.runtime.sync()
+    first = time.perf_counter() - t
+    warm = [_synced(m.probabilities)[1] for _ in range(repeats)]
+    return {"points": len(pts), "candidates": len(m.faces), "first_s": first, "warm_ms": float(np.median(warm))}
+
+
 def accuracy() -> list[dict]:
     rows = []
     for name in ("B", "i", "&"):
@@ -100,9 +118,16 @@ def main():
     ap.add_argument("--arch", default="cpu")
     ap.add_argument("--precision", default="f32")
     ap.add_argument("--accuracy", action="store_true")
+    ap.add_argument("--wdt", type=int, default=0, metavar="N",
+                    help='only time the "wdt" probabilities on N torus samples (first call and warm)')
     a = ap.parse_args()
     cfg = tigeom.init(arch=a.arch, precision=a.precision)
     print(f"machine: {platform.processor() or platform.machine()}, backend {cfg.backend}, {a.precision}")
+    if a.wdt:
+        r = wdt_time(a.wdt)
+        print(f"wdt: {r['points']} points, {r['candidates']} candidates: first call (refresh + probabilities) "
+              f"{r['first_s']:.1f} s, warm probabilities {r['warm_ms']:.1f} ms")
+        return
     cols = ("points", "candidates", "likely", "step_ms", "probs", "chamfer", "chamfer_vjp", "probs_vjp",
             "optimize_ms", "refresh_ms")
     print(" ".join(f"{c:>11}" for c in cols) + f" {'vs DMesh 800 ms @1e5':>21}")

@@ -221,3 +221,28 @@ def _setter(needed, a):
     # on its symbolic sizes
     return lambda ctx, idx, v: ctx.set_arg_external_array_with_shape(idx, v.data_ptr(), v.element_size() * v.nelement(),
                                                                       tuple(v.shape), 0)
+
+
+def light_compile(kernel):
+    """``kernel`` (a ``@ti.kernel`` function) compiled without Taichi's advanced IR optimisation.
+
+    For large kernels Taichi's own IR passes, not LLVM, take most of the first call: the 3D
+    power-cell kernel took 25-34 s to compile with them (CPU and CUDA) and 2 s without, with the
+    same results and warm times within noise (docs/benchmarks.md). Taichi reads the setting
+    when it compiles a kernel and keys both of its caches by the kernel, so the switch is set
+    only around this kernel's launches and every other kernel keeps the full optimisation."""
+    import functools
+
+    from taichi.lang import impl
+
+    @functools.wraps(kernel)  # keeps _primal, grad and the wrapped-kernel marks
+    def launch(*args, **kwargs):
+        cfg = impl.current_cfg()
+        before = cfg.advanced_optimization
+        cfg.advanced_optimization = False
+        try:
+            return kernel(*args, **kwargs)
+        finally:
+            cfg.advanced_optimization = before
+
+    return launch

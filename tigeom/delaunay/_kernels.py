@@ -21,6 +21,7 @@ that disagree are recomputed with exact rational arithmetic (see ``delaunay._exa
 import taichi as ti
 
 from .._core.gridfuncs import sorted_insert
+from .._core.launch import light_compile
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
@@ -594,6 +595,7 @@ def _clip2(P: ti.template(), W: ti.template(), i, pi, j, w, n, cur, planes: ti.t
     return n, cur, st
 
 
+@light_compile
 @ti.kernel
 def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res: nd_i32,
             start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, prm: nd_f64,
@@ -862,6 +864,7 @@ def _emit_cell3(P: ti.template(), W: ti.template(), i, w, nt, tri: ti.template()
     return cnt, slot, left
 
 
+@light_compile
 @ti.kernel
 def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res: nd_i32,
             start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, prm: nd_f64,
@@ -1262,6 +1265,7 @@ def _wrap_prune(best, tb, bound, tbound):
     return pb, tp
 
 
+@light_compile
 @ti.kernel
 def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32, out: nd_i32,
               glo: nd_f64, res: nd_i32, start: nd_i32, order: nd_i32, prm: nd_f64,
