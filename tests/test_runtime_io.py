@@ -139,3 +139,46 @@ def test_fast_launch_matches_taichi_and_falls_back_where_it_must():
     for _ in range(2):
         launch(xg.detach(), 2.0, 1, 5, yt)
     np.testing.assert_array_equal(yt.numpy(), 2.0 * x + 1)
+
+
+def test_light_compile_switches_off_ir_optimisation_only_around_its_kernel():
+    """``_core.launch.light_compile`` compiles (and launches) its kernel with Taichi's advanced IR
+    optimisation off and restores the setting afterwards, also when the call raises; the
+    triangulation's cell and gift-wrap kernels use it."""
+    import taichi as ti
+    from taichi.lang import impl
+
+    from tigeom._core.launch import light_compile
+    from tigeom.delaunay import _kernels as K
+
+    tigeom.init(arch=ARCH, precision="f64")
+    cfg = impl.current_cfg
+    seen = []
+
+    @light_compile
+    def probe(fail=False):
+        seen.append(cfg().advanced_optimization)
+        if fail:
+            raise RuntimeError("boom")
+
+    assert cfg().advanced_optimization
+    probe()
+    with pytest.raises(RuntimeError, match="boom"):
+        probe(fail=True)
+    assert seen == [False, False] and cfg().advanced_optimization
+
+    @light_compile
+    @ti.kernel
+    def double(x: ti.types.ndarray(ndim=1)):
+        for i in x:
+            x[i] *= 2.0
+
+    x = np.arange(4.0)
+    double(x)
+    double(x)
+    np.testing.assert_array_equal(x, 4 * np.arange(4.0))
+    assert cfg().advanced_optimization and double._is_wrapped_kernel
+    for name in ("cells2d", "cells3d", "gift_wrap"):
+        assert getattr(K, name).__wrapped__._is_wrapped_kernel, name
+    tri = tigeom.weighted_delaunay(np.random.default_rng(0).random((50, 3)))
+    assert len(tri.simplices) > 0 and cfg().advanced_optimization

@@ -227,10 +227,11 @@ def light_compile(kernel):
     """``kernel`` (a ``@ti.kernel`` function) compiled without Taichi's advanced IR optimisation.
 
     For large kernels Taichi's own IR passes, not LLVM, take most of the first call: the 3D
-    power-cell kernel took 25-34 s to compile with them (CPU and CUDA) and 2 s without, with the
-    same results and warm times within noise (docs/benchmarks.md). Taichi reads the setting
-    when it compiles a kernel and keys both of its caches by the kernel, so the switch is set
-    only around this kernel's launches and every other kernel keeps the full optimisation."""
+    power-cell kernel took 25-34 s to compile with them (CPU and CUDA) and 2-3 s without, with
+    the same results and warm times within noise (docs/benchmarks.md). Taichi reads the setting
+    when it compiles, keys its offline cache by it and keeps a compiled kernel for later
+    launches, so the switch is set only around this kernel's launches (and restored when they
+    raise), and every other kernel keeps the full optimisation."""
     import functools
 
     from taichi.lang import impl
