@@ -183,6 +183,58 @@ def test_duplicate_search_by_hashed_keys_equals_the_lexicographic_reference(d, m
     np.testing.assert_array_equal(tr._duplicates(p, w), tr._duplicates_exact(p, w))
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_device_duplicate_search_equals_the_lexicographic_reference(d, monkeypatch):
+    """The grid's duplicate search (each cell's points compared on the device, crowded cells
+    handed to the host) gives the reference mask: random points, a grid with repeated rows and
+    tied or random weights, signed zeros, every point in one cell, and with a cap of 2 points a
+    cell, so that many cells go to the host."""
+    from tigeom.delaunay import _kernels as K
+    from tigeom.delaunay import cells
+    from tigeom.delaunay import triangulation as tr
+
+    rng = np.random.default_rng(5)
+    g = np.stack(np.meshgrid(*[np.arange(-3.0, 4.0)] * d, indexing="ij"), -1).reshape(-1, d)
+    signed = rng.random((30, d))
+    signed[:10, 0] = 0.0
+    signed = np.concatenate([signed, signed[:10] * np.r_[-1.0, np.ones(d - 1)]])
+    one = np.repeat(rng.random((3, d)), [40, 30, 30], axis=0)[rng.permutation(100)]
+    cases = [rng.random((3000, d)), np.concatenate([g, g[::3], g[::5]]), signed, one]
+
+    def device_mask(p, w):
+        s = cells.prepare(K, p, w, tr._duplicates)
+        dup = np.ones(len(p), bool)
+        dup[s.live] = False
+        return dup
+
+    for cap in (K.TWIN_CAP, 2):
+        monkeypatch.setattr(K, "TWIN_CAP", cap)
+        for p in cases:
+            for w in (np.zeros(len(p)), np.round(rng.random(len(p)) * 2)):
+                np.testing.assert_array_equal(device_mask(p, w), tr._duplicates_exact(p, w))
+    assert device_mask(one, np.zeros(100)).sum() == 97
+
+
+def test_flatness_test_on_a_sample_agrees_with_the_full_one(monkeypatch):
+    """Above FLAT_SAMPLE points a strided sample may prove the points spread; when it cannot,
+    the full test decides: a line with one point off it outside the sample passes, a line with
+    noise far below 1e-12 of its length does not, spread points pass."""
+    from tigeom.delaunay import triangulation as tr
+
+    monkeypatch.setattr(tr, "FLAT_SAMPLE", 16)
+    rng = np.random.default_rng(6)
+    tr._check_spread(rng.random((400, 2)))
+    t = rng.random(400)
+    line = np.column_stack([t, 0.5 * t])
+    off = line.copy()
+    off[201] += [0.0, 0.3]  # 201 is not a multiple of the stride, 400 // 16 = 25: outside the sample
+    tr._check_spread(off)
+    with pytest.raises(ValueError, match="one line"):
+        tr._check_spread(line + 1e-15 * rng.random((400, 2)))
+    with pytest.raises(ValueError, match="at least 4 distinct"):
+        tr._check_spread(rng.random((3, 3)))
+
+
 def test_nearly_coplanar_and_nearly_collinear():
     rng = np.random.default_rng(2)
     p = rng.random((60, 3))

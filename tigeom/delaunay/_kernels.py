@@ -595,6 +595,33 @@ def _clip2(P: ti.template(), W: ti.template(), i, pi, j, w, n, cur, planes: ti.t
     return n, cur, st
 
 
+TWIN_CAP = 64  # grid_twins: cells holding more points than this go to the host's duplicate search
+
+
+@ti.kernel
+def grid_twins(P3: nd_f64_2, W: nd_f64, start: nd_i32, order: nd_i32, cap: ti.i32, dup: nd_i32):
+    """Duplicates among points sorted into a grid (every point, duplicates included): dup[i] = 1
+    when another point of i's cell has i's coordinates and beats it (a larger weight, or the same
+    weight and a smaller index), else 0; -1 for every point of a cell that holds more than ``cap``
+    points, which the host decides. Twins share a cell, since equal coordinates give equal cells."""
+    for f in range(start.shape[0] - 1):
+        s0 = start[f]
+        s1 = start[f + 1]
+        if s1 - s0 > cap:
+            for a in range(s0, s1):
+                dup[order[a]] = -1
+        else:
+            for a in range(s0, s1):
+                i = order[a]
+                hidden = 0
+                for b in range(s0, s1):
+                    j = order[b]
+                    if j != i and P3[j, 0] == P3[i, 0] and P3[j, 1] == P3[i, 1] and P3[j, 2] == P3[i, 2]:
+                        if W[j] > W[i] or (W[j] == W[i] and j < i):
+                            hidden = 1
+                dup[i] = hidden
+
+
 @light_compile
 @ti.kernel
 def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res: nd_i32,

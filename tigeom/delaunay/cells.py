@@ -13,7 +13,9 @@ import numpy as np
 
 from .. import runtime
 from .._core import device as _device
+from .._core.scan import sort_segments
 from ..spatial import build_grid, grid_params
+from ..spatial.grid import bounding_box
 from .assembly import CellLists
 from .exact import Exact, exact_cell
 
@@ -52,6 +54,7 @@ class CellSetup:
     order_d: object        # ... its point order (global indices), ...
     glo: object            # ... its origin (d,) ...
     res_d: object          # ... and resolution
+    box: tuple             # (lo, hi) (d,) of the live points
 
     @property
     def n(self) -> int:
@@ -62,18 +65,43 @@ class CellSetup:
         return self.pts.shape[1]
 
 
-def prepare(pts: np.ndarray, w: np.ndarray, dup: np.ndarray) -> CellSetup:
-    """Upload the points and sort the live ones into a uniform grid."""
+def prepare(K, pts: np.ndarray, w: np.ndarray, twins) -> CellSetup:
+    """Upload the points, find the duplicates and sort the live points into a uniform grid.
+
+    Duplicates are found on the device: every point goes into a grid, and ``K.grid_twins``
+    compares the points of each cell (twins share a cell). The points of cells that hold more
+    than ``K.TWIN_CAP`` points go to ``twins(pts, w)``, the host's search, instead. Without
+    duplicates that grid, its cells sorted, is the cell pass's grid; with some, the live points
+    get a grid of their own."""
     n, d = pts.shape
-    live = np.flatnonzero(~dup)
     p3 = np.zeros((n, 3))
     p3[:, :d] = pts
-    lo, h, res = grid_params(p3[live], 2.0 if d == 2 else 3.0)
     up = _device.upload
-    start, order_live = build_grid(up(p3[live]), len(live), up(lo), h, up(res))
-    order = live.astype(np.int32)[_device.fetch(order_live)]  # grid order, global indices
-    return CellSetup(pts, w, live, h, res, order, float(w[live].max()), up(pts), up(w), up(dup.astype(np.int32)),
-                     start, up(order), up(lo[:d].copy()), up(res))
+    per_cell = 2.0 if d == 2 else 3.0
+    lo, h, res = grid_params(p3, per_cell)
+    P3, Wd = up(p3), up(w)
+    start, order_d = build_grid(P3, n, up(lo), h, up(res), sort=False)
+    flag = _device.zeros((n,), np.int32)
+    K.grid_twins(P3, Wd, start, order_d, K.TWIN_CAP, flag)
+    flag = _device.fetch(flag)
+    dup = flag == 1
+    crowded = np.flatnonzero(flag < 0)
+    if len(crowded):
+        dup[crowded] = twins(pts[crowded], w[crowded])  # ascending indices: ties keep the smaller
+    if dup.any():
+        live = np.flatnonzero(~dup)
+        lo, h, res = grid_params(p3[live], per_cell)
+        start, order_live = build_grid(up(p3[live]), len(live), up(lo), h, up(res))
+        order = live.astype(np.int32)[_device.fetch(order_live)]  # grid order, global indices
+        order_d = up(order)
+        box = bounding_box(pts[live])
+    else:
+        live = np.arange(n)
+        sort_segments(start, order_d)  # as build_grid(sort=True) would
+        order = np.array(_device.fetch(order_d), dtype=np.int32)
+        box = bounding_box(pts)
+    return CellSetup(pts, w, live, h, res, order, float(w[live].max()), up(pts), Wd, up(dup.astype(np.int32)),
+                     start, order_d, up(lo[:d].copy()), up(res), box)
 
 
 def schedule(m: int, nw: int, gpu: bool) -> tuple[int, int, int]:
@@ -156,9 +184,9 @@ def certify(K, s: CellSetup, cells: CellLists, status_all: np.ndarray, box_lo, b
     """Recompute exactly the cells the kernels flagged (broken or overflowing) and, with
     ``check``, those that disagree with a neighbour, until all agree."""
     exact = Exact(s.pts, s.w)
-    live_pts = s.pts[s.live]
 
     def recompute(todo):
+        live_pts = s.pts[s.live]
         for i in sorted(todo):
             dist = ((live_pts - s.pts[i]) ** 2).sum(1)
             cand = s.live[np.argsort(dist, kind="stable")]
@@ -187,9 +215,9 @@ def certify(K, s: CellSetup, cells: CellLists, status_all: np.ndarray, box_lo, b
 def cell_pass(K, s: CellSetup, margin: float, check: bool, stats: dict, laps: Laps):
     """Clip, certify and assemble every cell inside the bounding box plus ``margin``:
     ``(simplices, face rows)`` (see :meth:`CellLists.assemble`)."""
-    box_lo = s.pts[s.live].min(0) - margin
-    box_hi = s.pts[s.live].max(0) + margin
-    ext = s.pts[s.live].max(0) - s.pts[s.live].min(0)
+    box_lo = s.box[0] - margin
+    box_hi = s.box[1] + margin
+    ext = s.box[1] - s.box[0]
     band = 1e-7 * float(ext.max() + 2 * margin)
     passes, status, count = clip_cells(K, s, box_lo, box_hi, band, stats)
     laps("cells")

@@ -26,6 +26,7 @@ from .. import runtime
 from .._core import device as _device
 from .._core.keys import decode_keys, row_keys, unique_keys
 from .._core.validate import as_array, as_points
+from ..spatial.grid import bounding_box
 from .cells import Laps, cell_pass, prepare
 from .hull import complete_hull, orient, wrap_boxes
 from .simplices import adjacency, orthocenters, signed_volumes
@@ -150,7 +151,8 @@ def unit_scale(pts: np.ndarray) -> float:
     the regular triangulation does not change when points scale by s and weights by s^2, so
     triangulating the scaled input gives the same simplices for any finite input scale, with
     every intermediate quantity of unit size."""
-    half = float((pts.max(axis=0) * 0.5 - pts.min(axis=0) * 0.5).max())  # halves: no overflow
+    lo, hi = bounding_box(pts)
+    half = float((hi * 0.5 - lo * 0.5).max())  # halves: no overflow
     if not half > 0.0:
         return 1.0
     _, e = np.frexp(half)  # half = m 2^e, m in [0.5, 1): the side is m 2^(e + 1)
@@ -158,8 +160,8 @@ def unit_scale(pts: np.ndarray) -> float:
 
 
 def _validate(points, weights):
-    """(points, weights, duplicate mask, scale): the input scaled by ``unit_scale`` (weights by
-    its square)."""
+    """(points, weights, scale): the input checked and scaled by ``unit_scale`` (weights by its
+    square). Duplicates and flatness are checked after the grid is built (``_check_spread``)."""
     pts = as_points(points, "points")
     n, d = pts.shape
     if weights is None:
@@ -176,16 +178,35 @@ def _validate(points, weights):
         if not np.isfinite(w).all():
             raise ValueError("weights: too large for the points' extent (a weight beyond about 1e300 times the "
                              "squared side of the points' bounding box)")
-    dup = _duplicates(pts, w)
-    uniq = pts[~dup]
-    if len(uniq) < d + 1:
-        raise ValueError(f"points: need at least {d + 1} distinct points in {d}D, got {len(uniq)}")
-    c = uniq - uniq.mean(0)
-    sv = np.linalg.svd(c, compute_uv=False)
+    return pts, w, scale
+
+
+FLAT_SAMPLE = 65536  # the flatness test looks at a strided sample of this many points first
+
+
+def _check_spread(uniq: np.ndarray) -> None:
+    """ValueError unless the distinct points ``uniq`` (M, d) number at least d + 1 and do not
+    all lie on one line (2D) or plane (3D): the smallest singular value of the centred points
+    must exceed 1e-12 times the largest.
+
+    Above FLAT_SAMPLE points a strided sample decides first: the full set's smallest singular
+    value is at least the sample's (its sum of squares along any direction only grows, and the
+    sample's own mean minimises the sample's part), and its largest is at most sqrt(M) times the
+    bounding box's diagonal. So a sample whose smallest value exceeds 1e-12 sqrt(M) times the
+    diagonal proves the full test passes; otherwise the full set is tested."""
+    m, d = uniq.shape
+    if m < d + 1:
+        raise ValueError(f"points: need at least {d + 1} distinct points in {d}D, got {m}")
+    if m > FLAT_SAMPLE:
+        smp = uniq[::m // FLAT_SAMPLE]
+        sv = np.linalg.svd(smp - smp.mean(0), compute_uv=False)
+        lo, hi = bounding_box(uniq)
+        if sv[-1] > 1e-12 * np.sqrt(m) * float(np.linalg.norm(hi - lo)):
+            return
+    sv = np.linalg.svd(uniq - uniq.mean(0), compute_uv=False)
     if sv[-1] <= 1e-12 * sv[0]:
         what = "one line" if d == 2 else "one plane"
         raise ValueError(f"points: all points lie on {what}; the triangulation would be degenerate")
-    return pts, w, dup, scale
 
 
 def _duplicates(pts: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -252,14 +273,15 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     Raises ValueError for a wrong shape or dimension, NaN/inf, weights of the wrong length,
     fewer than d + 1 distinct points, or all points on one line (2D) / plane (3D).
     """
-    pts, w, dup, scale = _validate(points, weights)
+    stats: dict = {"exact_cells": 0, "wrapped": 0, "retries": 0, "seconds": {}}
+    laps = Laps(stats)
+    pts, w, scale = _validate(points, weights)
     runtime.ensure_init()
     from . import _kernels as K
 
     n, d = pts.shape
-    stats: dict = {"exact_cells": 0, "wrapped": 0, "retries": 0, "seconds": {}}
-    laps = Laps(stats)
-    s = prepare(pts, w, dup)
+    s = prepare(K, pts, w, _duplicates)
+    _check_spread(pts if len(s.live) == n else pts[s.live])
     laps("setup")
     simplices, faces_rows = _cells_in_box(K, s, check, stats, laps)
     # hull completion: boundary faces of what the cells produced, wrapped outward
