@@ -143,8 +143,9 @@ def test_fast_launch_matches_taichi_and_falls_back_where_it_must():
 
 def test_light_compile_switches_off_ir_optimisation_only_around_its_kernel():
     """``_core.launch.light_compile`` compiles (and launches) its kernel with Taichi's advanced IR
-    optimisation off and restores the setting afterwards, also when the call raises; the
-    triangulation's cell and gift-wrap kernels use it."""
+    optimisation off and restores the setting afterwards, also when the call raises, on every
+    backend or only on the ones named; the triangulation's cell and gift-wrap kernels use it, and
+    the tet improver's three largest kernels on CUDA."""
     import taichi as ti
     from taichi.lang import impl
 
@@ -167,6 +168,13 @@ def test_light_compile_switches_off_ir_optimisation_only_around_its_kernel():
         probe(fail=True)
     assert seen == [False, False] and cfg().advanced_optimization
 
+    backend = runtime.config().backend
+    other = "cuda" if backend == "cpu" else "cpu"
+    for backends, light in (((backend,), True), ((other,), False)):
+        seen.clear()
+        light_compile(backends=backends)(probe.__wrapped__)()
+        assert seen == [not light] and cfg().advanced_optimization
+
     @light_compile
     @ti.kernel
     def double(x: ti.types.ndarray(ndim=1)):
@@ -180,5 +188,9 @@ def test_light_compile_switches_off_ir_optimisation_only_around_its_kernel():
     assert cfg().advanced_optimization and double._is_wrapped_kernel
     for name in ("cells2d", "cells3d", "gift_wrap"):
         assert getattr(K, name).__wrapped__._is_wrapped_kernel, name
+    from tigeom.tetmesh import _kernels as TK
+
+    for name in ("cavity_candidates", "smooth_round", "face_split_candidates"):  # light on CUDA only
+        assert getattr(TK, name).kernel.__wrapped__._is_wrapped_kernel, name
     tri = tigeom.weighted_delaunay(np.random.default_rng(0).random((50, 3)))
     assert len(tri.simplices) > 0 and cfg().advanced_optimization

@@ -223,21 +223,31 @@ def _setter(needed, a):
                                                                       tuple(v.shape), 0)
 
 
-def light_compile(kernel):
-    """``kernel`` (a ``@ti.kernel`` function) compiled without Taichi's advanced IR optimisation.
+def light_compile(kernel=None, *, backends=None):
+    """``kernel`` (a ``@ti.kernel`` function) compiled without Taichi's advanced IR optimisation,
+    on every backend or only on those named in ``backends`` (``("cuda",)``); use as
+    ``@light_compile`` or ``@light_compile(backends=...)`` above ``@ti.kernel``.
 
     For large kernels Taichi's own IR passes, not LLVM, take most of the first call: the 3D
     power-cell kernel took 25-34 s to compile with them (CPU and CUDA) and 2-3 s without, with
     the same results and warm times within noise (docs/benchmarks.md). Taichi reads the setting
     when it compiles, keys its offline cache by it and keeps a compiled kernel for later
     launches, so the switch is set only around this kernel's launches (and restored when they
-    raise), and every other kernel keeps the full optimisation."""
+    raise), and every other kernel keeps the full optimisation. Where the setting changes a
+    kernel's floating-point rounding on one backend (the CPU's, for the tet improver's), name
+    the backends where it does not."""
     import functools
 
     from taichi.lang import impl
 
+    if kernel is None:
+        return functools.partial(light_compile, backends=backends)
+    only = None if backends is None else frozenset(backends)
+
     @functools.wraps(kernel)  # keeps _primal, grad and the wrapped-kernel marks
     def launch(*args, **kwargs):
+        if only is not None and runtime.config().backend not in only:
+            return kernel(*args, **kwargs)
         cfg = impl.current_cfg()
         before = cfg.advanced_optimization
         cfg.advanced_optimization = False

@@ -13,7 +13,7 @@ sqrt(8) / 3 = 0.9428.
 
 import taichi as ti
 
-from .._core.launch import fast_module_kernels
+from .._core.launch import fast_module_kernels, light_compile
 
 nd_f64 = ti.types.ndarray(dtype=ti.f64, ndim=1)
 nd_f64_2 = ti.types.ndarray(dtype=ti.f64, ndim=2)
@@ -534,6 +534,7 @@ def _face_split_min(x, P, _n):
                                                                  tet_min_sine(pa, pc, x, pe))))
 
 
+@light_compile(backends=("cuda",))  # same output on CUDA; on the CPU its rounding changes
 @ti.kernel
 def face_split_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ctets: nd_i32_2, cn: nd_i32,
                           cpos: nd_f64_2, key: nd_i64, below: ti.f64, eps: ti.f64):
@@ -766,6 +767,7 @@ def _cavity_keeps(T: ti.template(), C: ti.template(), n, R: ti.template(), nf, f
     return kept
 
 
+@light_compile(backends=("cuda",))  # same output on CUDA; on the CPU its rounding changes
 @ti.kernel
 def cavity_candidates(V: nd_f64_2, T: nd_i32_2, nb: nd_i32_2, q: nd_f64, ptr: nd_i32, vt: nd_i32, free: nd_i32,
                       bad: nd_i32, ctets: nd_i32_2, cn: nd_i32, cpos: nd_f64_2, crel: nd_i32, rows: nd_i32,
@@ -1038,6 +1040,7 @@ def star_edge_lengths(V: nd_f64_2, T: nd_i32_2, ptr: nd_i32, vt: nd_i32, movable
         hlen[i] = s / ti.max(n, 1)
 
 
+@light_compile(backends=("cuda",))  # same output on CUDA; on the CPU its rounding changes
 @ti.kernel
 def smooth_round(V: nd_f64_2, T: nd_i32_2, vt_ptr: nd_i32, vt: nd_i32, movable: nd_i32, hlen: nd_f64,
                  newpos: nd_f64_2, gain: nd_f64, qv: nd_f64, iters: ti.i32, dirty: nd_i32, E: nd_i32_2, vidx: nd_i32,
