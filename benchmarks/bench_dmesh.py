@@ -9,6 +9,7 @@ CGAL, DMesh++ 282 s per 3D shape on an A10) are published figures, not rerun her
 reference code needs CUDA/CGAL builds this machine does not have.
 
     python benchmarks/bench_dmesh.py --sizes 1000 10000 100000 [--arch cuda] [--accuracy]
+    python benchmarks/bench_dmesh.py --arch cuda --wdt 100000   # the "wdt" first call and warm call
 """
 
 from __future__ import annotations
@@ -31,15 +32,19 @@ def _synced(fn):
     return out, 1e3 * (time.perf_counter() - t)
 
 
+def torus_points(n: int):
+    """(points, real values, the generator): n torus samples (real) and n / 2 uniform points in
+    their box (imaginary), seed 0; the generator continues the same stream."""
+    rng = np.random.default_rng(0)
+    real = sampling.torus_samples(n, rng=rng)
+    imag = rng.uniform(real.min(0), real.max(0), (n // 2, 3))
+    return np.concatenate([real, imag]), np.r_[np.ones(n), np.zeros(n // 2)], rng
+
+
 def step_time(n: int, repeats: int = 5) -> dict:
     """Median step time, its parts (each timed with a device sync, so they add up to a little more
     than the step) and the candidate refresh after a warm-up (the first build compiles)."""
-    rng = np.random.default_rng(0)
-    real = sampling.torus_samples(n, rng=rng)
-    lo, hi = real.min(0), real.max(0)
-    imag = rng.uniform(lo, hi, (n // 2, 3))
-    pts = np.concatenate([real, imag])
-    reals = np.r_[np.ones(n), np.zeros(n // 2)]
+    pts, reals, rng = torus_points(n)
     tg = losses.Targets(sampling.torus_samples(2 * n, rng=rng))
     m = dmesh.DMesh(pts, reals)
 
@@ -79,10 +84,7 @@ def wdt_time(n: int, repeats: int = 5) -> dict:
     probabilities of the candidates): the first call, which compiles the kernels not yet in
     Taichi's offline cache (run with an empty ``TI_OFFLINE_CACHE_FILE_PATH`` to include them
     all), and the median warm call."""
-    rng = np.random.default_rng(0)
-    real = sampling.torus_samples(n, rng=rng)
-    pts = np.concatenate([real, rng.uniform(real.min(0), real.max(0), (n // 2, 3))])
-    reals = np.r_[np.ones(n), np.zeros(n // 2)]
+    pts, reals, _ = torus_points(n)
     t = time.perf_counter()
     m = dmesh.DMesh(pts, reals, method="wdt")  # its refresh triangulates: the first call
     m.probabilities()
