@@ -477,3 +477,31 @@ def test_weights_too_large_for_the_extent_are_refused():
     p = np.random.default_rng(0).random((20, 2)) * 1e-200
     with pytest.raises(ValueError, match="weights: too large"):
         tigeom.weighted_delaunay(p, np.full(20, 1e300))
+
+
+def test_cpu_cell_pass_gives_every_thread_several_taichi_tasks(monkeypatch):
+    """Taichi's CPU backend splits a parallel loop into tasks of ``CPU_TASK`` iterations, so the
+    cell kernels' worker loop must be several tasks long per thread or a core sits idle."""
+    import os
+
+    from tigeom import runtime
+    from tigeom._core.launch import CPU_TASK
+    from tigeom.delaunay import cells
+
+    if runtime.on_gpu():
+        pytest.skip("the CPU schedule only")
+    seen = []
+    real = cells._launch
+
+    def spy(K, s, ids, nw, *rest):
+        seen.append((len(ids), nw))
+        return real(K, s, ids, nw, *rest)
+
+    monkeypatch.setattr(cells, "_launch", spy)
+    n = 4 * CPU_TASK * (os.cpu_count() or 1) + 100
+    p = np.random.default_rng(5).random((n, 2))
+    tri = tigeom.weighted_delaunay(p)
+    assert len(tri.simplices) > 0
+    ids, nw = seen[0]
+    assert ids == n
+    assert nw >= 2 * CPU_TASK * (os.cpu_count() or 1)

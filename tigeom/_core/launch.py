@@ -257,3 +257,19 @@ def light_compile(kernel=None, *, backends=None):
             cfg.advanced_optimization = before
 
     return launch
+
+
+# Taichi 1.7's CPU backend hands a parallel range-for to its threads in tasks of 512 iterations:
+# a range of 512 iterations or fewer runs on one thread, whatever ``ti.loop_config`` asks. A
+# kernel whose loop runs over a fixed number of workers (each with its own scratch) therefore
+# needs several times 512 workers per thread to keep every core busy; with 128 per core, the
+# Delaunay cell kernels ran on one of two cores.
+CPU_TASK = 512
+
+
+def cpu_workers(tasks_per_thread: int = 4) -> int:
+    """Workers for a per-worker CPU kernel: ``tasks_per_thread`` Taichi tasks for every thread, so
+    the threads balance the load between them."""
+    import os
+
+    return CPU_TASK * tasks_per_thread * max(os.cpu_count() or 1, 1)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import logging
-import os
 import time
 
 import numpy as np
 
 from .. import runtime
 from .._core import device as _device
+from .._core.launch import cpu_workers
 from .._core.scan import sort_segments
 from ..spatial import build_grid, grid_params
 from ..spatial.grid import bounding_box
@@ -151,7 +151,7 @@ def clip_cells(K, s: CellSetup, box_lo, box_hi, band: float, stats: dict):
     status = _device.zeros((n,), np.int32)
     count = _device.zeros((n,), np.int32)
     gpu = runtime.on_gpu()
-    nworkers = 65536 if gpu else 64 * max(os.cpu_count() or 1, 1)
+    nworkers = 65536 if gpu else cpu_workers()
     cap = 64 if d == 2 else 128
     chunk = 1 if gpu else 64  # rows a worker reserves per atomic (see _emit)
     bufcap = int((6.5 if d == 2 else 30.0) * len(s.live)) + 4096 + min(nworkers, len(s.live)) * chunk
