@@ -1133,9 +1133,11 @@ def cell_faces(lst: nd_i32_2, off: nd_i32, fout: nd_i32_2, foff: nd_i32, simp: n
 
 
 @ti.func
-def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), o, q, n, p0, cf, pow_f, scale,
+def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), sp, q, n, p0, cf, pow_f, scale,
                     best, tb, dim: ti.template()):
-    """Offer point q as the apex over face F (away from o); returns the updated (best, t_best)."""
+    """Offer point q as the apex over face F (sp: the orientation sign of F with its known
+    opposite vertex, q must get the other sign); returns the updated (best, t_best). The side is
+    certified with the orientation predicate only for a q that may beat the best so far."""
     pq = _pt(P, q, dim)
     side = n.dot(pq - p0)
     isface = False
@@ -1143,38 +1145,21 @@ def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), o, q, 
         if F[a] == q:
             isface = True
     if not isface and side > 1e-12 * ti.sqrt(scale):
-        # certify the side with the orientation predicate on input coordinates
-        u2 = ti.Vector.zero(ti.i32, dim + 1)
-        v2 = ti.Vector.zero(ti.i32, dim + 1)
-        for a in ti.static(range(dim)):
-            u2[a] = F[a]
-            v2[a] = F[a]
-        u2[dim] = q
-        v2[dim] = o
-        so = 0
-        sp = 0
-        for t in range(2):  # a runtime loop, not two calls: the predicate is inlined once
-            x = u2
-            if t == 1:
-                x = v2
-            xs, px = _sort_small(x, dim + 1)
-            sg = _sign_orient_sorted(P, xs, dim) * px
-            if t == 0:
-                so = sg
-            else:
-                sp = sg
-        if so != 0 and so != sp:
-            dq = cf - pq
-            tq = (dq.dot(dq) - W[q] - pow_f) / (2.0 * n.dot(pq - cf))
-            if best < 0:
-                best = q
-                tb = tq
-            else:
-                tol = 1e-9 * (ti.abs(tq) + ti.abs(tb) + ti.sqrt(scale))
-                if tq < tb - tol:
+        dq = cf - pq
+        tq = (dq.dot(dq) - W[q] - pow_f) / (2.0 * n.dot(pq - cf))
+        tol = 1e-9 * (ti.abs(tq) + ti.abs(tb) + ti.sqrt(scale))
+        if best < 0 or tq <= tb + tol:
+            u2 = ti.Vector.zero(ti.i32, dim + 1)
+            for a in ti.static(range(dim)):
+                u2[a] = F[a]
+            u2[dim] = q
+            xs, px = _sort_small(u2, dim + 1)
+            so = _sign_orient_sorted(P, xs, dim) * px
+            if so != 0 and so != sp:
+                if best < 0 or tq < tb - tol:
                     best = q
                     tb = tq
-                elif tq <= tb + tol:
+                else:
                     # near tie: does q lie inside the power sphere of (face, best)?
                     S = ti.Vector.zero(ti.i32, dim)
                     for a in ti.static(range(dim - 1)):
@@ -1184,6 +1169,17 @@ def _wrap_candidate(P: ti.template(), W: ti.template(), F: ti.template(), o, q, 
                         best = q
                         tb = tq
     return best, tb
+
+
+@ti.func
+def _face_side(P: ti.template(), F: ti.template(), o, dim: ti.template()):
+    """Orientation sign of the face F (d points) with the point o (0 when uncertain)."""
+    v = ti.Vector.zero(ti.i32, dim + 1)
+    for a in ti.static(range(dim)):
+        v[a] = F[a]
+    v[dim] = o
+    vs, pv = _sort_small(v, dim + 1)
+    return _sign_orient_sorted(P, vs, dim) * pv
 
 
 WRAP_B = 4  # cells (blocks) per edge of a block (superblock) of the wrap search's box hierarchy
@@ -1361,6 +1357,7 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
             cf3[a] = cf[a]
         best = -1
         tb = _f64(0.0)
+        sp = _face_side(P, F, opp[fi], dim)
         bound, tbound = _wrap_bound(P, W, skip, start, order, _cell_of(cf, lo, h, r3, dim), r3, n, p0, cf, pow_f,
                                     scale, dim)
         for sx, sy, sz in ti.ndrange(sres[0], sres[1], sres[2]):
@@ -1380,7 +1377,7 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
                                                 for sidx in range(start[f], start[f + 1]):
                                                     q = order[sidx]
                                                     if skip[q] == 0:
-                                                        best, tb = _wrap_candidate(P, W, F, opp[fi], q, n, p0, cf,
+                                                        best, tb = _wrap_candidate(P, W, F, sp, q, n, p0, cf,
                                                                                    pow_f, scale, best, tb, dim)
         out[fi] = best
 
