@@ -1017,16 +1017,17 @@ def row_slots(lst: nd_i32_2, off: nd_i32, own: nd_i32, nface: nd_i32, dim: ti.te
 
 
 @ti.func
-def _contains(lst: ti.template(), off: ti.template(), cell, v: ti.template(), m: ti.template()):
-    """Whether cell's list (rows off[cell] .. off[cell+1]) holds the sorted tuple v."""
-    found = False
+def _find_row(lst: ti.template(), off: ti.template(), cell, v: ti.template(), m: ti.template()):
+    """The row of cell's list (rows off[cell] .. off[cell+1]) that holds the sorted tuple v; -1 if none."""
+    found = -1
     row = off[cell]
-    while row < off[cell + 1] and not found:
+    while row < off[cell + 1] and found < 0:
         same = True
         for a in ti.static(range(m)):
             if lst[row, a] != v[a]:
                 same = False
-        found = same
+        if same:
+            found = row
         row += 1
     return found
 
@@ -1046,11 +1047,10 @@ def _seen_from(S: ti.template(), i, a: ti.template(), dim: ti.template()):
 
 
 @ti.kernel
-def check_cells(lst: nd_i32_2, off: nd_i32, bad: nd_i32, dim: ti.template()):
-    """Every simplex must be listed by the cells of all its vertices. An entry (i; S) of the
-    simplex's smallest vertex is looked up in the other vertices' cells; any other entry is looked
-    up in the smallest vertex's cell. A simplex missing from some cell then fails one of the two
-    lookups, with half the lookups of checking every entry against every other vertex."""
+def check_owned(lst: nd_i32_2, off: nd_i32, mark: nd_i32, bad: nd_i32, dim: ti.template()):
+    """Every simplex must be listed by the cells of all its vertices. First pass: the entry
+    (i; S) of the simplex's smallest vertex i is looked up in the cells of S; a miss marks both
+    cells bad, a hit marks the row found (see check_marked)."""
     for i in range(off.shape[0] - 1):
         for row in range(off[i], off[i + 1]):
             S = ti.Vector.zero(ti.i32, dim)
@@ -1058,12 +1058,24 @@ def check_cells(lst: nd_i32_2, off: nd_i32, bad: nd_i32, dim: ti.template()):
                 S[a] = lst[row, a]
             if i < S[0]:
                 for a in ti.static(range(dim)):
-                    if not _contains(lst, off, S[a], _seen_from(S, i, a, dim), dim):
+                    r = _find_row(lst, off, S[a], _seen_from(S, i, a, dim), dim)
+                    if r < 0:
                         bad[i] = 1
                         bad[S[a]] = 1
-            elif not _contains(lst, off, S[0], _seen_from(S, i, 0, dim), dim):
+                    else:
+                        mark[r] = 1
+
+
+@ti.kernel
+def check_marked(lst: nd_i32_2, off: nd_i32, mark: nd_i32, bad: nd_i32, dim: ti.template()):
+    """Second pass: an entry (i; S) with S[0] < i that no first-pass lookup found lists a simplex
+    that its smallest vertex S[0] does not. One lookup per vertex other than the smallest, half of
+    looking every entry up in the cells of all its other vertices."""
+    for i in range(off.shape[0] - 1):
+        for row in range(off[i], off[i + 1]):
+            if lst[row, 0] < i and mark[row] == 0:
                 bad[i] = 1
-                bad[S[0]] = 1
+                bad[lst[row, 0]] = 1
 
 
 @ti.func

@@ -65,7 +65,9 @@ class CellLists:
         self._materialise()
         bad = _device.zeros((self.n,), np.int32)
         if self.rows:
-            K.check_cells(self.lst, self.off, bad, self.d)
+            mark = _device.zeros((self.rows,), np.int32)
+            K.check_owned(self.lst, self.off, mark, bad, self.d)
+            K.check_marked(self.lst, self.off, mark, bad, self.d)
         return np.flatnonzero(_device.fetch(bad))
 
     def assemble(self, K):

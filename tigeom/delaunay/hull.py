@@ -42,19 +42,54 @@ def wrap_boxes(K, P, start, order, res, d):
     return cbox, bbox, _device.upload(bres), sbox, _device.upload(sres)
 
 
+class _FaceKeys:
+    """int64 keys of faces (rows of d sorted vertex indices) for the hull rounds: equal faces get
+    equal keys. The vertices met get compact ids in order of appearance, so the d ids fit one key
+    for any number of points (up to 2^KEY_BITS distinct vertices along the hull)."""
+
+    KEY_BITS = 21
+
+    def __init__(self, n: int):
+        self.ids = np.full(n, -1, np.int64)
+        self.m = 0
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        v = rows.reshape(-1)
+        fresh = np.unique(v[self.ids[v] < 0])
+        if len(fresh):
+            self.ids[fresh] = np.arange(self.m, self.m + len(fresh))
+            self.m += len(fresh)
+            if self.m > 1 << self.KEY_BITS:
+                raise MemoryError(f"weighted_delaunay: more than {1 << self.KEY_BITS} points along the hull")
+        c = self.ids[rows]
+        key = c[:, 0].copy()
+        for k in range(1, rows.shape[1]):
+            key = (key << self.KEY_BITS) | c[:, k]
+        return key
+
+
+def _first_of_rows(rows: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the first occurrence of every distinct row, in row order."""
+    _, first = np.unique(_row_groups(rows, n), return_index=True)
+    return np.sort(first)
+
+
 def complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats):
     """Add the simplices whose power centre lies outside the clipping box by gift wrapping from
     every face that has a simplex on one side only; a face with no point beyond it is on the hull.
 
-    One kernel call per round finds the simplex beyond every open face; the host keeps the new
-    simplices and opens those of their faces that nothing closes yet (numpy on row groups)."""
+    One kernel call per round finds the simplex beyond every open face. The host keeps the
+    sorted keys of the faces met so far; a new simplex's faces that are not among them are
+    recorded, and those met once in the round are the next round's open faces. A simplex comes
+    twice in a round when two of its faces were open; across rounds it cannot (its faces are all
+    known after its round), which the final deduplication makes sure of."""
     n = P.shape[0]
     faces = faces_rows[:, :d]
     single = faces_rows[:, d + 1] == 1
-    known = faces[single].astype(np.int64)  # the faces seen once so far (sorted rows) ...
-    kcount = np.ones(len(known), np.int64)  # ... and how often they have been met
-    front, fopp = known, faces_rows[single, d]
-    new_s = np.zeros((0, d + 1), np.int64)
+    keyer = _FaceKeys(n)
+    front, fopp = faces[single].astype(np.int64), faces_rows[single, d].astype(np.int64)
+    known = np.sort(keyer(front))  # keys of the faces seen once by the cells, then of every new face
+    new_s: list[np.ndarray] = []
     new_f: list[np.ndarray] = []
     while len(front):
         out = _device.zeros((len(front),), np.int32)
@@ -63,34 +98,27 @@ def complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats):
         q = _device.fetch(out, len(front)).astype(np.int64)
         ok = q >= 0
         s = np.sort(np.column_stack([front[ok], q[ok]]), axis=1)
-        # keep each simplex once, and only if no earlier round found it
-        g = _row_groups(np.concatenate([new_s, s]), n)
-        seen = np.zeros(int(g.max()) + 1 if len(g) else 0, bool)
-        seen[g[:len(new_s)]] = True
-        gs = g[len(new_s):]
-        _, first = np.unique(gs, return_index=True)
-        s = s[first[~seen[gs[first]]]]
-        new_s = np.concatenate([new_s, s])
-        # their faces, each with its opposite vertex: known ones are met once more, fresh ones
-        # are recorded with how often this round met them
+        s = s[_first_of_rows(s, n)]
+        new_s.append(s)
+        # their faces, each with its opposite vertex; the ones not known yet are recorded
         fa = np.concatenate([np.delete(s, k, axis=1) for k in range(d + 1)])
         op = s.T.reshape(-1)
-        g = _row_groups(np.concatenate([known, fa]), n)
-        slot = np.full(int(g.max()) + 1 if len(g) else 0, -1, np.int64)
-        slot[g[:len(known)]] = np.arange(len(known))
-        gf = slot[g[len(known):]]
-        hit = gf >= 0
-        np.add.at(kcount, gf[hit], 1)
-        _, ufirst, ucount = np.unique(g[len(known):][~hit], return_index=True, return_counts=True)
-        fa_new, op_new = fa[~hit][ufirst], op[~hit][ufirst]
-        known = np.concatenate([known, fa_new])
-        kcount = np.concatenate([kcount, ucount])
+        fk = keyer(fa)
+        pos = np.minimum(np.searchsorted(known, fk), max(len(known) - 1, 0))
+        fresh = known[pos] != fk if len(known) else np.ones(len(fk), bool)
+        uk, ufirst, ucount = np.unique(fk[fresh], return_index=True, return_counts=True)
+        fa_new, op_new = fa[fresh][ufirst], op[fresh][ufirst]
+        known = np.insert(known, np.searchsorted(known, uk), uk)
         new_f.append(fa_new)
         # a face met twice in this round is closed on both sides
         front, fopp = fa_new[ucount == 1], op_new[ucount == 1]
-    stats["wrapped"] = len(new_s)
-    if len(new_s):
-        simplices = np.concatenate([simplices, new_s[np.argsort(_row_groups(new_s, n), kind="stable")]])
+    wrapped = np.concatenate(new_s) if new_s else np.zeros((0, d + 1), np.int64)
+    g = _row_groups(wrapped, n)
+    _, first = np.unique(g, return_index=True)  # one of each, in lexicographic order
+    wrapped = wrapped[first]
+    stats["wrapped"] = len(wrapped)
+    if len(wrapped):
+        simplices = np.concatenate([simplices, wrapped])
     if new_f:
         faces = np.concatenate([faces, *new_f])
     return simplices, faces
