@@ -1398,9 +1398,12 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
 
 
 @ti.kernel
-def orient_simplices(P: nd_f64_2, s: nd_i32_2, dim: ti.template()):
-    """Swap the first two vertices of every simplex with a negative signed volume."""
-    for t in range(s.shape[0]):
+def orient_simplices(P: nd_f64_2, s: nd_i32_2, m: ti.i32, used: nd_i32, dim: ti.template()):
+    """Swap the first two vertices of every one of the first m simplices whose signed volume is
+    negative, and mark their vertices used."""
+    for t in range(m):
+        for a in ti.static(range(dim + 1)):
+            used[s[t, a]] = 1
         p0 = _pt(P, s[t, 0], dim)
         a = _pt(P, s[t, 1], dim) - p0
         b = _pt(P, s[t, 2], dim) - p0

@@ -70,9 +70,10 @@ class CellLists:
             K.check_marked(self.lst, self.off, mark, bad, self.d)
         return np.flatnonzero(_device.fetch(bad))
 
-    def assemble(self, K):
-        """(simplices (M, d + 1), each owned by its smallest vertex, listed in cell order; face
-        rows (face..., opposite, multiplicity within the owning cell)), numpy int32."""
+    def assemble(self, K, P, used):
+        """(simplices (M, d + 1), each owned by its smallest vertex, listed in cell order and
+        positively oriented, their vertices marked in the device array ``used``; face rows
+        (face..., opposite, multiplicity within the owning cell)), numpy int32."""
         self._materialise()
         d, r = self.d, self.rows
         if d * r >= 2 ** 31:
@@ -94,4 +95,6 @@ class CellLists:
         if r:
             K.cell_faces(self.lst, self.off, fout, foff, simp, soff, d)
         faces, nfk = compact_rows(fout, nf)
+        if ms:
+            K.orient_simplices(P, simp, ms, used, d)
         return _device.fetch(simp, ms), _device.fetch(faces, nfk)

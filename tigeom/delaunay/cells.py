@@ -212,9 +212,10 @@ def certify(K, s: CellSetup, cells: CellLists, status_all: np.ndarray, box_lo, b
                            "recomputation; please report this input")
 
 
-def cell_pass(K, s: CellSetup, margin: float, check: bool, stats: dict, laps: Laps):
+def cell_pass(K, s: CellSetup, margin: float, check: bool, stats: dict, laps: Laps, used):
     """Clip, certify and assemble every cell inside the bounding box plus ``margin``:
-    ``(simplices, face rows)`` (see :meth:`CellLists.assemble`)."""
+    ``(simplices, face rows)`` (see :meth:`CellLists.assemble`), the simplices' vertices marked in
+    ``used``."""
     box_lo = s.box[0] - margin
     box_hi = s.box[1] + margin
     ext = s.box[1] - s.box[0]
@@ -226,6 +227,6 @@ def cell_pass(K, s: CellSetup, margin: float, check: bool, stats: dict, laps: La
     del passes
     certify(K, s, cells, status_all, box_lo, box_hi, band, check, stats)
     laps("check")
-    simplices, faces_rows = cells.assemble(K)
+    simplices, faces_rows = cells.assemble(K, s.P, used)
     laps("assemble")
     return simplices, faces_rows

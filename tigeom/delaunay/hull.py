@@ -74,9 +74,11 @@ def _first_of_rows(rows: np.ndarray, n: int) -> np.ndarray:
     return np.sort(first)
 
 
-def complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats):
-    """Add the simplices whose power centre lies outside the clipping box by gift wrapping from
-    every face that has a simplex on one side only; a face with no point beyond it is on the hull.
+def complete_hull(K, P, Wd, skip_d, grid, faces_rows, d, stats):
+    """The simplices whose power centre lies outside the clipping box, found by gift wrapping from
+    every face that has a simplex on one side only (a face with no point beyond it is on the
+    hull). Returns the simplices, (k, d + 1) int64 in lexicographic order and not yet oriented,
+    and a list of arrays of the faces they add.
 
     One kernel call per round finds the simplex beyond every open face. The host keeps the
     sorted keys of the faces met so far; a new simplex's faces that are not among them are
@@ -84,10 +86,9 @@ def complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats):
     twice in a round when two of its faces were open; across rounds it cannot (its faces are all
     known after its round), which the final deduplication makes sure of."""
     n = P.shape[0]
-    faces = faces_rows[:, :d]
     single = faces_rows[:, d + 1] == 1
     keyer = _FaceKeys(n)
-    front, fopp = faces[single].astype(np.int64), faces_rows[single, d].astype(np.int64)
+    front, fopp = faces_rows[single, :d].astype(np.int64), faces_rows[single, d].astype(np.int64)
     known = np.sort(keyer(front))  # keys of the faces seen once by the cells, then of every new face
     new_s: list[np.ndarray] = []
     new_f: list[np.ndarray] = []
@@ -117,18 +118,15 @@ def complete_hull(K, P, Wd, skip_d, grid, simplices, faces_rows, d, stats):
     _, first = np.unique(g, return_index=True)  # one of each, in lexicographic order
     wrapped = wrapped[first]
     stats["wrapped"] = len(wrapped)
-    if len(wrapped):
-        simplices = np.concatenate([simplices, wrapped])
-    if new_f:
-        faces = np.concatenate([faces, *new_f])
-    return simplices, faces
+    return wrapped, new_f
 
 
-def orient(K, P, s):
-    """Simplices with positive signed volume (the first two vertices swapped where negative)."""
+def orient(K, P, s, used):
+    """Simplices with positive signed volume (the first two vertices swapped where negative),
+    their vertices marked in the device array ``used``."""
     d = P.shape[1]
     if len(s) == 0:
         return s.reshape(0, d + 1)
     s_d = _device.upload(s.astype(np.int32))
-    K.orient_simplices(P, s_d, d)
-    return _device.fetch(s_d)
+    K.orient_simplices(P, s_d, len(s), used, d)
+    return _device.fetch(s_d).astype(np.int64)

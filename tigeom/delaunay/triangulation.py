@@ -283,35 +283,45 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     s = prepare(K, pts, w, _duplicates)
     _check_spread(pts if len(s.live) == n else pts[s.live])
     laps("setup")
-    simplices, faces_rows = _cells_in_box(K, s, check, stats, laps)
+    used = _device.zeros((n,), np.int32)  # vertices of the simplices, marked as they are oriented
+    simplices, faces_rows = _cells_in_box(K, s, check, stats, laps, used)
     # hull completion: boundary faces of what the cells produced, wrapped outward
     grid = (s.glo, s.res_d, s.start, s.order_d, _device.upload(np.array([s.h, s.wmax], np.float64)),
             *wrap_boxes(K, s.P, s.start, s.order_d, s.res, d))
-    simplices, faces = complete_hull(K, s.P, s.Wd, s.skip_d, grid, simplices, faces_rows, d, stats)
+    wrapped, new_faces = complete_hull(K, s.P, s.Wd, s.skip_d, grid, faces_rows, d, stats)
+    wrapped = orient(K, s.P, wrapped, used)
     laps("hull")
     # hidden = no vertex. A cell that lies wholly outside the clipping box (possible next to very
     # heavy points) comes out empty from the clipping, but its simplices are found by the wrapping.
-    hidden = np.ones(n, bool)
-    hidden[simplices.reshape(-1)] = False
-    simplices = orient(K, s.P, simplices)
-    faces = faces if len(faces) else faces.reshape(0, d)
+    hidden = _device.fetch(used) == 0
+    simplices = _stack_int64([simplices, wrapped], d + 1)
+    faces = _stack_int64([faces_rows[:, :d], *new_faces], d)
     laps("finish")
     stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
     stats["scale"] = scale
     if scale != 1.0:  # the caller's points and weights, not the scaled copies
         pts = as_points(points, "points")
         w = np.zeros(n) if weights is None else as_array(weights, "weights")
-    return Triangulation(pts, w, simplices.astype(np.int64, copy=False), hidden, faces.astype(np.int64, copy=False),
-                         stats)
+    return Triangulation(pts, w, simplices, hidden, faces, stats)
 
 
-def _cells_in_box(K, s, check: bool, stats: dict, laps: Laps):
+def _stack_int64(parts, cols: int) -> np.ndarray:
+    """The row blocks ``parts`` stacked into one new int64 array (one pass over each)."""
+    out = np.empty((sum(len(p) for p in parts), cols), np.int64)
+    at = 0
+    for p in parts:
+        out[at:at + len(p)] = p
+        at += len(p)
+    return out
+
+
+def _cells_in_box(K, s, check: bool, stats: dict, laps: Laps, used):
     """The cell pass over the bounding box plus one grid cell; when no cell of the triangulation
     falls inside it (a few points with weights far larger than their spacing), widen the box and
     try again."""
     margin = 1.0 * s.h
     for _attempt in range(4):
-        simplices, faces_rows = cell_pass(K, s, margin, check, stats, laps)
+        simplices, faces_rows = cell_pass(K, s, margin, check, stats, laps, used)
         if len(simplices):
             break
         margin = 1000.0 * margin + float(np.sqrt(max(s.wmax - float(s.w[s.live].min()), 0.0)))
