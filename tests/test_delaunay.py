@@ -192,6 +192,7 @@ def test_device_duplicate_search_equals_the_lexicographic_reference(d, monkeypat
     from tigeom.delaunay import _kernels as K
     from tigeom.delaunay import cells
     from tigeom.delaunay import triangulation as tr
+    from tigeom.spatial.grid import bounding_box
 
     rng = np.random.default_rng(5)
     g = np.stack(np.meshgrid(*[np.arange(-3.0, 4.0)] * d, indexing="ij"), -1).reshape(-1, d)
@@ -202,7 +203,7 @@ def test_device_duplicate_search_equals_the_lexicographic_reference(d, monkeypat
     cases = [rng.random((3000, d)), np.concatenate([g, g[::3], g[::5]]), signed, one]
 
     def device_mask(p, w):
-        s = cells.prepare(K, p, w, tr._duplicates)
+        s = cells.prepare(K, p, w, tr._duplicates, bounding_box(p))
         dup = np.ones(len(p), bool)
         dup[s.live] = False
         return dup

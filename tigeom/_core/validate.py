@@ -29,8 +29,8 @@ def as_array(x, name: str, dtype=np.float64, ndim: int | None = None, finite: bo
     return arr
 
 
-def as_points(x, name: str, dims: Sequence[int] = (2, 3)) -> np.ndarray:
-    arr = as_array(x, name, ndim=2)
+def as_points(x, name: str, dims: Sequence[int] = (2, 3), finite: bool = True) -> np.ndarray:
+    arr = as_array(x, name, ndim=2, finite=finite)
     if arr.shape[1] not in dims:
         raise ValueError(f"{name}: expected shape (N, d) with d in {tuple(dims)}, got {arr.shape}")
     return arr

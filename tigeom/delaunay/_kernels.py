@@ -599,6 +599,16 @@ TWIN_CAP = 64  # grid_twins: cells holding more points than this go to the host'
 
 
 @ti.kernel
+def pad3(P: nd_f64_2, P3: nd_f64_2):
+    """The (n, d) points as (n, 3) rows, zero beyond column d."""
+    for i in range(P.shape[0]):
+        for a in ti.static(range(3)):
+            P3[i, a] = 0.0
+        for a in range(P.shape[1]):
+            P3[i, a] = P[i, a]
+
+
+@ti.kernel
 def grid_twins(P3: nd_f64_2, W: nd_f64, start: nd_i32, order: nd_i32, cap: ti.i32, dup: nd_i32):
     """Duplicates among points sorted into a grid (every point, duplicates included): dup[i] = 1
     when another point of i's cell has i's coordinates and beats it (a larger weight, or the same

@@ -15,7 +15,7 @@ from .._core import device as _device
 from .._core.launch import cpu_workers
 from .._core.scan import sort_segments
 from ..spatial import build_grid, grid_params
-from ..spatial.grid import bounding_box
+from ..spatial.grid import bounding_box, box_grid_params
 from .assembly import CellLists
 from .exact import Exact, exact_cell
 
@@ -65,8 +65,9 @@ class CellSetup:
         return self.pts.shape[1]
 
 
-def prepare(K, pts: np.ndarray, w: np.ndarray, twins) -> CellSetup:
-    """Upload the points, find the duplicates and sort the live points into a uniform grid.
+def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple) -> CellSetup:
+    """Upload the points, find the duplicates and sort the live points into a uniform grid;
+    ``box``: the points' bounding box (lo, hi).
 
     Duplicates are found on the device: every point goes into a grid, and ``K.grid_twins``
     compares the points of each cell (twins share a cell). The points of cells that hold more
@@ -74,12 +75,12 @@ def prepare(K, pts: np.ndarray, w: np.ndarray, twins) -> CellSetup:
     duplicates that grid, its cells sorted, is the cell pass's grid; with some, the live points
     get a grid of their own."""
     n, d = pts.shape
-    p3 = np.zeros((n, 3))
-    p3[:, :d] = pts
     up = _device.upload
     per_cell = 2.0 if d == 2 else 3.0
-    lo, h, res = grid_params(p3, per_cell)
-    P3, Wd = up(p3), up(w)
+    lo, h, res = box_grid_params(_pad3(box[0]), _pad3(box[1]), n, per_cell)
+    P, Wd = up(pts), up(w)
+    P3 = _device.empty((n, 3), np.float64)
+    K.pad3(P, P3)
     start, order_d = build_grid(P3, n, up(lo), h, up(res), sort=False)
     flag = _device.zeros((n,), np.int32)
     K.grid_twins(P3, Wd, start, order_d, K.TWIN_CAP, flag)
@@ -90,18 +91,27 @@ def prepare(K, pts: np.ndarray, w: np.ndarray, twins) -> CellSetup:
         dup[crowded] = twins(pts[crowded], w[crowded])  # ascending indices: ties keep the smaller
     if dup.any():
         live = np.flatnonzero(~dup)
-        lo, h, res = grid_params(p3[live], per_cell)
-        start, order_live = build_grid(up(p3[live]), len(live), up(lo), h, up(res))
+        p3 = np.zeros((len(live), 3))
+        p3[:, :d] = pts[live]
+        lo, h, res = grid_params(p3, per_cell)
+        start, order_live = build_grid(up(p3), len(live), up(lo), h, up(res))
         order = live.astype(np.int32)[_device.fetch(order_live)]  # grid order, global indices
         order_d = up(order)
         box = bounding_box(pts[live])
+        wmax = float(w[live].max())
     else:
         live = np.arange(n)
         sort_segments(start, order_d)  # as build_grid(sort=True) would
         order = np.array(_device.fetch(order_d), dtype=np.int32)
-        box = bounding_box(pts)
-    return CellSetup(pts, w, live, h, res, order, float(w[live].max()), up(pts), Wd, up(dup.astype(np.int32)),
+        wmax = float(w.max())
+    return CellSetup(pts, w, live, h, res, order, wmax, P, Wd, up(dup.astype(np.int32)),
                      start, order_d, up(lo[:d].copy()), up(res), box)
+
+
+def _pad3(v: np.ndarray) -> np.ndarray:
+    out = np.zeros(3)
+    out[:len(v)] = v
+    return out
 
 
 def schedule(m: int, nw: int, gpu: bool) -> tuple[int, int, int]:

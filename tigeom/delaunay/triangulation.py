@@ -145,13 +145,12 @@ class Triangulation:
 # --------------------------------------------------------------------------- entry point
 
 
-def unit_scale(pts: np.ndarray) -> float:
-    """The power of two s that brings the largest side of the points' bounding box into
+def unit_scale(lo: np.ndarray, hi: np.ndarray) -> float:
+    """The power of two s that brings the largest side of the bounding box [lo, hi] into
     [0.5, 1). Multiplying by a power of two is exact in floating point (short of underflow), and
     the regular triangulation does not change when points scale by s and weights by s^2, so
     triangulating the scaled input gives the same simplices for any finite input scale, with
     every intermediate quantity of unit size."""
-    lo, hi = bounding_box(pts)
     half = float((hi * 0.5 - lo * 0.5).max())  # halves: no overflow
     if not half > 0.0:
         return 1.0
@@ -160,31 +159,38 @@ def unit_scale(pts: np.ndarray) -> float:
 
 
 def _validate(points, weights):
-    """(points, weights, scale): the input checked and scaled by ``unit_scale`` (weights by its
-    square). Duplicates and flatness are checked after the grid is built (``_check_spread``)."""
-    pts = as_points(points, "points")
+    """(points, weights, scale, box): the input checked and scaled by ``unit_scale`` (weights by
+    its square), and the scaled points' bounding box (lo, hi). Duplicates and flatness are
+    checked after the grid is built (``_check_spread``)."""
+    pts = as_points(points, "points", finite=False)
     n, d = pts.shape
+    if n < d + 1:
+        raise ValueError(f"points: need at least {d + 1} distinct points in {d}D, got {n}")
+    lo, hi = bounding_box(pts)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # min and max see every NaN and inf
+        as_points(points, "points")  # raises, with the count
     if weights is None:
         w = np.zeros(n)
     else:
         w = as_array(weights, "weights")
         if w.ndim != 1 or len(w) != n:
             raise ValueError(f"weights: expected shape ({n},) to match points, got {w.shape}")
-    scale = unit_scale(pts)
+    scale = unit_scale(lo, hi)
     if scale != 1.0:
         pts = pts * scale
+        lo, hi = lo * scale, hi * scale
         with np.errstate(over="ignore", under="ignore"):
             w = w * scale * scale
         if not np.isfinite(w).all():
             raise ValueError("weights: too large for the points' extent (a weight beyond about 1e300 times the "
                              "squared side of the points' bounding box)")
-    return pts, w, scale
+    return pts, w, scale, (lo, hi)
 
 
 FLAT_SAMPLE = 65536  # the flatness test looks at a strided sample of this many points first
 
 
-def _check_spread(uniq: np.ndarray) -> None:
+def _check_spread(uniq: np.ndarray, box: tuple | None = None) -> None:
     """ValueError unless the distinct points ``uniq`` (M, d) number at least d + 1 and do not
     all lie on one line (2D) or plane (3D): the smallest singular value of the centred points
     must exceed 1e-12 times the largest.
@@ -200,7 +206,7 @@ def _check_spread(uniq: np.ndarray) -> None:
     if m > FLAT_SAMPLE:
         smp = uniq[::m // FLAT_SAMPLE]
         sv = np.linalg.svd(smp - smp.mean(0), compute_uv=False)
-        lo, hi = bounding_box(uniq)
+        lo, hi = bounding_box(uniq) if box is None else box
         if sv[-1] > 1e-12 * np.sqrt(m) * float(np.linalg.norm(hi - lo)):
             return
     sv = np.linalg.svd(uniq - uniq.mean(0), compute_uv=False)
@@ -275,13 +281,16 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     """
     stats: dict = {"exact_cells": 0, "wrapped": 0, "retries": 0, "seconds": {}}
     laps = Laps(stats)
-    pts, w, scale = _validate(points, weights)
+    pts, w, scale, box = _validate(points, weights)
     runtime.ensure_init()
     from . import _kernels as K
 
     n, d = pts.shape
-    s = prepare(K, pts, w, _duplicates)
-    _check_spread(pts if len(s.live) == n else pts[s.live])
+    s = prepare(K, pts, w, _duplicates, box)
+    if len(s.live) == n:
+        _check_spread(pts, box)
+    else:
+        _check_spread(pts[s.live])
     laps("setup")
     used = _device.zeros((n,), np.int32)  # vertices of the simplices, marked as they are oriented
     simplices, faces_rows = _cells_in_box(K, s, check, stats, laps, used)
