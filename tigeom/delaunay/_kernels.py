@@ -1151,6 +1151,29 @@ def cell_faces(lst: nd_i32_2, off: nd_i32, fout: nd_i32_2, foff: nd_i32, simp: n
                     k += 1
 
 
+@ti.kernel
+def single_faces(fout: nd_i32_2, k: ti.i32, dst: nd_i32_2, dim: ti.template()):
+    """(face..., opposite) of the first k face rows, owner -1 (a hole) unless the face was met
+    once (multiplicity 1): the open faces that the hull completion starts from."""
+    for r in range(k):
+        dst[r, 0] = fout[r, 0]
+        if fout[r, dim + 1] != 1:
+            dst[r, 0] = -1
+        for a in ti.static(range(1, dim + 1)):
+            dst[r, a] = fout[r, a]
+
+
+@ti.kernel
+def stack_int64(a: nd_i32_2, na: ti.i32, b: nd_i32_2, nb: ti.i32, out: ti.types.ndarray(dtype=ti.i64, ndim=2)):
+    """out: the first na rows of a, then the first nb rows of b, as int64 (out's columns)."""
+    for r in range(na + nb):
+        for c in range(out.shape[1]):
+            if r < na:
+                out[r, c] = ti.cast(a[r, c], ti.i64)
+            else:
+                out[r, c] = ti.cast(b[r - na, c], ti.i64)
+
+
 # --------------------------------------------------------------------------- hull completion
 
 

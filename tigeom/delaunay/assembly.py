@@ -71,9 +71,11 @@ class CellLists:
         return np.flatnonzero(_device.fetch(bad))
 
     def assemble(self, K, P, used):
-        """(simplices (M, d + 1), each owned by its smallest vertex, listed in cell order and
-        positively oriented, their vertices marked in the device array ``used``; face rows
-        (face..., opposite, multiplicity within the owning cell)), numpy int32."""
+        """The triangulation inside the box, as device arrays: ``(simp, ms, faces, nf, open)``.
+        simp: ms simplices (d + 1 columns), each owned by its smallest vertex, listed in cell
+        order and positively oriented, their vertices marked in ``used``; faces: nf face rows
+        (face..., opposite, multiplicity within the owning cell); open: the rows of faces met
+        once, (face..., opposite), fetched (numpy int32)."""
         self._materialise()
         d, r = self.d, self.rows
         if d * r >= 2 ** 31:
@@ -97,4 +99,8 @@ class CellLists:
         faces, nfk = compact_rows(fout, nf)
         if ms:
             K.orient_simplices(P, simp, ms, used, d)
-        return _device.fetch(simp, ms), _device.fetch(faces, nfk)
+        single = _device.empty((max(nfk, 1), d + 1), np.int32)
+        if nfk:
+            K.single_faces(faces, nfk, single, d)
+        single, k1 = compact_rows(single, nfk)
+        return simp, ms, faces, nfk, np.array(_device.fetch(single, k1)).reshape(k1, d + 1)

@@ -224,8 +224,8 @@ def certify(K, s: CellSetup, cells: CellLists, status_all: np.ndarray, box_lo, b
 
 def cell_pass(K, s: CellSetup, margin: float, check: bool, stats: dict, laps: Laps, used):
     """Clip, certify and assemble every cell inside the bounding box plus ``margin``:
-    ``(simplices, face rows)`` (see :meth:`CellLists.assemble`), the simplices' vertices marked in
-    ``used``."""
+    ``(simp, ms, faces, nf, open)`` (see :meth:`CellLists.assemble`), the simplices' vertices
+    marked in ``used``."""
     box_lo = s.box[0] - margin
     box_hi = s.box[1] + margin
     ext = s.box[1] - s.box[0]
@@ -237,6 +237,6 @@ def cell_pass(K, s: CellSetup, margin: float, check: bool, stats: dict, laps: La
     del passes
     certify(K, s, cells, status_all, box_lo, box_hi, band, check, stats)
     laps("check")
-    simplices, faces_rows = cells.assemble(K, s.P, used)
+    out = cells.assemble(K, s.P, used)
     laps("assemble")
-    return simplices, faces_rows
+    return out

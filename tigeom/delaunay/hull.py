@@ -74,10 +74,10 @@ def _first_of_rows(rows: np.ndarray, n: int) -> np.ndarray:
     return np.sort(first)
 
 
-def complete_hull(K, P, Wd, skip_d, grid, faces_rows, d, stats):
+def complete_hull(K, P, Wd, skip_d, grid, open_rows, d, stats):
     """The simplices whose power centre lies outside the clipping box, found by gift wrapping from
-    every face that has a simplex on one side only (a face with no point beyond it is on the
-    hull). Returns the simplices, (k, d + 1) int64 in lexicographic order and not yet oriented,
+    every face that has a simplex on one side only (``open_rows``: (face..., opposite vertex));
+    a face with no point beyond it is on the hull. Returns the simplices, (k, d + 1) int64 in lexicographic order and not yet oriented,
     and a list of arrays of the faces they add.
 
     One kernel call per round finds the simplex beyond every open face. The host keeps the
@@ -86,9 +86,8 @@ def complete_hull(K, P, Wd, skip_d, grid, faces_rows, d, stats):
     twice in a round when two of its faces were open; across rounds it cannot (its faces are all
     known after its round), which the final deduplication makes sure of."""
     n = P.shape[0]
-    single = faces_rows[:, d + 1] == 1
     keyer = _FaceKeys(n)
-    front, fopp = faces_rows[single, :d].astype(np.int64), faces_rows[single, d].astype(np.int64)
+    front, fopp = open_rows[:, :d].astype(np.int64), open_rows[:, d].astype(np.int64)
     known = np.sort(keyer(front))  # keys of the faces seen once by the cells, then of every new face
     new_s: list[np.ndarray] = []
     new_f: list[np.ndarray] = []
@@ -122,11 +121,10 @@ def complete_hull(K, P, Wd, skip_d, grid, faces_rows, d, stats):
 
 
 def orient(K, P, s, used):
-    """Simplices with positive signed volume (the first two vertices swapped where negative),
-    their vertices marked in the device array ``used``."""
+    """The simplices ``s`` uploaded and positively oriented (the first two vertices swapped where
+    the signed volume is negative), their vertices marked in the device array ``used``."""
     d = P.shape[1]
-    if len(s) == 0:
-        return s.reshape(0, d + 1)
-    s_d = _device.upload(s.astype(np.int32))
-    K.orient_simplices(P, s_d, len(s), used, d)
-    return _device.fetch(s_d).astype(np.int64)
+    s_d = _device.upload(s.astype(np.int32).reshape(-1, d + 1))
+    if len(s):
+        K.orient_simplices(P, s_d, len(s), used, d)
+    return s_d

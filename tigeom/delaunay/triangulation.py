@@ -293,18 +293,19 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
         _check_spread(pts[s.live])
     laps("setup")
     used = _device.zeros((n,), np.int32)  # vertices of the simplices, marked as they are oriented
-    simplices, faces_rows = _cells_in_box(K, s, check, stats, laps, used)
+    simp, ms, faces_d, nf, open_rows = _cells_in_box(K, s, check, stats, laps, used)
     # hull completion: boundary faces of what the cells produced, wrapped outward
     grid = (s.glo, s.res_d, s.start, s.order_d, _device.upload(np.array([s.h, s.wmax], np.float64)),
             *wrap_boxes(K, s.P, s.start, s.order_d, s.res, d))
-    wrapped, new_faces = complete_hull(K, s.P, s.Wd, s.skip_d, grid, faces_rows, d, stats)
-    wrapped = orient(K, s.P, wrapped, used)
+    wrapped, new_faces = complete_hull(K, s.P, s.Wd, s.skip_d, grid, open_rows, d, stats)
+    wrapped_d = orient(K, s.P, wrapped, used)
     laps("hull")
     # hidden = no vertex. A cell that lies wholly outside the clipping box (possible next to very
     # heavy points) comes out empty from the clipping, but its simplices are found by the wrapping.
     hidden = _device.fetch(used) == 0
-    simplices = _stack_int64([simplices, wrapped], d + 1)
-    faces = _stack_int64([faces_rows[:, :d], *new_faces], d)
+    simplices = _stack_int64(K, simp, ms, wrapped_d, len(wrapped), d + 1)
+    new_faces = np.concatenate(new_faces) if new_faces else np.zeros((0, d), np.int64)
+    faces = _stack_int64(K, faces_d, nf, _device.upload(new_faces.astype(np.int32).reshape(-1, d)), len(new_faces), d)
     laps("finish")
     stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
     stats["scale"] = scale
@@ -314,14 +315,14 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     return Triangulation(pts, w, simplices, hidden, faces, stats)
 
 
-def _stack_int64(parts, cols: int) -> np.ndarray:
-    """The row blocks ``parts`` stacked into one new int64 array (one pass over each)."""
-    out = np.empty((sum(len(p) for p in parts), cols), np.int64)
-    at = 0
-    for p in parts:
-        out[at:at + len(p)] = p
-        at += len(p)
-    return out
+def _stack_int64(K, a, na: int, b, nb: int, cols: int) -> np.ndarray:
+    """The first na rows of the device array a, then the first nb of b, fetched as one int64
+    array of ``cols`` columns (converted and stacked on the device)."""
+    if na + nb == 0:
+        return np.zeros((0, cols), np.int64)
+    out = _device.empty((na + nb, cols), np.int64)
+    K.stack_int64(a, na, b, nb, out)
+    return _device.fetch(out)
 
 
 def _cells_in_box(K, s, check: bool, stats: dict, laps: Laps, used):
@@ -330,9 +331,9 @@ def _cells_in_box(K, s, check: bool, stats: dict, laps: Laps, used):
     try again."""
     margin = 1.0 * s.h
     for _attempt in range(4):
-        simplices, faces_rows = cell_pass(K, s, margin, check, stats, laps, used)
-        if len(simplices):
+        out = cell_pass(K, s, margin, check, stats, laps, used)
+        if out[1]:
             break
         margin = 1000.0 * margin + float(np.sqrt(max(s.wmax - float(s.w[s.live].min()), 0.0)))
         stats["retries"] += 1
-    return simplices, faces_rows
+    return out
