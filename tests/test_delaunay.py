@@ -506,3 +506,62 @@ def test_cpu_cell_pass_gives_every_thread_several_taichi_tasks(monkeypatch):
     ids, nw = seen[0]
     assert ids == n
     assert nw >= 2 * CPU_TASK * (os.cpu_count() or 1)
+
+
+def test_face_keys_are_equal_exactly_for_equal_faces():
+    """The hull rounds' face keys (compact vertex ids, 21 bits each): equal rows get equal keys
+    and different rows different ones, with vertex indices far beyond 2^21, across calls."""
+    from tigeom.delaunay.hull import _FaceKeys
+
+    rng = np.random.default_rng(2)
+    n = 10_000_000
+    verts = rng.choice(n, 300, replace=False)
+    for d in (2, 3):
+        keyer = _FaceKeys(n)
+        rows = np.sort(verts[rng.integers(0, 300, size=(5000, d))], axis=1)
+        keys = np.concatenate([keyer(rows[:2500]), keyer(rows[2500:])])
+        _, inv = np.unique(rows, axis=0, return_inverse=True)
+        _, kinv = np.unique(keys, return_inverse=True)
+        np.testing.assert_array_equal(inv.ravel(), kinv.ravel())  # same partition of the rows
+
+
+def test_neighbour_check_flags_both_cells_of_a_disagreement(monkeypatch):
+    """The certification's check: a simplex that one of its cells lacks, an entry that the
+    simplex's smallest vertex does not list, and an owner row missing while the other cells
+    list it each mark the two cells involved; consistent lists mark none."""
+    from tigeom.delaunay import _kernels as K
+    from tigeom.delaunay.assembly import CellLists
+    from tigeom._core import device as _device
+
+    seen = {}
+    orig = CellLists.assemble
+
+    def grab(self, *args):
+        seen["cells"] = self
+        return orig(self, *args)
+
+    monkeypatch.setattr(CellLists, "assemble", grab)
+    tigeom.weighted_delaunay(np.random.default_rng(4).random((60, 3)))
+    c = seen["cells"]
+    assert len(c.check(K)) == 0
+    lst = np.array(_device.fetch(c.lst, c.rows))
+    off = np.array(_device.fetch(c.off)).astype(np.int64)
+    rows = {i: [tuple(int(v) for v in r) for r in lst[off[i]:off[i + 1]]] for i in range(c.n)}
+    # a cell i whose list holds a simplex owned by a smaller vertex o = S[0]
+    i, S = next((i, r) for i in rows for r in rows[i] if r[0] < i)
+    o = S[0]
+
+    def check_with(changes):
+        for k, v in changes.items():
+            c.replace(k, v)
+        bad = set(c.check(K).tolist())
+        for k in changes:
+            c.replace(k, rows[k])
+        assert len(c.check(K)) == 0
+        return bad
+
+    assert {i, o} <= check_with({i: [r for r in rows[i] if r != S]})
+    owner_row = tuple(sorted(set(S[1:]) | {i}))
+    assert {o, i} <= check_with({o: [r for r in rows[o] if r != owner_row]})
+    extra = next(e for e in (tuple(sorted({v, *S[1:]})) for v in range(i) if v not in S) if e not in rows[i])
+    assert {i, extra[0]} <= check_with({i: rows[i] + [extra]})

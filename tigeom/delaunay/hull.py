@@ -50,18 +50,18 @@ class _FaceKeys:
     KEY_BITS = 21
 
     def __init__(self, n: int):
-        self.ids = np.full(n, -1, np.int64)
+        self.ids = np.full(n, -1, np.int32)
         self.m = 0
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         v = rows.reshape(-1)
         fresh = np.unique(v[self.ids[v] < 0])
         if len(fresh):
-            self.ids[fresh] = np.arange(self.m, self.m + len(fresh))
+            self.ids[fresh] = np.arange(self.m, self.m + len(fresh), dtype=np.int32)
             self.m += len(fresh)
             if self.m > 1 << self.KEY_BITS:
                 raise MemoryError(f"weighted_delaunay: more than {1 << self.KEY_BITS} points along the hull")
-        c = self.ids[rows]
+        c = self.ids[rows].astype(np.int64)
         key = c[:, 0].copy()
         for k in range(1, rows.shape[1]):
             key = (key << self.KEY_BITS) | c[:, k]
