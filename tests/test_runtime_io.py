@@ -194,3 +194,31 @@ def test_light_compile_switches_off_ir_optimisation_only_around_its_kernel():
         assert getattr(TK, name).kernel.__wrapped__._is_wrapped_kernel, name
     tri = tigeom.weighted_delaunay(np.random.default_rng(0).random((50, 3)))
     assert len(tri.simplices) > 0 and cfg().advanced_optimization
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64, np.uint8])
+def test_device_upload_and_fetch_round_trip(dtype):
+    """``_core.device.upload``/``fetch`` keep values, shape and dtype (on CUDA through the
+    driver's copy, elsewhere through Taichi or in place), ``fetch(buf, n)`` gives the first n
+    rows, and a kernel sees what was uploaded."""
+    import taichi as ti
+
+    from tigeom._core import device
+
+    rng = np.random.default_rng(1)
+    for shape in [(7,), (1000, 3), (513, 2)]:
+        x = (rng.random(shape) * 100).astype(dtype)
+        d = device.upload(x)
+        np.testing.assert_array_equal(device.fetch(d), x)
+        got = device.fetch(d, 5)
+        assert got.dtype == x.dtype and got.shape == (5, *shape[1:])
+        np.testing.assert_array_equal(got, x[:5])
+    if dtype is np.int64:
+        @ti.kernel
+        def twice(a: ti.types.ndarray(dtype=ti.i64, ndim=1)):
+            for i in range(a.shape[0]):
+                a[i] = 2 * a[i]
+
+        d = device.upload(np.arange(10, dtype=np.int64))
+        twice(d)
+        np.testing.assert_array_equal(device.fetch(d), 2 * np.arange(10))

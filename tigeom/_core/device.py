@@ -31,8 +31,54 @@ def upload(arr: np.ndarray):
     if arr.size == 0:  # Taichi has no empty ndarrays: a placeholder no kernel may read
         return empty(arr.shape, arr.dtype)
     nd = ndarray(arr.dtype, arr.shape if arr.ndim else (1,))
-    nd.from_numpy(arr.reshape(nd.shape))
+    if not _cuda_copy(nd, arr, to_device=True):
+        nd.from_numpy(arr.reshape(nd.shape))
     return nd
+
+
+_CUDA: list = []  # [(cuMemcpyDtoH, cuMemcpyHtoD, cuCtxSynchronize) or None], once looked up
+
+
+def _cuda_driver():
+    """The CUDA driver's copy functions through ctypes, or None where there is no driver."""
+    if not _CUDA:
+        import ctypes
+
+        fns = None
+        for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+            try:
+                lib = ctypes.CDLL(name)
+            except OSError:
+                continue
+            dtoh, htod, sync = lib.cuMemcpyDtoH_v2, lib.cuMemcpyHtoD_v2, lib.cuCtxSynchronize
+            dtoh.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t]
+            htod.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t]
+            dtoh.restype = htod.restype = sync.restype = ctypes.c_int
+            fns = (dtoh, htod, sync)
+            break
+        _CUDA.append(fns)
+    return _CUDA[0]
+
+
+def _cuda_copy(nd, host: np.ndarray, to_device: bool) -> bool:
+    """Copy between the contiguous numpy array ``host`` and the start of the CUDA ndarray ``nd``
+    with one driver call; False (nothing copied) off CUDA or when the driver refuses.
+
+    Taichi's own ``from_numpy``/``to_numpy`` launch a kernel with the numpy array as an external
+    argument, which on CUDA copies that array to the device before the launch and back after it:
+    two transfers of the whole array (and a zero fill) for every one needed."""
+    if host.nbytes == 0 or runtime.config().backend != "cuda" or tuple(nd.arr.element_shape()):
+        return False
+    fns = _cuda_driver()
+    if fns is None:
+        return False
+    dtoh, htod, sync = fns
+    runtime.sync()
+    ptr = int(nd.arr.device_allocation_ptr())
+    if to_device:
+        ok = htod(ptr, host.ctypes.data, host.nbytes) == 0
+        return ok and sync() == 0
+    return dtoh(host.ctypes.data, ptr, host.nbytes) == 0
 
 
 def _creation_site(stacklevel=1):
@@ -60,6 +106,15 @@ def ndarray(dtype, shape, needs_grad: bool = False):
         _ndarray.get_traceback = full
 
 
+def _np_dtype(nd):
+    """The numpy dtype of a Taichi ndarray of one of ``ti_dtype``'s types, else None."""
+    ti_dtype(np.float64)  # fills the table
+    for k, v in _TI_TYPES.items():
+        if nd.dtype == v:
+            return k
+    return None
+
+
 def empty(shape, dtype):
     shape = tuple(int(s) for s in shape)
     if not runtime.on_gpu():
@@ -78,6 +133,13 @@ def fetch(buf, n: int | None = None) -> np.ndarray:
     if isinstance(buf, np.ndarray):
         arr = buf
     elif hasattr(buf, "to_numpy"):
+        dt = _np_dtype(buf)
+        shape = tuple(buf.shape)
+        if dt is not None and shape:
+            rows = shape[0] if n is None else max(min(int(n), shape[0]), 0)
+            out = np.empty((rows, *shape[1:]), dt)
+            if _cuda_copy(buf, out, to_device=False):
+                return out
         arr = buf.to_numpy()
     else:  # a tensor handed to the kernels in place (tigeom.torch)
         arr = buf.detach().cpu().numpy()

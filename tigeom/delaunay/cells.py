@@ -114,6 +114,13 @@ def _pad3(v: np.ndarray) -> np.ndarray:
     return out
 
 
+# Cell-kernel workers on a GPU (threads, each with its own scratch: about 5 KB in 2D, 10 KB in
+# 3D, so 1.3 GB of scratch either way when the input has that many points). On an H200, 1e7
+# points in 2D took 0.62-0.68 s in the cell kernel with 262,144 workers against 0.87-0.93 s with
+# 65,536; 1e6 points in 3D 0.47 s with 131,072 against 0.49-0.50 s.
+GPU_WORKERS = {2: 262144, 3: 131072}
+
+
 def schedule(m: int, nw: int, gpu: bool) -> tuple[int, int, int]:
     """(qa, qs, qlen): worker w of the cell kernels takes ids w qa, w qa + qs, ... below
     w qa + qlen. On a GPU neighbouring threads take neighbouring ids (strided); on the CPU each
@@ -161,7 +168,7 @@ def clip_cells(K, s: CellSetup, box_lo, box_hi, band: float, stats: dict):
     status = _device.zeros((n,), np.int32)
     count = _device.zeros((n,), np.int32)
     gpu = runtime.on_gpu()
-    nworkers = 65536 if gpu else cpu_workers()
+    nworkers = GPU_WORKERS[d] if gpu else cpu_workers()
     cap = 64 if d == 2 else 128
     chunk = 1 if gpu else 64  # rows a worker reserves per atomic (see _emit)
     bufcap = int((6.5 if d == 2 else 30.0) * len(s.live)) + 4096 + min(nworkers, len(s.live)) * chunk
