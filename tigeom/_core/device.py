@@ -72,9 +72,11 @@ def _cuda_copy(nd, host: np.ndarray, to_device: bool) -> bool:
     fns = _cuda_driver()
     if fns is None:
         return False
+    from taichi.lang import impl
+
     dtoh, htod, sync = fns
     runtime.sync()
-    ptr = int(nd.arr.device_allocation_ptr())
+    ptr = int(impl.get_runtime().prog.get_ndarray_data_ptr_as_int(nd.arr))
     if to_device:
         ok = htod(ptr, host.ctypes.data, host.nbytes) == 0
         return ok and sync() == 0
