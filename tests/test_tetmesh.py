@@ -384,7 +384,9 @@ def test_plateau_escape_may_lose_and_the_state_before_it_is_restored():
 
     import tigeom.tetmesh.improve as imp
 
-    v, t = cube_mesh(2, 20, seed=0)
+    # a mesh whose escape loses (on some, such as seed 0's, the escape's moves happen to raise
+    # the worst, and there is nothing to restore)
+    v, t = cube_mesh(2, 20, seed=1)
     bf = boundary_faces(t)
     pinned = np.zeros(len(v), bool)
     pinned[bf.ravel()] = True

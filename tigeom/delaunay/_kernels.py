@@ -11,7 +11,8 @@ the vertex decides. Near a tie the lifted predicate decides, evaluated on the in
 coordinates in a canonical order (indices sorted, sign corrected by the permutation's parity),
 so every cell that meets the same d + 2 points answers the same. When its floating-point error
 bound cannot certify the sign, the tie is broken by symbolic perturbation of the weights (point
-k gets w_k + eps^(k+1), lower indices dominating), which is a genuine perturbation of the input
+k gets w_k + eps^(k+1), lower indices dominating; k is the point's label, its place in the grid
+order, see cells.CellSetup), which is a genuine perturbation of the input
 and therefore consistent across cells. Vertices that involve a box face are decided by g.
 
 The host checks afterwards that every simplex is reported by each of its d + 1 cells; cells
@@ -609,6 +610,16 @@ def pad3(P: nd_f64_2, P3: nd_f64_2):
 
 
 @ti.kernel
+def gather_points(P: nd_f64_2, W: nd_f64, perm: nd_i32, Pp: nd_f64_2, Wp: nd_f64):
+    """Row k of (Pp, Wp) is row perm[k] of (P, W): the points relabelled in grid order."""
+    for k in range(perm.shape[0]):
+        i = perm[k]
+        Wp[k] = W[i]
+        for a in range(P.shape[1]):
+            Pp[k, a] = P[i, a]
+
+
+@ti.kernel
 def grid_twins(P3: nd_f64_2, W: nd_f64, start: nd_i32, order: nd_i32, cap: ti.i32, dup: nd_i32):
     """Duplicates among points sorted into a grid (every point, duplicates included): dup[i] = 1
     when another point of i's cell has i's coordinates and beats it (a larger weight, or the same
@@ -1164,14 +1175,22 @@ def single_faces(fout: nd_i32_2, k: ti.i32, dst: nd_i32_2, dim: ti.template()):
 
 
 @ti.kernel
-def stack_int64(a: nd_i32_2, na: ti.i32, b: nd_i32_2, nb: ti.i32, out: ti.types.ndarray(dtype=ti.i64, ndim=2)):
-    """out: the first na rows of a, then the first nb rows of b, as int64 (out's columns)."""
+def stack_int64(a: nd_i32_2, na: ti.i32, b: nd_i32_2, nb: ti.i32, label: nd_i32,
+                out: ti.types.ndarray(dtype=ti.i64, ndim=2), cols: ti.template(), sort_rows: ti.template()):
+    """out: the first na rows of a, then the first nb rows of b, their entries mapped through
+    ``label`` (the input's indices of the grid-ordered points) as int64; with ``sort_rows``
+    each row ascending."""
     for r in range(na + nb):
-        for c in range(out.shape[1]):
+        v = ti.Vector.zero(ti.i32, cols)
+        for c in ti.static(range(cols)):
             if r < na:
-                out[r, c] = ti.cast(a[r, c], ti.i64)
+                v[c] = label[a[r, c]]
             else:
-                out[r, c] = ti.cast(b[r - na, c], ti.i64)
+                v[c] = label[b[r - na, c]]
+        if ti.static(sort_rows):
+            v, par = _sort_small(v, cols)
+        for c in ti.static(range(cols)):
+            out[r, c] = ti.cast(v[c], ti.i64)
 
 
 # --------------------------------------------------------------------------- hull completion

@@ -5,6 +5,7 @@ simplex reported by all its cells) and recomputes disagreeing cells with exact a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 import logging
 import time
 
@@ -38,36 +39,62 @@ class Laps:
 
 @dataclass
 class CellSetup:
-    """The inputs of the cell pass, on the host and as kernel arrays: points in grid order."""
+    """The inputs of the cell pass, on the host and as kernel arrays. The kernels see the points
+    relabelled in grid order: label k is input point ``perm[k]``; labels below ``n_live`` are the
+    live points (no duplicate) in grid order, the rest the duplicates. Neighbouring cells then
+    read neighbouring rows (at 1e5 points in 3D on the CPU, 2.8 s in the input's random order
+    against 2.3 s), and the symbolic perturbation ranks points by label."""
 
-    pts: np.ndarray        # (n, d) float64
-    w: np.ndarray          # (n,) weights
-    live: np.ndarray       # indices of the points that are no duplicate
+    src_pts: np.ndarray    # (n, d) float64, the input's order
+    src_w: np.ndarray      # (n,) weights, the input's order
+    perm: np.ndarray       # (n,) int32: the input index of each label
+    n_live: int
     h: float               # grid cell size
     res: np.ndarray        # grid resolution (3,) int32
-    order: np.ndarray      # live indices in grid order (int32, host)
     wmax: float
-    P: object              # kernel arrays: points, weights, duplicate flags,
+    P: object              # kernel arrays, by label: points, weights, duplicate flags,
     Wd: object
     skip_d: object
+    perm_d: object         # perm
     start: object          # the grid's CSR cell starts, ...
-    order_d: object        # ... its point order (global indices), ...
+    order_d: object        # ... its point order (labels: 0, 1, ...), ...
     glo: object            # ... its origin (d,) ...
     res_d: object          # ... and resolution
     box: tuple             # (lo, hi) (d,) of the live points
 
     @property
     def n(self) -> int:
-        return self.pts.shape[0]
+        return self.src_pts.shape[0]
 
     @property
     def d(self) -> int:
-        return self.pts.shape[1]
+        return self.src_pts.shape[1]
+
+    @property
+    def live(self) -> np.ndarray:
+        """Labels of the live points."""
+        return np.arange(self.n_live)
+
+    @property
+    def order(self) -> np.ndarray:
+        """Labels of the live points in grid order (int32)."""
+        return np.arange(self.n_live, dtype=np.int32)
+
+    @cached_property
+    def pts(self) -> np.ndarray:
+        """(n, d) points by label (host; only the exact recomputation reads them)."""
+        return self.src_pts[self.perm]
+
+    @cached_property
+    def w(self) -> np.ndarray:
+        """(n,) weights by label."""
+        return self.src_w[self.perm]
 
 
 def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple) -> CellSetup:
-    """Upload the points, find the duplicates and sort the live points into a uniform grid;
-    ``box``: the points' bounding box (lo, hi).
+    """Upload the points, find the duplicates, sort the live points into a uniform grid and
+    relabel every point by its place in the grid order (see CellSetup); ``box``: the points'
+    bounding box (lo, hi).
 
     Duplicates are found on the device: every point goes into a grid, and ``K.grid_twins``
     compares the points of each cell (twins share a cell). The points of cells that hold more
@@ -84,6 +111,7 @@ def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple) -> CellSetup:
     start, order_d = build_grid(P3, n, up(lo), h, up(res), sort=False)
     flag = _device.zeros((n,), np.int32)
     K.grid_twins(P3, Wd, start, order_d, K.TWIN_CAP, flag)
+    del P3
     flag = _device.fetch(flag)
     dup = flag == 1
     crowded = np.flatnonzero(flag < 0)
@@ -95,17 +123,24 @@ def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple) -> CellSetup:
         p3[:, :d] = pts[live]
         lo, h, res = grid_params(p3, per_cell)
         start, order_live = build_grid(up(p3), len(live), up(lo), h, up(res))
-        order = live.astype(np.int32)[_device.fetch(order_live)]  # grid order, global indices
-        order_d = up(order)
+        perm = np.concatenate([live[_device.fetch(order_live)], np.flatnonzero(dup)]).astype(np.int32)
+        perm_d = up(perm)
         box = bounding_box(pts[live])
         wmax = float(w[live].max())
     else:
         live = np.arange(n)
         sort_segments(start, order_d)  # as build_grid(sort=True) would
-        order = np.array(_device.fetch(order_d), dtype=np.int32)
+        perm_d = order_d
+        perm = np.array(_device.fetch(perm_d), dtype=np.int32)
         wmax = float(w.max())
-    return CellSetup(pts, w, live, h, res, order, wmax, P, Wd, up(dup.astype(np.int32)),
-                     start, order_d, up(lo[:d].copy()), up(res), box)
+    n_live = len(live)
+    Pl = _device.empty((n, d), np.float64)
+    Wl = _device.empty((n,), np.float64)
+    K.gather_points(P, Wd, perm_d, Pl, Wl)
+    skip = np.zeros(n, np.int32)
+    skip[n_live:] = 1
+    return CellSetup(pts, w, perm, n_live, h, res, wmax, Pl, Wl, up(skip), perm_d, start,
+                     up(np.arange(n_live, dtype=np.int32)), up(lo[:d].copy()), up(res), box)
 
 
 def _pad3(v: np.ndarray) -> np.ndarray:
@@ -200,9 +235,8 @@ def certify(K, s: CellSetup, cells: CellLists, status_all: np.ndarray, box_lo, b
             check: bool, stats: dict) -> None:
     """Recompute exactly the cells the kernels flagged (broken or overflowing) and, with
     ``check``, those that disagree with a neighbour, until all agree."""
-    exact = Exact(s.pts, s.w)
-
     def recompute(todo):
+        exact = Exact(s.pts, s.w)  # here: s.pts, the points by label, is gathered on first use
         live_pts = s.pts[s.live]
         for i in sorted(todo):
             dist = ((live_pts - s.pts[i]) ** 2).sum(1)

@@ -287,10 +287,10 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
 
     n, d = pts.shape
     s = prepare(K, pts, w, _duplicates, box)
-    if len(s.live) == n:
+    if s.n_live == n:
         _check_spread(pts, box)
     else:
-        _check_spread(pts[s.live])
+        _check_spread(pts[s.perm[:s.n_live]])
     laps("setup")
     used = _device.zeros((n,), np.int32)  # vertices of the simplices, marked as they are oriented
     simp, ms, faces_d, nf, open_rows = _cells_in_box(K, s, check, stats, laps, used)
@@ -302,10 +302,13 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     laps("hull")
     # hidden = no vertex. A cell that lies wholly outside the clipping box (possible next to very
     # heavy points) comes out empty from the clipping, but its simplices are found by the wrapping.
-    hidden = _device.fetch(used) == 0
-    simplices = _stack_int64(K, simp, ms, wrapped_d, len(wrapped), d + 1)
+    # (the kernels' labels are grid positions: the outputs go back to the input's indices)
+    hidden = np.empty(n, bool)
+    hidden[s.perm] = _device.fetch(used) == 0
+    simplices = _stack_int64(K, simp, ms, wrapped_d, len(wrapped), d + 1, s.perm_d, False)
     new_faces = np.concatenate(new_faces) if new_faces else np.zeros((0, d), np.int64)
-    faces = _stack_int64(K, faces_d, nf, _device.upload(new_faces.astype(np.int32).reshape(-1, d)), len(new_faces), d)
+    faces = _stack_int64(K, faces_d, nf, _device.upload(new_faces.astype(np.int32).reshape(-1, d)),
+                         len(new_faces), d, s.perm_d, True)
     laps("finish")
     stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
     stats["scale"] = scale
@@ -315,13 +318,14 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     return Triangulation(pts, w, simplices, hidden, faces, stats)
 
 
-def _stack_int64(K, a, na: int, b, nb: int, cols: int) -> np.ndarray:
+def _stack_int64(K, a, na: int, b, nb: int, cols: int, label, sort_rows: bool) -> np.ndarray:
     """The first na rows of the device array a, then the first nb of b, fetched as one int64
-    array of ``cols`` columns (converted and stacked on the device)."""
+    array of ``cols`` columns, each entry k replaced by label[k] (and each row sorted with
+    ``sort_rows``): relabelled, converted and stacked on the device."""
     if na + nb == 0:
         return np.zeros((0, cols), np.int64)
     out = _device.empty((na + nb, cols), np.int64)
-    K.stack_int64(a, na, b, nb, out)
+    K.stack_int64(a, na, b, nb, label, out, cols, sort_rows)
     return _device.fetch(out)
 
 
