@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import runtime
 from .._core import device as _device
+from .._core.keys import keys_fit, row_keys
 from .._core.validate import as_array, as_index_array, as_points, as_scalar
 from ..spatial import PointGrid, spacing
 
@@ -315,10 +316,14 @@ def _face_simplices(simplices: np.ndarray, faces: np.ndarray):
     m = len(simplices)
     sf = np.concatenate([np.sort(np.delete(simplices, c, axis=1), axis=1) for c in range(d + 1)])
     sid = np.tile(np.arange(m), d + 1)
-    keys = np.concatenate([sf, np.sort(faces, axis=1)])
-    _, inv = np.unique(keys, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    ks, kf = inv[:len(sf)], inv[len(sf):]
+    fs = np.sort(faces, axis=1)
+    n = int(max(sf.max(), fs.max())) + 1
+    if keys_fit(n, d):  # one int64 key per row: 1D sorts (np.unique(axis=0) sorts structured rows)
+        ks, kf = row_keys(sf, n), row_keys(fs, n)
+    else:
+        _, inv = np.unique(np.concatenate([sf, fs]), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        ks, kf = inv[:len(sf)], inv[len(sf):]
     order = np.argsort(ks, kind="stable")
     ks, sid = ks[order], sid[order]
     lo = np.searchsorted(ks, kf, "left")
