@@ -77,8 +77,8 @@ def _first_of_rows(rows: np.ndarray, n: int) -> np.ndarray:
 def complete_hull(K, P, Wd, skip_d, grid, open_rows, d, stats):
     """The simplices whose power centre lies outside the clipping box, found by gift wrapping from
     every face that has a simplex on one side only (``open_rows``: (face..., opposite vertex));
-    a face with no point beyond it is on the hull. Returns the simplices, (k, d + 1) int64 in lexicographic order and not yet oriented,
-    and a list of arrays of the faces they add.
+    a face with no point beyond it is on the hull. Returns the simplices, (k, d + 1) int64 in
+    lexicographic order and not yet oriented, and a list of arrays of the faces they add.
 
     One kernel call per round finds the simplex beyond every open face. The host keeps the
     sorted keys of the faces met so far; a new simplex's faces that are not among them are
