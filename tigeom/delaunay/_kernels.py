@@ -27,6 +27,7 @@ from .._core.launch import light_compile
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 nd_i32_2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
 nd_i32_3 = ti.types.ndarray(dtype=ti.i32, ndim=3)
+nd_i64_2 = ti.types.ndarray(dtype=ti.i64, ndim=2)
 nd_f64 = ti.types.ndarray(dtype=ti.f64, ndim=1)
 nd_f64_2 = ti.types.ndarray(dtype=ti.f64, ndim=2)
 nd_f64_3 = ti.types.ndarray(dtype=ti.f64, ndim=3)
@@ -739,17 +740,69 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
 # --------------------------------------------------------------------------- 3D cells
 
 
+BOUNDARY_SLOTS = 64  # distinct planes around one conflict region, one bit each (beyond: exact on the host)
+
+
 @ti.func
-def _tri_has_edge(tri: ti.template(), w, t, u, v):
-    """Whether triangle t of worker w contains the directed edge u -> v."""
-    a, b, c = tri[w, t, 0], tri[w, t, 1], tri[w, t, 2]
-    return (a == u and b == v) or (b == u and c == v) or (c == u and a == v)
+def _conflict_boundary(tri: ti.template(), cl: ti.template(), be: ti.template(), loc: ti.template(),
+                       mk: ti.template(), w, nc, tcap):
+    """Boundary of the conflict region of worker w (its nc triangles cl[w, :nc]): the directed
+    edges u -> v of conflict triangles whose reverse lies on none, into be[w, :nb] in the order of
+    the triangles' edges. Returns (nb, status).
+
+    Exact and linear in nc: the plane slots met get local ids (loc, -1 between calls), and each
+    local id a 64-bit mask of the local ids its conflict edges lead to, so an edge is inner when
+    its reverse's bit is set. The region must be a topological disk, its boundary one cycle in
+    which every slot starts one edge at most: ST_BROKEN otherwise, and also when more than
+    BOUNDARY_SLOTS slots are met (the cell is then recomputed exactly on the host)."""
+    nv = 0
+    for q in range(nc):
+        t = cl[w, q]
+        for e in ti.static(range(3)):
+            u = tri[w, t, e]
+            if loc[w, u] < 0:
+                if nv < BOUNDARY_SLOTS:
+                    loc[w, u] = nv
+                    mk[w, nv] = 0
+                nv += 1
+    st = 0
+    nb = 0
+    if nv > BOUNDARY_SLOTS:
+        st = ST_BROKEN
+    else:
+        for q in range(nc):
+            t = cl[w, q]
+            for e in ti.static(range(3)):
+                u = loc[w, tri[w, t, e]]
+                v = loc[w, tri[w, t, (e + 1) % 3]]
+                mk[w, u] |= ti.cast(1, ti.i64) << ti.cast(v, ti.i64)
+        starts = ti.cast(0, ti.i64)
+        for q in range(nc):
+            t = cl[w, q]
+            for e in ti.static(range(3)):
+                su = tri[w, t, e]
+                sv = tri[w, t, (e + 1) % 3]
+                u = ti.cast(loc[w, su], ti.i64)
+                v = loc[w, sv]
+                if (mk[w, v] >> u) & 1 == 0:
+                    if nb < tcap:
+                        be[w, nb, 0] = su
+                        be[w, nb, 1] = sv
+                    nb += 1
+                    if (starts >> u) & 1 != 0:
+                        st = ST_BROKEN
+                    starts |= ti.cast(1, ti.i64) << u
+    for q in range(nc):
+        t = cl[w, q]
+        for e in ti.static(range(3)):
+            loc[w, tri[w, t, e]] = -1
+    return nb, st
 
 
 @ti.func
 def _clip3(P: ti.template(), W: ti.template(), i, pi, j, w, nt, npl, tri: ti.template(), pl: ti.template(), vy: ti.template(),
-           flag: ti.template(), cl: ti.template(), be: ti.template(), box_lo, box_hi,
-           tcap, pcap):
+           flag: ti.template(), cl: ti.template(), be: ti.template(), loc: ti.template(), mk: ti.template(), box_lo,
+           box_hi, tcap, pcap):
     """Clip the cell of worker w (nt triangles over npl plane slots) by bisector j."""
     nc = 0
     nj, cj = _plane(P, W, i, j, pi, box_lo, box_hi, 3)
@@ -779,30 +832,12 @@ def _clip3(P: ti.template(), W: ti.template(), i, pi, j, w, nt, npl, tri: ti.tem
             js = npl
             pl[w, js] = j
             npl += 1
-            # boundary of the conflict region: edges of conflict triangles not shared by two
-            nb = 0
-            for q in range(nc):
-                t = cl[w, q]
-                for e in ti.static(range(3)):
-                    u = tri[w, t, e]
-                    v = tri[w, t, (e + 1) % 3]
-                    inner = False
-                    for q2 in range(nc):
-                        if _tri_has_edge(tri, w, cl[w, q2], v, u):
-                            inner = True
-                    if not inner:
-                        if nb < tcap:
-                            be[w, nb, 0] = u
-                            be[w, nb, 1] = v
-                        nb += 1
-            # a topological disk: its boundary is one cycle, every slot starts one edge at most
+            loc[w, js] = -1
+            nb, bst = _conflict_boundary(tri, cl, be, loc, mk, w, nc, tcap)
             if nb > tcap or nt - nc + nb > tcap:
                 st = ST_OVERFLOW
             else:
-                for q in range(nb):
-                    for q2 in range(q + 1, nb):
-                        if be[w, q, 0] == be[w, q2, 0]:
-                            st = ST_BROKEN
+                st = bst
             if st == 0:
                 # new triangles (u, v, j) go into the conflict slots first, then at the end
                 ntn = nt
@@ -849,12 +884,13 @@ def _clip3(P: ti.template(), W: ti.template(), i, pi, j, w, nt, npl, tri: ti.tem
 
 @ti.func
 def _box_cell3(P: ti.template(), W: ti.template(), i, pi, w, tri: ti.template(), pl: ti.template(),
-               vy: ti.template(), flag: ti.template(), box_lo, box_hi):
+               vy: ti.template(), flag: ti.template(), loc: ti.template(), box_lo, box_hi):
     """Worker w's cell of point i starts as the box: plane slots 0..5 are x-, x+, y-, y+, z-, z+;
     its 8 corners, each ordered so that the outward normals have a positive determinant (a
     consistent dual orientation)."""
     for k in range(6):
         pl[w, k] = -1 - k
+        loc[w, k] = -1
     for k in range(8):
         sx, sy, sz = k & 1, (k >> 1) & 1, (k >> 2) & 1
         a, b, cc = sx, 2 + sy, 4 + sz
@@ -917,7 +953,7 @@ def _emit_cell3(P: ti.template(), W: ti.template(), i, w, nt, tri: ti.template()
 def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res: nd_i32,
             start: nd_i32, order: nd_i32, box_lo_a: nd_f64, box_hi_a: nd_f64, prm: nd_f64,
             tri: nd_i32_3, pl: nd_i32_2, vy: nd_f64_3, flag: nd_i32_2, cl: nd_i32_2, be: nd_i32_3,
-            cand: nd_i32_2, cdist: nd_f64_2,
+            loc: nd_i32_2, mk: nd_i64_2, cand: nd_i32_2, cdist: nd_f64_2,
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32,
             tcap: ti.i32, pcap: ti.i32, chunk: ti.template(), qa: ti.i32, qs: ti.i32, qlen: ti.i32):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b, c) into buf.
@@ -938,7 +974,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
         while q < qend:
             i = ids[q]
             pi = _pt(P, i, 3)
-            _box_cell3(P, W, i, pi, w, tri, pl, vy, flag, box_lo, box_hi)
+            _box_cell3(P, W, i, pi, w, tri, pl, vy, flag, loc, box_lo, box_hi)
             npl = 6
             nt = 8
             st = 0
@@ -972,7 +1008,7 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                         lo2 = hi2
                         pas += 1
                         k = 0
-                        if pas < NPASS:
+                        if pas < NPASS and lo2 < need2:  # (need2 only shrinks: the rest lie beyond)
                             hi2 = _band_hi2(pas, h)
                         else:
                             r = R1_3D + 1
@@ -997,8 +1033,8 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                 if j >= 0:
                     nt0 = nt
                     npl0 = npl
-                    nt, npl, st = _clip3(P, W, i, pi, j, w, nt, npl, tri, pl, vy, flag, cl, be, box_lo, box_hi,
-                                         tcap, pcap)
+                    nt, npl, st = _clip3(P, W, i, pi, j, w, nt, npl, tri, pl, vy, flag, cl, be, loc, mk, box_lo,
+                                         box_hi, tcap, pcap)
                     if st == 0 and (npl != npl0 or nt != nt0):
                         need2 = _need2_3(vy, w, nt, wmax - W[i])
             status[i] = st

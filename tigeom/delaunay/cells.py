@@ -189,7 +189,9 @@ def _launch(K, s: CellSetup, ids, nw, cap, chunk, blo, bhi, prm, status, count, 
         flag = _device.empty((nw, cap), np.int32)
         cl = _device.empty((nw, cap), np.int32)
         be = _device.empty((nw, cap, 2), np.int32)
-        K.cells3d(*common, tri, pl, vy, flag, cl, be, cand, cdist, status, count, buf, counter, cap, cap, chunk,
+        loc = _device.empty((nw, cap), np.int32)
+        mk = _device.empty((nw, K.BOUNDARY_SLOTS), np.int64)
+        K.cells3d(*common, tri, pl, vy, flag, cl, be, loc, mk, cand, cdist, status, count, buf, counter, cap, cap, chunk,
                   *schedule(len(ids), nw, gpu))
 
 
