@@ -808,7 +808,15 @@ def _clip3(P: ti.template(), W: ti.template(), i, pi, j, w, nt, npl, tri: ti.tem
     nj, cj = _plane(P, W, i, j, pi, box_lo, box_hi, 3)
     anj = ti.abs(nj)
     acj = ti.abs(cj)
+    # most candidates remove no vertex: a first pass without stores (after a store Taichi reloads
+    # the arrays' addresses) finds the first vertex removed or within the filter's band, if any
+    first = nt
     for t in range(nt):
+        y = ti.Vector([vy[w, t, 0], vy[w, t, 1], vy[w, t, 2]])
+        if nj.dot(y) - cj >= -EPS_G * (anj.dot(ti.abs(y)) + acj):
+            first = t
+            break
+    for t in range(first, nt):
         # the float filter first; the vertex's planes are read only for a near tie. flag[w, t] is
         # 0 for every live triangle between clips, so only conflicts write it
         y = ti.Vector([vy[w, t, 0], vy[w, t, 1], vy[w, t, 2]])
