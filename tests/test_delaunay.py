@@ -401,15 +401,16 @@ def test_device_array_path_on_cpu(monkeypatch):
         assert np.array_equal(got.simplices, ref.simplices) and np.array_equal(got.hidden, ref.hidden)
 
 
-@pytest.mark.parametrize("n", [50, 2 ** 40])  # one int64 key per row, and the lexsort path
-def test_row_groups_follow_lexicographic_order(n):
-    from tigeom.delaunay.hull import _row_groups
+@pytest.mark.parametrize("n", [50, 2 ** 20, 2 ** 40])  # one int64 key per row, two, one per column
+def test_first_of_groups_follow_lexicographic_order(n):
+    from tigeom.delaunay.hull import _first_of_groups, _first_of_rows
 
     rows = np.random.default_rng(0).integers(0, 50, size=(400, 4))
-    g = _row_groups(rows, n)
-    uniq, inv = np.unique(rows, axis=0, return_inverse=True)
-    np.testing.assert_array_equal(g, inv.ravel())
-    assert len(_row_groups(rows[:0], n)) == 0
+    rows[:, 1] += n - 50  # values near n, where a wrong packing would collide
+    _, first = np.unique(rows, axis=0, return_index=True)
+    np.testing.assert_array_equal(_first_of_groups(rows, n), first)
+    np.testing.assert_array_equal(_first_of_rows(rows, n), np.sort(first))
+    assert len(_first_of_groups(rows[:0], n)) == 0
 
 
 def test_cells_recomputed_on_the_host_replace_their_rows(monkeypatch):

@@ -10,21 +10,27 @@ from .._core import device as _device
 from .._core.keys import keys_fit, row_keys
 
 
-def _row_groups(rows: np.ndarray, n: int) -> np.ndarray:
-    """Group id of every row of indices in [0, n): equal rows share an id, and ids follow the
-    rows' lexicographic order (an int64 key sort when the rows fit one key, else lexsort)."""
+def _row_order(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(o, step) for rows of indices in [0, n): ``o`` a stable order that sorts the rows
+    lexicographically, ``step[k]`` whether sorted row k + 1 differs from row k. The columns are
+    packed into as few int64 keys as hold them (one sort of one key when the rows fit one)."""
+    k = rows.shape[1]
+    per = max(c for c in range(1, k + 1) if keys_fit(n, c))
+    keys = [row_keys(rows[:, a:a + per], n) for a in range(0, k, per)]
+    o = np.argsort(keys[0], kind="stable") if len(keys) == 1 else np.lexsort(keys[::-1])
+    step = np.zeros(max(len(rows) - 1, 0), bool)
+    for key in keys:
+        ks = key[o]
+        step |= ks[1:] != ks[:-1]
+    return o, step
+
+
+def _first_of_groups(rows: np.ndarray, n: int) -> np.ndarray:
+    """Index of the first occurrence of every distinct row, in the rows' lexicographic order."""
     if len(rows) == 0:
         return np.zeros(0, np.int64)
-    if keys_fit(n, rows.shape[1]):
-        key = row_keys(rows, n)
-        o = np.argsort(key, kind="stable")
-        step = key[o[1:]] != key[o[:-1]]
-    else:
-        o = np.lexsort(rows.T[::-1])
-        step = (rows[o[1:]] != rows[o[:-1]]).any(axis=1)
-    g = np.empty(len(rows), np.int64)
-    g[o] = np.concatenate([[0], np.cumsum(step)])
-    return g
+    o, step = _row_order(rows, n)
+    return o[np.concatenate([[True], step])]
 
 
 def wrap_boxes(K, P, start, order, res, d):
@@ -70,8 +76,7 @@ class _FaceKeys:
 
 def _first_of_rows(rows: np.ndarray, n: int) -> np.ndarray:
     """Indices of the first occurrence of every distinct row, in row order."""
-    _, first = np.unique(_row_groups(rows, n), return_index=True)
-    return np.sort(first)
+    return np.sort(_first_of_groups(rows, n))
 
 
 def complete_hull(K, P, Wd, skip_d, grid, open_rows, d, stats):
@@ -113,9 +118,7 @@ def complete_hull(K, P, Wd, skip_d, grid, open_rows, d, stats):
         # a face met twice in this round is closed on both sides
         front, fopp = fa_new[ucount == 1], op_new[ucount == 1]
     wrapped = np.concatenate(new_s) if new_s else np.zeros((0, d + 1), np.int64)
-    g = _row_groups(wrapped, n)
-    _, first = np.unique(g, return_index=True)  # one of each, in lexicographic order
-    wrapped = wrapped[first]
+    wrapped = wrapped[_first_of_groups(wrapped, n)]  # one of each, in lexicographic order
     stats["wrapped"] = len(wrapped)
     return wrapped, new_f
 
