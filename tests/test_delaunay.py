@@ -593,3 +593,18 @@ def test_outputs_are_in_the_input_indices_whatever_the_input_order(d):
     assert (np.diff(a.faces, axis=1) > 0).all()  # each face row ascending
     check_valid(a)
     check_valid(b)
+
+
+def test_cells_with_many_faces_stay_on_the_device():
+    """Sparse points next to a dense surface (DMesh's real and imaginary points) have cells with
+    many faces, where one clip can remove a region around more planes than the kernel's bit masks
+    hold: such a clip takes the kernel's quadratic path, not the exact host one."""
+    from tigeom.dmesh import sampling
+
+    rng = np.random.default_rng(0)
+    real = sampling.torus_samples(3000, rng=rng)
+    p = np.concatenate([real, rng.uniform(real.min(0), real.max(0), (150, 3))])
+    tri = tigeom.weighted_delaunay(p)
+    assert tri.stats["cells_recomputed_exactly"] == 0
+    lower, hidden = lifted_lower_hull(p, np.zeros(len(p)))
+    assert canon(tri.simplices) == canon(lower) and not tri.hidden.any()

@@ -740,7 +740,41 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
 # --------------------------------------------------------------------------- 3D cells
 
 
-BOUNDARY_SLOTS = 64  # distinct planes around one conflict region, one bit each (beyond: exact on the host)
+BOUNDARY_SLOTS = 64  # distinct planes around one conflict region, one bit each (beyond: a quadratic scan)
+
+
+@ti.func
+def _tri_has_edge(tri: ti.template(), w, t, u, v):
+    """Whether triangle t of worker w contains the directed edge u -> v."""
+    a, b, c = tri[w, t, 0], tri[w, t, 1], tri[w, t, 2]
+    return (a == u and b == v) or (b == u and c == v) or (c == u and a == v)
+
+
+@ti.func
+def _conflict_boundary_scan(tri: ti.template(), cl: ti.template(), be: ti.template(), w, nc, tcap):
+    """:func:`_conflict_boundary` for any number of slots: each edge's reverse is looked for among
+    all the conflict triangles, and every pair of boundary edges compared (quadratic in nc)."""
+    nb = 0
+    for q in range(nc):
+        t = cl[w, q]
+        for e in ti.static(range(3)):
+            u = tri[w, t, e]
+            v = tri[w, t, (e + 1) % 3]
+            inner = False
+            for q2 in range(nc):
+                if _tri_has_edge(tri, w, cl[w, q2], v, u):
+                    inner = True
+            if not inner:
+                if nb < tcap:
+                    be[w, nb, 0] = u
+                    be[w, nb, 1] = v
+                nb += 1
+    st = 0
+    for q in range(ti.min(nb, tcap)):
+        for q2 in range(q + 1, ti.min(nb, tcap)):
+            if be[w, q, 0] == be[w, q2, 0]:
+                st = ST_BROKEN
+    return nb, st
 
 
 @ti.func
@@ -752,9 +786,10 @@ def _conflict_boundary(tri: ti.template(), cl: ti.template(), be: ti.template(),
 
     Exact and linear in nc: the plane slots met get local ids (loc, -1 between calls), and each
     local id a 64-bit mask of the local ids its conflict edges lead to, so an edge is inner when
-    its reverse's bit is set. The region must be a topological disk, its boundary one cycle in
-    which every slot starts one edge at most: ST_BROKEN otherwise, and also when more than
-    BOUNDARY_SLOTS slots are met (the cell is then recomputed exactly on the host)."""
+    its reverse's bit is set. The region is a topological disk, so its boundary is one cycle in
+    which every slot starts one edge at most: ST_BROKEN when one starts two. A region around more
+    than BOUNDARY_SLOTS slots (a cell with many faces, such as a point in a sparse region next to
+    a dense one, cut by a plane that removes much of it) goes through the quadratic scan."""
     nv = 0
     for q in range(nc):
         t = cl[w, q]
@@ -768,7 +803,7 @@ def _conflict_boundary(tri: ti.template(), cl: ti.template(), be: ti.template(),
     st = 0
     nb = 0
     if nv > BOUNDARY_SLOTS:
-        st = ST_BROKEN
+        nb, st = _conflict_boundary_scan(tri, cl, be, w, nc, tcap)
     else:
         for q in range(nc):
             t = cl[w, q]
