@@ -191,8 +191,8 @@ def _launch(K, s: CellSetup, ids, nw, cap, chunk, blo, bhi, prm, status, count, 
         be = _device.empty((nw, cap, 2), np.int32)
         loc = _device.empty((nw, cap), np.int32)
         mk = _device.empty((nw, K.BOUNDARY_SLOTS), np.int64)
-        K.cells3d(*common, tri, pl, vy, flag, cl, be, loc, mk, cand, cdist, status, count, buf, counter, cap, cap, chunk,
-                  *schedule(len(ids), nw, gpu))
+        K.cells3d(*common, tri, pl, vy, flag, cl, be, loc, mk, cand, cdist, status, count, buf, counter, cap, cap,
+                  chunk, *schedule(len(ids), nw, gpu))
 
 
 def clip_cells(K, s: CellSetup, box_lo, box_hi, band: float, stats: dict):
