@@ -651,11 +651,14 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             planes: nd_i32_3, vy: ti.types.ndarray(dtype=ti.f64, ndim=4), flag: nd_i32_2,
             cand: nd_i32_2, cdist: nd_f64_2,
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32, cap: ti.i32,
-            chunk: ti.template(), qa: ti.i32, qs: ti.i32, qlen: ti.i32):
+            chunk: ti.template(), block: ti.template(), qa: ti.i32, qs: ti.i32, qlen: ti.i32):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b) into buf.
-    prm = (grid cell size, largest weight, box band): f64 scalars travel in an array."""
+    prm = (grid cell size, largest weight, box band): f64 scalars travel in an array. ``block``:
+    the GPU's threads per block (0: Taichi's default; on the CPU pass 0)."""
     # everything lives inside the parallel loop: values computed before it become global
     # temporaries, whose mixed f64/i32 layout faulted on CUDA (misaligned address)
+    if ti.static(block > 0):
+        ti.loop_config(block_dim=block)
     for w in range(planes.shape[0]):
         nw = planes.shape[0]
         h, wmax, band = prm[0], prm[1], prm[2]
@@ -998,10 +1001,13 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             tri: nd_i32_3, pl: nd_i32_2, vy: nd_f64_3, flag: nd_i32_2, cl: nd_i32_2, be: nd_i32_3,
             loc: nd_i32_2, mk: nd_i64_2, cand: nd_i32_2, cdist: nd_f64_2,
             status: nd_i32, count: nd_i32, buf: nd_i32_2, counter: nd_i32,
-            tcap: ti.i32, pcap: ti.i32, chunk: ti.template(), qa: ti.i32, qs: ti.i32, qlen: ti.i32):
+            tcap: ti.i32, pcap: ti.i32, chunk: ti.template(), block: ti.template(), qa: ti.i32, qs: ti.i32,
+            qlen: ti.i32):
     """Power cell of every point in ids; writes each cell's simplices (i, a, b, c) into buf.
-    prm = (grid cell size, largest weight, box band)."""
+    prm = (grid cell size, largest weight, box band); ``block`` as in cells2d."""
     # everything inside the parallel loop (see cells2d)
+    if ti.static(block > 0):
+        ti.loop_config(block_dim=block)
     for w in range(tri.shape[0]):
         h, wmax, band = prm[0], prm[1], prm[2]
         nw = tri.shape[0]

@@ -154,6 +154,10 @@ def _pad3(v: np.ndarray) -> np.ndarray:
 # points in 2D took 0.62-0.68 s in the cell kernel with 262,144 workers against 0.87-0.93 s with
 # 65,536; 1e6 points in 3D 0.47 s with 131,072 against 0.49-0.50 s.
 GPU_WORKERS = {2: 262144, 3: 131072}
+# Threads per block of the cell kernels on a GPU (Taichi's default is 128). On an H200, 1e6
+# points in 3D took 0.30 s in the cell kernel with 256 against 0.43 s with 128 (and 0.31 s with
+# 512, 0.56 s with 1024).
+GPU_BLOCK = {2: 256, 3: 256}
 
 
 def schedule(m: int, nw: int, gpu: bool) -> tuple[int, int, int]:
@@ -173,6 +177,7 @@ def _launch(K, s: CellSetup, ids, nw, cap, chunk, blo, bhi, prm, status, count, 
     gpu = runtime.on_gpu()
     ids_d = _device.upload(ids.astype(np.int32))
     ncand = 192 if d == 2 else 256
+    block = GPU_BLOCK[d] if gpu else 0
     cand = _device.empty((nw, ncand), np.int32)
     cdist = _device.empty((nw, ncand), np.float64)
     common = (s.P, s.Wd, s.skip_d, ids_d, s.glo, s.res_d, s.start, s.order_d, blo, bhi, prm)
@@ -181,7 +186,7 @@ def _launch(K, s: CellSetup, ids, nw, cap, chunk, blo, bhi, prm, status, count, 
         vy = _device.empty((nw, 2, cap, 2), np.float64)
         flag = _device.empty((nw, cap), np.int32)
         K.cells2d(*common, planes, vy, flag, cand, cdist, status, count, buf, counter, cap, chunk,
-                  *schedule(len(ids), nw, gpu))
+                  block, *schedule(len(ids), nw, gpu))
     else:
         tri = _device.empty((nw, cap, 3), np.int32)
         pl = _device.empty((nw, cap), np.int32)
@@ -192,7 +197,7 @@ def _launch(K, s: CellSetup, ids, nw, cap, chunk, blo, bhi, prm, status, count, 
         loc = _device.empty((nw, cap), np.int32)
         mk = _device.empty((nw, K.BOUNDARY_SLOTS), np.int64)
         K.cells3d(*common, tri, pl, vy, flag, cl, be, loc, mk, cand, cdist, status, count, buf, counter, cap, cap,
-                  chunk, *schedule(len(ids), nw, gpu))
+                  chunk, block, *schedule(len(ids), nw, gpu))
 
 
 def clip_cells(K, s: CellSetup, box_lo, box_hi, band: float, stats: dict):
