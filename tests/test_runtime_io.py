@@ -222,3 +222,20 @@ def test_device_upload_and_fetch_round_trip(dtype):
         d = device.upload(np.arange(10, dtype=np.int64))
         twice(d)
         np.testing.assert_array_equal(device.fetch(d), 2 * np.arange(10))
+
+
+@pytest.mark.parametrize("shape", [(3,), (100_003, 3), (50_000, 7)])
+def test_host_empty_touches_large_arrays_and_keeps_them_writable(monkeypatch, shape):
+    """``host_empty`` (the host side of large device fetches) gives a C-contiguous array of the
+    asked shape and dtype whose every page was written once by its threads (a uint8 view of it
+    then reads zero at each page start), including a last, partial chunk."""
+    from tigeom._core import device
+
+    monkeypatch.setattr(device, "TOUCH_BYTES", 1024)
+    a = device.host_empty(shape, np.int64)
+    assert a.shape == shape and a.dtype == np.int64 and a.flags.c_contiguous and a.flags.writeable
+    flat = a.reshape(-1).view(np.uint8)
+    if a.nbytes >= 1024:
+        assert not flat[::device._PAGE].any()
+    a[...] = 7
+    assert (a == 7).all()

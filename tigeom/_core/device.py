@@ -130,6 +130,40 @@ def zeros(shape, dtype):
     return buf
 
 
+TOUCH_BYTES = 32 << 20  # host arrays from this size on get their pages in parallel threads
+_PAGE = 4096
+_POOL: list = []
+
+
+def host_empty(shape, dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose memory pages the process has already touched.
+
+    A fresh large array is mapped lazily: its pages fault in, one by one, on first write. A copy
+    from the device into it then runs at the speed of those faults: on an H200 host a fetch of
+    0.54 GB into a fresh array took 0.19-0.24 s, and into one already touched 0.05 s. The pages
+    of a large array are therefore touched first, by a few threads at once (one write per page;
+    the faults of different threads proceed in parallel): 0.07 s for that fetch, touching
+    included. The values stay undefined, as with ``np.empty``."""
+    out = np.empty(shape, dtype)
+    if out.nbytes < TOUCH_BYTES:
+        return out
+    import os
+
+    flat = out.reshape(-1).view(np.uint8)
+    workers = max(1, min(8, os.cpu_count() or 1))
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=8, thread_name_prefix="tigeom-touch"))
+    per = -(-len(flat) // (workers * _PAGE)) * _PAGE  # page-aligned chunks
+
+    def touch(k):
+        flat[k * per:(k + 1) * per:_PAGE] = 0  # numpy releases the GIL in the strided store
+
+    list(_POOL[0].map(touch, range(workers)))
+    return out
+
+
 def fetch(buf, n: int | None = None) -> np.ndarray:
     """numpy copy (or view, on the CPU) of a kernel array, first ``n`` rows."""
     if isinstance(buf, np.ndarray):
@@ -139,7 +173,8 @@ def fetch(buf, n: int | None = None) -> np.ndarray:
         shape = tuple(buf.shape)
         if dt is not None and shape:
             rows = shape[0] if n is None else max(min(int(n), shape[0]), 0)
-            out = np.empty((rows, *shape[1:]), dt)
+            cuda = runtime.config().backend == "cuda"
+            out = (host_empty if cuda else np.empty)((rows, *shape[1:]), dt)
             if _cuda_copy(buf, out, to_device=False):
                 return out
         arr = buf.to_numpy()
