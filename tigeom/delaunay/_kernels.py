@@ -701,30 +701,33 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             if m < 0:
                 phase = 1
             while phase < 2 and st == 0:
+                # the next candidate: an inner loop of cheap steps, so that the threads of a GPU
+                # warp reach the clip together (see cells3d)
                 j = -1
-                if phase == 0:
-                    if kc < m:
-                        if cdist[w, kc] < need2:
-                            j = cand[w, kc]
-                        kc += 1
-                    else:
-                        r = R1_2D + 1
-                        a = -r
-                        b = -r
-                        phase = 1
-                        if (R1_2D * h * ti.f64(SHRINK)) ** 2 >= need2:
+                while j < 0 and phase < 2:
+                    if phase == 0:
+                        if kc < m:
+                            if cdist[w, kc] < need2:
+                                j = cand[w, kc]
+                            kc += 1
+                        else:
+                            r = R1_2D + 1
+                            a = -r
+                            b = -r
+                            phase = 1
+                            if (R1_2D * h * ti.f64(SHRINK)) ** 2 >= need2:
+                                phase = 2
+                    elif s < send:  # the points of the grid cell being visited
+                        j, s = _cell_point(P, skip, order, i, pi, s, need2, 2)
+                    elif a > r:  # ring r visited
+                        if _ring_done(st, r, rmax, h, need2):
                             phase = 2
-                elif s < send:  # the points of the grid cell being visited
-                    j, s = _cell_point(P, skip, order, i, pi, s, need2, 2)
-                elif a > r:  # ring r visited
-                    if _ring_done(st, r, rmax, h, need2):
-                        phase = 2
+                        else:
+                            r += 1
+                            a = -r
+                            b = -r
                     else:
-                        r += 1
-                        a = -r
-                        b = -r
-                else:
-                    s, send, a, b = _ring_cell2(start, c, r3, a, b, r, s, send)
+                        s, send, a, b = _ring_cell2(start, c, r3, a, b, r, s, send)
                 if j >= 0:
                     cur0 = cur
                     n, cur, st = _clip2(P, W, i, pi, j, w, n, cur, planes, vy, flag, box_lo, box_hi, cap)
@@ -1046,39 +1049,40 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
             if m < 0:
                 phase = 1
             while phase < 2 and st == 0:
+                # the next candidate, found by an inner loop of cheap steps (bands, grid cells,
+                # rings). With one step per turn of the outer loop a GPU warp ran the clip in
+                # almost every turn (some thread of it had a candidate) while each thread needed
+                # it in few; now every thread brings a candidate to each clip
                 j = -1
-                if phase == 0:
-                    if k < m:
-                        dk = cdist[w, k]
-                        if lo2 <= dk and dk < hi2 and dk < need2:
-                            j = cand[w, k]
-                        k += 1
-                    else:
-                        lo2 = hi2
-                        pas += 1
-                        k = 0
-                        if pas < NPASS and lo2 < need2:  # (need2 only shrinks: the rest lie beyond)
-                            hi2 = _band_hi2(pas, h)
+                while j < 0 and phase < 2:
+                    if phase == 0:
+                        if k < m:
+                            dk = cdist[w, k]
+                            if lo2 <= dk and dk < hi2 and dk < need2:
+                                j = cand[w, k]
+                            k += 1
                         else:
-                            r = R1_3D + 1
-                            a = -r
-                            b = -r
-                            e = -r
-                            phase = 1
-                            if (R1_3D * h * ti.f64(SHRINK)) ** 2 >= need2:
-                                phase = 2
-                elif s < send:  # the points of the grid cell being visited
-                    j, s = _cell_point(P, skip, order, i, pi, s, need2, 3)
-                elif a > r:  # ring r visited
-                    if _ring_done(st, r, rmax, h, need2):
-                        phase = 2
+                            lo2 = hi2
+                            pas += 1
+                            k = 0
+                            if pas < NPASS and lo2 < need2:  # (need2 only shrinks: the rest lie beyond)
+                                hi2 = _band_hi2(pas, h)
+                            else:
+                                r = R1_3D + 1
+                                a, b, e = -r, -r, -r
+                                phase = 1
+                                if (R1_3D * h * ti.f64(SHRINK)) ** 2 >= need2:
+                                    phase = 2
+                    elif s < send:  # the points of the grid cell being visited
+                        j, s = _cell_point(P, skip, order, i, pi, s, need2, 3)
+                    elif a > r:  # ring r visited
+                        if _ring_done(st, r, rmax, h, need2):
+                            phase = 2
+                        else:
+                            r += 1
+                            a, b, e = -r, -r, -r
                     else:
-                        r += 1
-                        a = -r
-                        b = -r
-                        e = -r
-                else:
-                    s, send, a, b, e = _ring_cell3(start, c, r3, a, b, e, r, s, send, pi, lo, h, need2)
+                        s, send, a, b, e = _ring_cell3(start, c, r3, a, b, e, r, s, send, pi, lo, h, need2)
                 if j >= 0:
                     nt0 = nt
                     npl0 = npl
