@@ -413,6 +413,16 @@ def test_first_of_groups_follow_lexicographic_order(n):
     assert len(_first_of_groups(rows[:0], n)) == 0
 
 
+@pytest.mark.parametrize("cols", [3, 4])
+def test_sorted_rows_match_numpy_sort(cols):
+    from tigeom.delaunay.hull import _sorted_rows
+
+    rows = np.random.default_rng(cols).integers(0, 6, size=(2000, cols))  # many ties
+    got = _sorted_rows(rows)
+    np.testing.assert_array_equal(got, np.sort(rows, axis=1))
+    assert got.dtype == rows.dtype and np.array_equal(rows, rows)  # the input is left as it was
+
+
 def test_cells_recomputed_on_the_host_replace_their_rows(monkeypatch):
     """The host's exact path: cells reported inconsistent are recomputed with rational
     arithmetic and spliced into the kernels' CSR lists; the triangulation is the same."""
@@ -511,7 +521,8 @@ def test_cpu_cell_pass_gives_every_thread_several_taichi_tasks(monkeypatch):
 
 def test_face_keys_are_equal_exactly_for_equal_faces():
     """The hull rounds' face keys (compact vertex ids, 21 bits each): equal rows get equal keys
-    and different rows different ones, with vertex indices far beyond 2^21, across calls."""
+    and different rows different ones, with vertex indices far beyond 2^21, across calls (the
+    vertices added in two batches)."""
     from tigeom.delaunay.hull import _FaceKeys
 
     rng = np.random.default_rng(2)
@@ -520,7 +531,11 @@ def test_face_keys_are_equal_exactly_for_equal_faces():
     for d in (2, 3):
         keyer = _FaceKeys(n)
         rows = np.sort(verts[rng.integers(0, 300, size=(5000, d))], axis=1)
-        keys = np.concatenate([keyer(rows[:2500]), keyer(rows[2500:])])
+        keys = []
+        for part in (rows[:2500], rows[2500:]):
+            keyer.add(part.reshape(-1))
+            keys.append(keyer(part))
+        keys = np.concatenate(keys)
         _, inv = np.unique(rows, axis=0, return_inverse=True)
         _, kinv = np.unique(keys, return_inverse=True)
         np.testing.assert_array_equal(inv.ravel(), kinv.ravel())  # same partition of the rows

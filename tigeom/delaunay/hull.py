@@ -59,19 +59,40 @@ class _FaceKeys:
         self.ids = np.full(n, -1, np.int32)
         self.m = 0
 
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        v = rows.reshape(-1)
-        fresh = np.unique(v[self.ids[v] < 0])
+    def add(self, vertices: np.ndarray) -> None:
+        """Give the vertices met for the first time their compact ids."""
+        fresh = vertices[self.ids[vertices] < 0]
         if len(fresh):
+            if len(fresh) > len(self.ids) >> 6:  # many: a mark per point beats a sort
+                seen = np.zeros(len(self.ids), bool)
+                seen[fresh] = True
+                fresh = np.flatnonzero(seen)
+            else:
+                fresh = np.unique(fresh)
             self.ids[fresh] = np.arange(self.m, self.m + len(fresh), dtype=np.int32)
             self.m += len(fresh)
             if self.m > 1 << self.KEY_BITS:
                 raise MemoryError(f"weighted_delaunay: more than {1 << self.KEY_BITS} points along the hull")
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Keys of ``rows``, whose vertices must have been added."""
         c = self.ids[rows].astype(np.int64)
         key = c[:, 0].copy()
         for k in range(1, rows.shape[1]):
             key = (key << self.KEY_BITS) | c[:, k]
         return key
+
+
+def _sorted_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row of a (m, 3|4) array sorted ascending, by a sorting network over its columns
+    (np.sort along rows of four is several times slower)."""
+    c = [rows[:, k].copy() for k in range(rows.shape[1])]
+    pairs = ((0, 1), (1, 2), (0, 1)) if len(c) == 3 else ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))
+    for a, b in pairs:
+        lo = np.minimum(c[a], c[b])
+        np.maximum(c[a], c[b], out=c[b])
+        c[a] = lo
+    return np.column_stack(c)
 
 
 def _first_of_rows(rows: np.ndarray, n: int) -> np.ndarray:
@@ -93,6 +114,7 @@ def complete_hull(K, P, Wd, skip_d, grid, open_rows, d, stats):
     n = P.shape[0]
     keyer = _FaceKeys(n)
     front, fopp = open_rows[:, :d].astype(np.int64), open_rows[:, d].astype(np.int64)
+    keyer.add(front.reshape(-1))
     known = np.sort(keyer(front))  # keys of the faces seen once by the cells, then of every new face
     new_s: list[np.ndarray] = []
     new_f: list[np.ndarray] = []
@@ -102,18 +124,19 @@ def complete_hull(K, P, Wd, skip_d, grid, open_rows, d, stats):
                     out, *grid, d)
         q = _device.fetch(out, len(front)).astype(np.int64)
         ok = q >= 0
-        s = np.sort(np.column_stack([front[ok], q[ok]]), axis=1)
+        keyer.add(q[ok])  # only an apex can be a vertex not met before
+        s = _sorted_rows(np.column_stack([front[ok], q[ok]]))
         s = s[_first_of_rows(s, n)]
         new_s.append(s)
-        # their faces, each with its opposite vertex; the ones not known yet are recorded
+        # their faces, each with its opposite vertex; the ones not known yet are recorded (one
+        # sort of all the keys: the distinct ones are then searched in order)
         fa = np.concatenate([np.delete(s, k, axis=1) for k in range(d + 1)])
         op = s.T.reshape(-1)
-        fk = keyer(fa)
-        pos = np.minimum(np.searchsorted(known, fk), max(len(known) - 1, 0))
-        fresh = known[pos] != fk if len(known) else np.ones(len(fk), bool)
-        uk, ufirst, ucount = np.unique(fk[fresh], return_index=True, return_counts=True)
-        fa_new, op_new = fa[fresh][ufirst], op[fresh][ufirst]
-        known = np.insert(known, np.searchsorted(known, uk), uk)
+        uk, ufirst, ucount = np.unique(keyer(fa), return_index=True, return_counts=True)
+        pos = np.searchsorted(known, uk)
+        fresh = known[np.minimum(pos, max(len(known) - 1, 0))] != uk if len(known) else np.ones(len(uk), bool)
+        known = np.insert(known, pos[fresh], uk[fresh])
+        fa_new, op_new, ucount = fa[ufirst[fresh]], op[ufirst[fresh]], ucount[fresh]
         new_f.append(fa_new)
         # a face met twice in this round is closed on both sides
         front, fopp = fa_new[ucount == 1], op_new[ucount == 1]
