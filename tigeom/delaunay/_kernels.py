@@ -465,6 +465,28 @@ def _ring_done(st, r, rmax, h, need2):
 
 
 @ti.func
+def _rings_start(r1, h, need2):
+    """(first ring, phase) after the gathered candidates of the cells within r1: ring r1 + 1 in
+    phase 1, or phase 2 (finished) when those cells already cover the security distance."""
+    phase = 1
+    if (r1 * h * ti.f64(SHRINK)) ** 2 >= need2:
+        phase = 2
+    return r1 + 1, phase
+
+
+@ti.func
+def _ring_next(st, r, rmax, h, need2):
+    """(next ring, phase) once ring r is visited: phase 2 when no point beyond it can cut the
+    cell (a visit then starts no further ring), else ring r + 1 in phase 1."""
+    phase = 1
+    if _ring_done(st, r, rmax, h, need2):
+        phase = 2
+    else:
+        r += 1
+    return r, phase
+
+
+@ti.func
 def _emit(buf: ti.template(), counter: ti.template(), i, k, S: ti.template(), m: ti.template(), slot, left,
           chunk: ti.template()):
     """Append row (i, k, sorted S) to buf. A worker reserves `chunk` rows at a time with one
@@ -711,21 +733,13 @@ def cells2d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                                 j = cand[w, kc]
                             kc += 1
                         else:
-                            r = R1_2D + 1
-                            a = -r
-                            b = -r
-                            phase = 1
-                            if (R1_2D * h * ti.f64(SHRINK)) ** 2 >= need2:
-                                phase = 2
+                            r, phase = _rings_start(R1_2D, h, need2)
+                            a, b = -r, -r
                     elif s < send:  # the points of the grid cell being visited
                         j, s = _cell_point(P, skip, order, i, pi, s, need2, 2)
                     elif a > r:  # ring r visited
-                        if _ring_done(st, r, rmax, h, need2):
-                            phase = 2
-                        else:
-                            r += 1
-                            a = -r
-                            b = -r
+                        r, phase = _ring_next(st, r, rmax, h, need2)
+                        a, b = -r, -r
                     else:
                         s, send, a, b = _ring_cell2(start, c, r3, a, b, r, s, send)
                 if j >= 0:
@@ -1068,19 +1082,13 @@ def cells3d(P: nd_f64_2, W: nd_f64, skip: nd_i32, ids: nd_i32, glo: nd_f64, res:
                             if pas < NPASS and lo2 < need2:  # (need2 only shrinks: the rest lie beyond)
                                 hi2 = _band_hi2(pas, h)
                             else:
-                                r = R1_3D + 1
+                                r, phase = _rings_start(R1_3D, h, need2)
                                 a, b, e = -r, -r, -r
-                                phase = 1
-                                if (R1_3D * h * ti.f64(SHRINK)) ** 2 >= need2:
-                                    phase = 2
                     elif s < send:  # the points of the grid cell being visited
                         j, s = _cell_point(P, skip, order, i, pi, s, need2, 3)
                     elif a > r:  # ring r visited
-                        if _ring_done(st, r, rmax, h, need2):
-                            phase = 2
-                        else:
-                            r += 1
-                            a, b, e = -r, -r, -r
+                        r, phase = _ring_next(st, r, rmax, h, need2)
+                        a, b, e = -r, -r, -r
                     else:
                         s, send, a, b, e = _ring_cell3(start, c, r3, a, b, e, r, s, send, pi, lo, h, need2)
                 if j >= 0:
