@@ -34,18 +34,22 @@ def _first_of_groups(rows: np.ndarray, n: int) -> np.ndarray:
 
 
 def wrap_boxes(K, P, start, order, res, d):
-    """The gift wrap's box hierarchy: point bounding boxes of the grid cells, of blocks of
-    WRAP_B^3 cells and of superblocks of WRAP_B^3 blocks, each with its resolution."""
-    B = K.WRAP_B
-    bres = (res + B - 1) // B
-    sres = (bres + B - 1) // B
-    cbox = _device.empty((int(np.prod(res)), 6), np.float64)
-    K.cell_boxes(P, start, order, cbox, d)
-    bbox = _device.empty((int(np.prod(bres)), 6), np.float64)
-    K.merge_boxes(cbox, _device.upload(res), bbox, _device.upload(bres))
-    sbox = _device.empty((int(np.prod(sres)), 6), np.float64)
-    K.merge_boxes(bbox, _device.upload(bres), sbox, _device.upload(sres))
-    return cbox, bbox, _device.upload(bres), sbox, _device.upload(sres)
+    """The gift wrap's box hierarchy: the point bounding boxes of the grid cells (level 0), then
+    of 2^3 groups of the level below, K.WRAP_LEVELS times, all in one array; and the table of
+    the levels' first rows and resolutions (see K.gift_wrap)."""
+    lvl = np.zeros((K.WRAP_LEVELS + 1, 4), np.int32)
+    r = np.asarray(res, np.int64)
+    rows = 0
+    for level in range(K.WRAP_LEVELS + 1):
+        lvl[level] = [rows, *r]
+        rows += int(np.prod(r))
+        r = (r + 1) // 2
+    box = _device.empty((rows, 6), np.float64)
+    lvl_d = _device.upload(lvl)
+    K.cell_boxes(P, start, order, box, d)
+    for level in range(1, K.WRAP_LEVELS + 1):
+        K.merge_boxes(box, lvl_d, level)
+    return box, lvl_d
 
 
 class _FaceKeys:
