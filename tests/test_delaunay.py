@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scipy.spatial import ConvexHull
+from scipy.spatial import ConvexHull, Delaunay
 
 import tigeom
 from tigeom.delaunay.exact import Exact, exact_cell
@@ -623,3 +623,22 @@ def test_cells_with_many_faces_stay_on_the_device():
     assert tri.stats["cells_recomputed_exactly"] == 0
     lower, hidden = lifted_lower_hull(p, np.zeros(len(p)))
     assert canon(tri.simplices) == canon(lower) and not tri.hidden.any()
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_elongated_input_whose_wrap_hierarchy_is_deep(d):
+    """A long thin point set: its grid is 1025 cells long, so the gift wrap's box hierarchy has 11
+    levels and its Morton positions need more than 32 bits in 3D; many simplices are wrapped."""
+    from tigeom.spatial.grid import box_grid_params
+
+    rng = np.random.default_rng(5)
+    n = 4000 if d == 3 else 3000
+    p = rng.random((n, d)) * np.array([1024.0] + [1.0] * (d - 1))
+    lo, hi = p.min(0), p.max(0)
+    pad = np.zeros(3)
+    _, _, res = box_grid_params(np.r_[lo, pad][:3], np.r_[hi, pad][:3], n, 2.0 if d == 2 else 3.0)
+    assert res.max() == 1025
+    tri = tigeom.weighted_delaunay(p)
+    # scipy's Delaunay (the lifted hull's facet test loses precision with paraboloid heights 1e6)
+    assert canon(tri.simplices) == canon(Delaunay(p).simplices)
+    assert tri.stats["wrapped"] > 100

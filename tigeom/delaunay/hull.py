@@ -35,19 +35,22 @@ def _first_of_groups(rows: np.ndarray, n: int) -> np.ndarray:
 
 def wrap_boxes(K, P, start, order, res, d):
     """The gift wrap's box hierarchy: the point bounding boxes of the grid cells (level 0), then
-    of 2^3 groups of the level below, K.WRAP_LEVELS times, all in one array; and the table of
-    the levels' first rows and resolutions (see K.gift_wrap)."""
-    lvl = np.zeros((K.WRAP_LEVELS + 1, 4), np.int32)
+    of 2^3 groups of the level below, up to one root box, all in one array; and the table of the
+    levels' first rows and resolutions (see K.gift_wrap)."""
     r = np.asarray(res, np.int64)
+    table = []
     rows = 0
-    for level in range(K.WRAP_LEVELS + 1):
-        lvl[level] = [rows, *r]
+    while True:
+        table.append([rows, *r])
         rows += int(np.prod(r))
+        if (r == 1).all():
+            break
         r = (r + 1) // 2
+    lvl = np.array(table, np.int32)
     box = _device.empty((rows, 6), np.float64)
     lvl_d = _device.upload(lvl)
     K.cell_boxes(P, start, order, box, d)
-    for level in range(1, K.WRAP_LEVELS + 1):
+    for level in range(1, len(lvl)):
         K.merge_boxes(box, lvl_d, level)
     return box, lvl_d
 
