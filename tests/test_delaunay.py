@@ -403,14 +403,35 @@ def test_device_array_path_on_cpu(monkeypatch):
 
 @pytest.mark.parametrize("n", [50, 2 ** 20, 2 ** 40])  # one int64 key per row, two, one per column
 def test_first_of_groups_follow_lexicographic_order(n):
-    from tigeom.delaunay.hull import _first_of_groups, _first_of_rows
+    from tigeom.delaunay.hull import _first_of_groups
 
     rows = np.random.default_rng(0).integers(0, 50, size=(400, 4))
     rows[:, 1] += n - 50  # values near n, where a wrong packing would collide
     _, first = np.unique(rows, axis=0, return_index=True)
     np.testing.assert_array_equal(_first_of_groups(rows, n), first)
-    np.testing.assert_array_equal(_first_of_rows(rows, n), np.sort(first))
     assert len(_first_of_groups(rows[:0], n)) == 0
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_first_of_simplices_and_groups_match_numpy_unique(collide, monkeypatch):
+    """The hull rounds' deduplication of simplices (a hash, then a check of the rows; all
+    hashes equal sends it to the exact sort) and of face keys."""
+    from tigeom.delaunay import hull
+
+    rng = np.random.default_rng(3)
+    s = np.sort(rng.integers(0, 30, size=(3000, 4)), axis=1)  # many repeated rows
+    keyer = hull._FaceKeys(1000)
+    keyer.add(s.reshape(-1))
+    if collide:
+        monkeypatch.setattr(hull, "_row_hash", lambda rows, k: np.zeros(len(rows), np.int64))
+    _, first = np.unique(s, axis=0, return_index=True)
+    np.testing.assert_array_equal(hull._first_of_simplices(s, keyer), np.sort(first))
+    key = rng.integers(0, 50, size=500)
+    uk, one, count = hull._groups(key)
+    ref_k, ref_count = np.unique(key, return_counts=True)
+    np.testing.assert_array_equal(uk, ref_k)
+    np.testing.assert_array_equal(count, ref_count)
+    np.testing.assert_array_equal(key[one], uk)
 
 
 @pytest.mark.parametrize("cols", [3, 4])

@@ -102,22 +102,57 @@ def _sorted_rows(rows: np.ndarray) -> np.ndarray:
     return np.column_stack(c)
 
 
-def _first_of_rows(rows: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the first occurrence of every distinct row, in row order."""
-    return np.sort(_first_of_groups(rows, n))
+def _groups(key: np.ndarray):
+    """(distinct keys ascending, the index of one occurrence of each, their counts): np.unique
+    with return_index and return_counts, but by an unstable sort (several times faster; which
+    occurrence is named does not matter to the caller, equal keys being equal faces)."""
+    o = np.argsort(key)
+    ks = key[o]
+    start = np.ones(len(ks), bool)
+    start[1:] = ks[1:] != ks[:-1]
+    first = np.flatnonzero(start)
+    return ks[first], o[first], np.diff(np.append(first, len(ks)))
+
+
+def _row_hash(s: np.ndarray, keyer: _FaceKeys) -> np.ndarray:
+    """One int64 per row of s: the key of all but its last column, mixed with the last."""
+    with np.errstate(over="ignore"):
+        return keyer(s[:, :-1]) * np.int64(-7046029254386353131) + keyer.ids[s[:, -1]].astype(np.int64)
+
+
+def _first_of_simplices(s: np.ndarray, keyer: _FaceKeys) -> np.ndarray:
+    """Indices of the first occurrence of every distinct row of ``s`` (sorted rows of vertices
+    that ``keyer`` knows), in row order. The rows are hashed to one int64 (the key of all but the
+    last column, mixed with the last), so one sort of one key brings equal rows together; when
+    every pair of neighbours in that order with equal hashes also has equal rows, each run of
+    equal hashes is one row repeated, and its smallest index is kept. A run that mixes rows (a hash
+    collision) sends the whole set to the exact lexicographic sort."""
+    if len(s) < 2:
+        return np.arange(len(s))
+    h = _row_hash(s, keyer)
+    o = np.argsort(h)
+    hs = h[o]
+    same = hs[1:] == hs[:-1]
+    k = np.flatnonzero(same)
+    if not np.array_equal(s[o[k]], s[o[k + 1]]):
+        return np.sort(_first_of_groups(s, len(keyer.ids)))
+    run = np.ones(len(s), bool)
+    run[1:] = ~same
+    return np.sort(np.minimum.reduceat(o, np.flatnonzero(run)))
 
 
 def complete_hull(K, P, Wd, skip_d, grid, open_rows, d, stats):
     """The simplices whose power centre lies outside the clipping box, found by gift wrapping from
     every face that has a simplex on one side only (``open_rows``: (face..., opposite vertex));
-    a face with no point beyond it is on the hull. Returns the simplices, (k, d + 1) int64 in
-    lexicographic order and not yet oriented, and a list of arrays of the faces they add.
+    a face with no point beyond it is on the hull. Returns the simplices, (k, d + 1) int64 with
+    sorted rows, round by round, not yet oriented, and a list of arrays of the faces they add.
 
     One kernel call per round finds the simplex beyond every open face. The host keeps the
     sorted keys of the faces met so far; a new simplex's faces that are not among them are
     recorded, and those met once in the round are the next round's open faces. A simplex comes
-    twice in a round when two of its faces were open; across rounds it cannot (its faces are all
-    known after its round), which the final deduplication makes sure of."""
+    twice in a round when two of its faces were open (the copies are dropped); across rounds it
+    cannot, its faces being all known after its round. Every step is deterministic, so the
+    output's order is too."""
     n = P.shape[0]
     keyer = _FaceKeys(n)
     front, fopp = open_rows[:, :d].astype(np.int64), open_rows[:, d].astype(np.int64)
@@ -126,20 +161,20 @@ def complete_hull(K, P, Wd, skip_d, grid, open_rows, d, stats):
     new_s: list[np.ndarray] = []
     new_f: list[np.ndarray] = []
     while len(front):
-        out = _device.zeros((len(front),), np.int32)
+        out = _device.empty((len(front),), np.int32)  # the kernel writes every entry
         K.gift_wrap(P, Wd, skip_d, _device.upload(front.astype(np.int32)), _device.upload(fopp.astype(np.int32)),
                     out, *grid, d)
         q = _device.fetch(out, len(front)).astype(np.int64)
         ok = q >= 0
         keyer.add(q[ok])  # only an apex can be a vertex not met before
         s = _sorted_rows(np.column_stack([front[ok], q[ok]]))
-        s = s[_first_of_rows(s, n)]
+        s = s[_first_of_simplices(s, keyer)]
         new_s.append(s)
         # their faces, each with its opposite vertex; the ones not known yet are recorded (one
         # sort of all the keys: the distinct ones are then searched in order)
         fa = np.concatenate([np.delete(s, k, axis=1) for k in range(d + 1)])
         op = s.T.reshape(-1)
-        uk, ufirst, ucount = np.unique(keyer(fa), return_index=True, return_counts=True)
+        uk, ufirst, ucount = _groups(keyer(fa))
         pos = np.searchsorted(known, uk)
         fresh = known[np.minimum(pos, max(len(known) - 1, 0))] != uk if len(known) else np.ones(len(uk), bool)
         known = np.insert(known, pos[fresh], uk[fresh])
@@ -148,7 +183,6 @@ def complete_hull(K, P, Wd, skip_d, grid, open_rows, d, stats):
         # a face met twice in this round is closed on both sides
         front, fopp = fa_new[ucount == 1], op_new[ucount == 1]
     wrapped = np.concatenate(new_s) if new_s else np.zeros((0, d + 1), np.int64)
-    wrapped = wrapped[_first_of_groups(wrapped, n)]  # one of each, in lexicographic order
     stats["wrapped"] = len(wrapped)
     return wrapped, new_f
 
