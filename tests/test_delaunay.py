@@ -401,49 +401,6 @@ def test_device_array_path_on_cpu(monkeypatch):
         assert np.array_equal(got.simplices, ref.simplices) and np.array_equal(got.hidden, ref.hidden)
 
 
-@pytest.mark.parametrize("n", [50, 2 ** 20, 2 ** 40])  # one int64 key per row, two, one per column
-def test_first_of_groups_follow_lexicographic_order(n):
-    from tigeom.delaunay.hull import _first_of_groups
-
-    rows = np.random.default_rng(0).integers(0, 50, size=(400, 4))
-    rows[:, 1] += n - 50  # values near n, where a wrong packing would collide
-    _, first = np.unique(rows, axis=0, return_index=True)
-    np.testing.assert_array_equal(_first_of_groups(rows, n), first)
-    assert len(_first_of_groups(rows[:0], n)) == 0
-
-
-@pytest.mark.parametrize("collide", [False, True])
-def test_first_of_simplices_and_groups_match_numpy_unique(collide, monkeypatch):
-    """The hull rounds' deduplication of simplices (a hash, then a check of the rows; all
-    hashes equal sends it to the exact sort) and of face keys."""
-    from tigeom.delaunay import hull
-
-    rng = np.random.default_rng(3)
-    s = np.sort(rng.integers(0, 30, size=(3000, 4)), axis=1)  # many repeated rows
-    keyer = hull._FaceKeys(1000)
-    keyer.add(s.reshape(-1))
-    if collide:
-        monkeypatch.setattr(hull, "_row_hash", lambda rows, k: np.zeros(len(rows), np.int64))
-    _, first = np.unique(s, axis=0, return_index=True)
-    np.testing.assert_array_equal(hull._first_of_simplices(s, keyer), np.sort(first))
-    key = rng.integers(0, 50, size=500)
-    uk, one, count = hull._groups(key)
-    ref_k, ref_count = np.unique(key, return_counts=True)
-    np.testing.assert_array_equal(uk, ref_k)
-    np.testing.assert_array_equal(count, ref_count)
-    np.testing.assert_array_equal(key[one], uk)
-
-
-@pytest.mark.parametrize("cols", [3, 4])
-def test_sorted_rows_match_numpy_sort(cols):
-    from tigeom.delaunay.hull import _sorted_rows
-
-    rows = np.random.default_rng(cols).integers(0, 6, size=(2000, cols))  # many ties
-    got = _sorted_rows(rows)
-    np.testing.assert_array_equal(got, np.sort(rows, axis=1))
-    assert got.dtype == rows.dtype and np.array_equal(rows, rows)  # the input is left as it was
-
-
 def test_cells_recomputed_on_the_host_replace_their_rows(monkeypatch):
     """The host's exact path: cells reported inconsistent are recomputed with rational
     arithmetic and spliced into the kernels' CSR lists; the triangulation is the same."""
@@ -538,28 +495,6 @@ def test_cpu_cell_pass_gives_every_thread_several_taichi_tasks(monkeypatch):
     ids, nw = seen[0]
     assert ids == n
     assert nw >= 2 * CPU_TASK * (os.cpu_count() or 1)
-
-
-def test_face_keys_are_equal_exactly_for_equal_faces():
-    """The hull rounds' face keys (compact vertex ids, 21 bits each): equal rows get equal keys
-    and different rows different ones, with vertex indices far beyond 2^21, across calls (the
-    vertices added in two batches)."""
-    from tigeom.delaunay.hull import _FaceKeys
-
-    rng = np.random.default_rng(2)
-    n = 10_000_000
-    verts = rng.choice(n, 300, replace=False)
-    for d in (2, 3):
-        keyer = _FaceKeys(n)
-        rows = np.sort(verts[rng.integers(0, 300, size=(5000, d))], axis=1)
-        keys = []
-        for part in (rows[:2500], rows[2500:]):
-            keyer.add(part.reshape(-1))
-            keys.append(keyer(part))
-        keys = np.concatenate(keys)
-        _, inv = np.unique(rows, axis=0, return_inverse=True)
-        _, kinv = np.unique(keys, return_inverse=True)
-        np.testing.assert_array_equal(inv.ravel(), kinv.ravel())  # same partition of the rows
 
 
 def test_neighbour_check_flags_both_cells_of_a_disagreement(monkeypatch):
@@ -663,3 +598,69 @@ def test_elongated_input_whose_wrap_hierarchy_is_deep(d):
     # scipy's Delaunay (the lifted hull's facet test loses precision with paraboloid heights 1e6)
     assert canon(tri.simplices) == canon(Delaunay(p).simplices)
     assert tri.stats["wrapped"] > 100
+
+
+@pytest.mark.parametrize("bits", [4, 6, 12])
+def test_device_key_sets_hold_each_key_once(bits):
+    """The hull rounds' key sets (atomic-min linear probing): after inserting keys with many
+    repeats, every distinct key lies in exactly one slot and is found, other keys are not, and a
+    rehash into a larger set keeps them. Small sets make long probe runs and many displacements."""
+    from tigeom._core import device as D
+    from tigeom.delaunay import _hull_kernels as H
+
+    rng = np.random.default_rng(bits)
+    distinct = rng.choice(2 ** 62, (1 << bits) // 2, replace=False).astype(np.int64)
+    keys = np.concatenate([distinct[rng.integers(0, len(distinct), 5 * len(distinct))], distinct])
+    keys = np.append(keys, H.NO_KEY)  # skipped
+    T = D.empty((1 << bits,), np.int64)
+    H.fill64(T, H.EMPTY)
+    H.set_insert(D.upload(keys), len(keys), T, bits)
+    table = D.fetch(T)
+    held = np.sort(table[table != H.EMPTY])
+    np.testing.assert_array_equal(held, np.sort(distinct))
+    absent = rng.choice(2 ** 62, 50).astype(np.int64)
+    probe = np.concatenate([distinct, absent[~np.isin(absent, distinct)]])
+    slot = D.empty((len(probe),), np.int32)
+    H.set_lookup(D.upload(probe), len(probe), T, bits, slot)
+    slot = D.fetch(slot)
+    np.testing.assert_array_equal(table[slot[:len(distinct)]], distinct)
+    assert np.all(slot[len(distinct):] == -1)
+    T2 = D.empty((1 << (bits + 2),), np.int64)
+    H.fill64(T2, H.EMPTY)
+    H.set_rehash(T, T2, bits + 2)
+    t2 = D.fetch(T2)
+    np.testing.assert_array_equal(np.sort(t2[t2 != H.EMPTY]), np.sort(distinct))
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_device_face_keys_are_equal_exactly_for_equal_faces(d):
+    """Face keys from compact vertex ids (21 bits each in 3D): equal rows get equal keys and
+    different rows different ones, with vertex indices far beyond 2^21, the ids given in two
+    batches."""
+    from tigeom._core import device as D
+    from tigeom.delaunay import _hull_kernels as H
+
+    rng = np.random.default_rng(2)
+    n = 5_000_000
+    verts = rng.choice(n, 300, replace=False)
+    rows = np.sort(verts[rng.integers(0, 300, size=(5000, d))], axis=1)
+    rows = rows[np.all(np.diff(rows, axis=1) > 0, axis=1)]  # faces: distinct vertices
+    ids = D.empty((n,), np.int32)
+    H.fill32(ids, -1)
+    claim, counter = D.zeros((n,), np.int32), D.zeros((1,), np.int32)
+    keys = []
+    for part in (rows[:2000], rows[2000:]):
+        dev = D.upload(np.column_stack([part, np.zeros(len(part), np.int64)]).astype(np.int32))
+        H.assign_ids(dev, len(part), d, ids, claim, counter)
+        f, o, k = D.empty((len(part), d), np.int32), D.empty((len(part),), np.int32), D.empty((len(part),), np.int64)
+        H.split_open(dev, len(part), ids, f, o, k, d)
+        np.testing.assert_array_equal(D.fetch(f), part)
+        keys.append(D.fetch(k))
+    keys = np.concatenate(keys)
+    assert int(D.fetch(counter)[0]) == len(np.unique(rows))  # one id per vertex met
+    _, inv = np.unique(rows, axis=0, return_inverse=True)
+    _, kinv = np.unique(keys, return_inverse=True)
+    groups = inv.max() + 1
+    assert kinv.max() + 1 == groups  # as many distinct keys as distinct rows ...
+    assert len(np.unique(np.column_stack([inv.ravel(), kinv.ravel()]), axis=0)) == groups  # ... matched one to one
+

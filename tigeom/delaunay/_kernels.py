@@ -1503,11 +1503,12 @@ def _aligned_level(k, top, dim: ti.template()):
 
 @light_compile
 @ti.kernel
-def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32, out: nd_i32,
+def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32, m: ti.i32, out: nd_i32,
               glo: nd_f64, res: nd_i32, start: nd_i32, order: nd_i32, prm: nd_f64, box: nd_f64_2, lvl: nd_i32_2,
               dim: ti.template()):
-    """For each face (d points) with the known simplex on the side of opp, find the point q on the
-    other side whose simplex with the face has an empty power sphere (-1: a hull face).
+    """For each of the first m faces (d points) with the known simplex on the side of opp, find
+    the point q on the other side whose simplex with the face has an empty power sphere (-1: a
+    hull face).
 
     Along the face's dual line c(t) = c_f + t n (n pointing away from opp) the power of q equals
     the face's at t_q; the simplex on that side belongs to the smallest t_q. Ties are decided by
@@ -1526,7 +1527,7 @@ def gift_wrap(P: nd_f64_2, W: nd_f64, skip: nd_i32, faces: nd_i32_2, opp: nd_i32
     100-250 boxes and 15-21 points (mean per round); visiting 16^3-cell top boxes in raster order,
     then their children in plain Morton order, had cost 280-690 box tests and 38-108 points,
     with a tail of faces near the hull at thousands of each."""
-    for fi in range(faces.shape[0]):  # no statements before the loop (see cells2d)
+    for fi in range(m):  # no statements before the loop (see cells2d)
         h, wmax = prm[0], prm[1]
         r3 = ti.Vector([res[0], res[1], res[2]])
         lo = ti.Vector.zero(ti.f64, 3)

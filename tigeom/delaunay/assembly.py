@@ -75,7 +75,7 @@ class CellLists:
         simp: ms simplices (d + 1 columns), each owned by its smallest vertex, listed in cell
         order and positively oriented, their vertices marked in ``used``; faces: nf face rows
         (face..., opposite, multiplicity within the owning cell); open: the rows of faces met
-        once, (face..., opposite), fetched (numpy int32)."""
+        once, (face..., opposite), as (device array, rows)."""
         self._materialise()
         d, r = self.d, self.rows
         if d * r >= 2 ** 31:
@@ -103,4 +103,4 @@ class CellLists:
         if nfk:
             K.single_faces(faces, nfk, single, d)
         single, k1 = compact_rows(single, nfk)
-        return simp, ms, faces, nfk, np.array(_device.fetch(single, k1)).reshape(k1, d + 1)
+        return simp, ms, faces, nfk, (single, k1)

@@ -28,7 +28,7 @@ from .._core.keys import decode_keys, row_keys, unique_keys
 from .._core.validate import as_array, as_points
 from ..spatial.grid import bounding_box
 from .cells import Laps, cell_pass, prepare
-from .hull import complete_hull, orient, wrap_boxes
+from .hull import complete_hull, wrap_boxes
 from .simplices import adjacency, orthocenters, signed_volumes
 
 __all__ = ["weighted_delaunay", "Triangulation", "PowerCells"]
@@ -297,18 +297,17 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     # hull completion: boundary faces of what the cells produced, wrapped outward
     grid = (s.glo, s.res_d, s.start, s.order_d, _device.upload(np.array([s.h, s.wmax], np.float64)),
             *wrap_boxes(K, s.P, s.start, s.order_d, s.res, d))
-    wrapped, new_faces = complete_hull(K, s.P, s.Wd, s.skip_d, grid, open_rows, d, stats)
-    wrapped_d = orient(K, s.P, wrapped, used)
+    wrapped_d, nw, new_d, nnew = complete_hull(K, s.P, s.Wd, s.skip_d, grid, *open_rows, d, stats)
+    if nw:
+        K.orient_simplices(s.P, wrapped_d, nw, used, d)
     laps("hull")
     # hidden = no vertex. A cell that lies wholly outside the clipping box (possible next to very
     # heavy points) comes out empty from the clipping, but its simplices are found by the wrapping.
     # (the kernels' labels are grid positions: the outputs go back to the input's indices)
     hidden = np.empty(n, bool)
     hidden[s.perm] = _device.fetch(used) == 0
-    simplices = _stack_int64(K, simp, ms, wrapped_d, len(wrapped), d + 1, s.perm_d, False)
-    new_faces = np.concatenate(new_faces) if new_faces else np.zeros((0, d), np.int64)
-    faces = _stack_int64(K, faces_d, nf, _device.upload(new_faces.astype(np.int32).reshape(-1, d)),
-                         len(new_faces), d, s.perm_d, True)
+    simplices = _stack_int64(K, simp, ms, wrapped_d, nw, d + 1, s.perm_d, False)
+    faces = _stack_int64(K, faces_d, nf, new_d, nnew, d, s.perm_d, True)
     laps("finish")
     stats["cells_recomputed_exactly"] = stats.pop("exact_cells")
     stats["scale"] = scale
