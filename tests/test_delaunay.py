@@ -484,7 +484,7 @@ def test_cpu_cell_pass_gives_every_thread_several_taichi_tasks(monkeypatch):
     real = cells._launch
 
     def spy(K, s, ids, nw, *rest):
-        seen.append((len(ids), nw))
+        seen.append((s.n_live if ids is None else len(ids), nw))  # None: every live cell
         return real(K, s, ids, nw, *rest)
 
     monkeypatch.setattr(cells, "_launch", spy)
@@ -664,3 +664,42 @@ def test_device_face_keys_are_equal_exactly_for_equal_faces(d):
     assert kinv.max() + 1 == groups  # as many distinct keys as distinct rows ...
     assert len(np.unique(np.column_stack([inv.ravel(), kinv.ravel()]), axis=0)) == groups  # ... matched one to one
 
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_hull_rounds_grow_their_output_arrays(d, monkeypatch):
+    """The hull rounds write into arrays and a key set grown as needed: starting them at one row
+    and a set that fills after the open faces gives the same triangulation."""
+    from tigeom.delaunay import hull
+
+    p = np.random.default_rng(31).random((3000, d))
+    ref = tigeom.weighted_delaunay(p)
+    grown = []
+    rows = hull._Rows
+
+    class OneRow(rows):
+        MIN_ROWS = 1
+
+        def __init__(self, cap, cols):
+            super().__init__(1, cols)
+
+        def reserve(self, m):
+            before = self.a.shape[0]
+            at = super().reserve(m)
+            grown.append(self.a.shape[0] > before)
+            return at
+
+    class Tight(hull._Known):
+        SLACK = 1.1  # full after the open faces: the first round's new faces make it grow
+
+        def add(self, keys, m):
+            full = self.count
+            super().add(keys, m)
+            grown.append(self.rehashes if full else 0)
+
+    monkeypatch.setattr(hull, "_Rows", OneRow)
+    monkeypatch.setattr(hull, "_Known", Tight)
+    got = tigeom.weighted_delaunay(p)
+    assert sum(g is True for g in grown) >= 2  # the output arrays grew ...
+    assert max(g for g in grown if not isinstance(g, bool)) >= 1  # ... and the set of known faces
+    np.testing.assert_array_equal(got.simplices, ref.simplices)
+    np.testing.assert_array_equal(got.faces, ref.faces)

@@ -255,17 +255,18 @@ def round_totals(soff: nd_i32, m: ti.i32, noff: nd_i32, foff: nd_i32, md: ti.i32
 
 
 @ti.kernel
-def round_emit(srow: nd_i32_2, keep: nd_i32, soff: nd_i32, m: ti.i32, simp: nd_i32_2,
-               gkey: nd_i64, gleft: nd_i32, new: nd_i32, noff: nd_i32, nface: nd_i32_2, nkey: nd_i64,
+def round_emit(srow: nd_i32_2, keep: nd_i32, soff: nd_i32, m: ti.i32, simp: nd_i32_2, at_s: ti.i32,
+               gkey: nd_i64, gleft: nd_i32, new: nd_i32, noff: nd_i32, nface: nd_i32_2, at_f: ti.i32, nkey: nd_i64,
                front: nd_i32, foff: nd_i32, faces2: nd_i32_2, opp2: nd_i32, key2: nd_i64, d: ti.template()):
-    """Write the round's simplices, its new faces (with keys) and the next front (faces, the
-    vertex each leaves out as the opposite vertex, keys), each in entry order."""
+    """Write the round's simplices (from row at_s of simp), its new faces (from row at_f of
+    nface; their keys from 0 in nkey) and the next front (faces, the vertex each leaves out as
+    the opposite vertex, keys), each in entry order."""
     for fi in range(m):
         if keep[fi] == 1:
             s = ti.Vector.zero(ti.i32, d + 1)
             for a in ti.static(range(d + 1)):
                 s[a] = srow[fi, a]
-                simp[soff[fi], a] = s[a]
+                simp[at_s + soff[fi], a] = s[a]
             for j in ti.static(range(d)):
                 e = fi * d + j
                 if new[e] == 1:
@@ -275,7 +276,7 @@ def round_emit(srow: nd_i32_2, keep: nd_i32, soff: nd_i32, m: ti.i32, simp: nd_i
                     t = foff[e]
                     for a in ti.static(range(d + 1)):
                         if s[a] != x:
-                            nface[r, c] = s[a]
+                            nface[at_f + r, c] = s[a]
                             if front[e] == 1:
                                 faces2[t, c] = s[a]
                             c += 1

@@ -1290,6 +1290,21 @@ def stack_int64(a: nd_i32_2, na: ti.i32, b: nd_i32_2, nb: ti.i32, label: nd_i32,
             out[r, c] = ti.cast(v[c], ti.i64)
 
 
+@ti.kernel
+def hidden_mask(used: nd_i32, label: nd_i32, out: ti.types.ndarray(dtype=ti.u8, ndim=1)):
+    """out[label[k]] = 1 where the point of label k is no vertex (used[k] == 0): the hidden
+    mask in the input's indices."""
+    for k in range(used.shape[0]):
+        out[label[k]] = ti.u8(1) if used[k] == 0 else ti.u8(0)
+
+
+@ti.kernel
+def iota(a: nd_i32):
+    """a[i] = i."""
+    for i in range(a.shape[0]):
+        a[i] = i
+
+
 # --------------------------------------------------------------------------- hull completion
 
 

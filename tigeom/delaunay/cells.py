@@ -75,11 +75,6 @@ class CellSetup:
         """Labels of the live points."""
         return np.arange(self.n_live)
 
-    @property
-    def order(self) -> np.ndarray:
-        """Labels of the live points in grid order (int32)."""
-        return np.arange(self.n_live, dtype=np.int32)
-
     @cached_property
     def pts(self) -> np.ndarray:
         """(n, d) points by label (host; only the exact recomputation reads them)."""
@@ -139,8 +134,10 @@ def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple) -> CellSetup:
     K.gather_points(P, Wd, perm_d, Pl, Wl)
     skip = np.zeros(n, np.int32)
     skip[n_live:] = 1
-    return CellSetup(pts, w, perm, n_live, h, res, wmax, Pl, Wl, up(skip), perm_d, start,
-                     up(np.arange(n_live, dtype=np.int32)), up(lo[:d].copy()), up(res), box)
+    order = _device.empty((n_live,), np.int32)  # the live labels in grid order: 0, 1, ...
+    K.iota(order)
+    return CellSetup(pts, w, perm, n_live, h, res, wmax, Pl, Wl, up(skip), perm_d, start, order,
+                     up(lo[:d].copy()), up(res), box)
 
 
 def _pad3(v: np.ndarray) -> np.ndarray:
@@ -172,10 +169,12 @@ def schedule(m: int, nw: int, gpu: bool) -> tuple[int, int, int]:
 
 
 def _launch(K, s: CellSetup, ids, nw, cap, chunk, blo, bhi, prm, status, count, buf, counter) -> None:
-    """One launch of the 2D or 3D cell kernel over the cells ``ids`` with ``nw`` workers."""
+    """One launch of the 2D or 3D cell kernel over the cells ``ids`` (None: every live cell)
+    with ``nw`` workers."""
     d = s.d
     gpu = runtime.on_gpu()
-    ids_d = _device.upload(ids.astype(np.int32))
+    ids_d = s.order_d if ids is None else _device.upload(ids.astype(np.int32))
+    m = s.n_live if ids is None else len(ids)
     ncand = 192 if d == 2 else 256
     block = GPU_BLOCK[d] if gpu else 0
     cand = _device.empty((nw, ncand), np.int32)
@@ -186,7 +185,7 @@ def _launch(K, s: CellSetup, ids, nw, cap, chunk, blo, bhi, prm, status, count, 
         vy = _device.empty((nw, 2, cap, 2), np.float64)
         flag = _device.empty((nw, cap), np.int32)
         K.cells2d(*common, planes, vy, flag, cand, cdist, status, count, buf, counter, cap, chunk,
-                  block, *schedule(len(ids), nw, gpu))
+                  block, *schedule(m, nw, gpu))
     else:
         tri = _device.empty((nw, cap, 3), np.int32)
         pl = _device.empty((nw, cap), np.int32)
@@ -197,12 +196,13 @@ def _launch(K, s: CellSetup, ids, nw, cap, chunk, blo, bhi, prm, status, count, 
         loc = _device.empty((nw, cap), np.int32)
         mk = _device.empty((nw, K.BOUNDARY_SLOTS), np.int64)
         K.cells3d(*common, tri, pl, vy, flag, cl, be, loc, mk, cand, cdist, status, count, buf, counter, cap, cap,
-                  chunk, block, *schedule(len(ids), nw, gpu))
+                  chunk, block, *schedule(m, nw, gpu))
 
 
 def clip_cells(K, s: CellSetup, box_lo, box_hi, band: float, stats: dict):
-    """Run the cell kernels until no cell overflows its scratch: ``(passes, status, count)``,
-    passes being the (device buffer, rows used) of every run (a cell emits in one run only)."""
+    """Run the cell kernels until no cell overflows its scratch: ``(passes, status, count,
+    status_host)``, passes being the (device buffer, rows used) of every run (a cell emits in
+    one run only) and status_host the cells' final status bits, fetched."""
     n, d = s.n, s.d
     up = _device.upload
     blo, bhi = up(box_lo), up(box_hi)
@@ -214,10 +214,10 @@ def clip_cells(K, s: CellSetup, box_lo, box_hi, band: float, stats: dict):
     cap = 64 if d == 2 else 128
     chunk = 1 if gpu else 64  # rows a worker reserves per atomic (see _emit)
     bufcap = int((6.5 if d == 2 else 30.0) * len(s.live)) + 4096 + min(nworkers, len(s.live)) * chunk
-    ids = s.order
+    ids = None  # every live cell, then those that overflowed
     passes = []
     while True:
-        nw = max(1, min(nworkers, len(ids)))
+        nw = max(1, min(nworkers, s.n_live if ids is None else len(ids)))
         buf = _device.empty((bufcap, d + 2), np.int32)
         counter = _device.zeros((1,), np.int32)
         _launch(K, s, ids, nw, cap, chunk, blo, bhi, prm, status, count, buf, counter)
@@ -228,14 +228,17 @@ def clip_cells(K, s: CellSetup, box_lo, box_hi, band: float, stats: dict):
             continue
         # an overflowing cell emits nothing and is rerun with more room
         passes.append((buf, used))
-        st = _device.fetch(status)[ids]
-        over = ids[(st & K.ST_OVERFLOW) != 0]
+        st_all = _device.fetch(status)
+        if ids is None:
+            over = np.flatnonzero((st_all[:s.n_live] & K.ST_OVERFLOW) != 0)
+        else:
+            over = ids[(st_all[ids] & K.ST_OVERFLOW) != 0]
         if len(over) == 0 or cap >= 4096:
             break
         ids = over
         cap *= 2
         stats["retries"] += 1
-    return passes, status, count
+    return passes, status, count, st_all
 
 
 def certify(K, s: CellSetup, cells: CellLists, status_all: np.ndarray, box_lo, box_hi, band: float,
@@ -281,9 +284,8 @@ def cell_pass(K, s: CellSetup, margin: float, check: bool, stats: dict, laps: La
     box_hi = s.box[1] + margin
     ext = s.box[1] - s.box[0]
     band = 1e-7 * float(ext.max() + 2 * margin)
-    passes, status, count = clip_cells(K, s, box_lo, box_hi, band, stats)
+    passes, status, count, status_all = clip_cells(K, s, box_lo, box_hi, band, stats)
     laps("cells")
-    status_all = _device.fetch(status).copy()
     cells = CellLists.from_passes(K, s.n, s.d, passes, count)
     del passes
     certify(K, s, cells, status_all, box_lo, box_hi, band, check, stats)

@@ -62,15 +62,18 @@ class _Known:
     """The set of every face met so far (open faces of the cells' triangulation, then every new
     face), grown when it fills past half."""
 
+    SLACK = 4  # slots per key at first
+
     def __init__(self, keys, m: int):
-        self.count = 0
-        self.bits = _bits(4 * m)
+        self.count = self.rehashes = 0
+        self.bits = _bits(int(self.SLACK * m))
         self.T = _device.empty((1 << self.bits,), np.int64)
         H.fill64(self.T, H.EMPTY)
         self.add(keys, m)
 
     def add(self, keys, m: int) -> None:
         if 2 * (self.count + m) > (1 << self.bits):
+            self.rehashes += 1
             bits = _bits(4 * (self.count + m))
             T2 = _device.empty((1 << bits,), np.int64)
             H.fill64(T2, H.EMPTY)
@@ -109,18 +112,42 @@ def complete_hull(K, P, Wd, skip_d, grid, open_d, k0: int, d: int, stats):
     if k0:
         H.split_open(open_d, k0, ids, front, fopp, fkey, d)
     known = _Known(fkey, k0)
-    out_s, out_f = [], []
-    k = k0
+    out_s, out_f = _Rows(2 * k0, d + 1), _Rows(3 * k0, d)  # grown when a round needs more
+    k, r = k0, 0
     while k:
         front, fopp, fkey, k = _round(K, P, Wd, skip_d, grid, d, scratch, ids, claim, counter, known,
-                                      front, fopp, fkey, k, out_s, out_f)
-    stats["wrapped"] = sum(m for _, m in out_s)
-    return (*_concat(out_s, d + 1), *_concat(out_f, d))
+                                      front, fopp, fkey, k, out_s, out_f, r)
+        r += 1
+    stats["wrapped"] = out_s.rows
+    return out_s.a, out_s.rows, out_f.a, out_f.rows
 
 
-def _round(K, P, Wd, skip_d, grid, d, scratch, ids, claim, counter, known, front, fopp, fkey, k, out_s, out_f):
-    """One hull round over the front's k faces: appends (simplices, count) and (new faces,
-    count) to out_s and out_f; returns the next front (faces, opposite vertices, keys, count)."""
+class _Rows:
+    """A device array of int32 rows filled round by round, grown (doubled) when a round needs
+    more room."""
+
+    MIN_ROWS = 1024
+
+    def __init__(self, cap: int, cols: int):
+        self.cols, self.rows = cols, 0
+        self.a = _device.empty((max(cap, self.MIN_ROWS, 1), cols), np.int32)
+
+    def reserve(self, m: int) -> int:
+        """Make room for m more rows; returns the first row they go to."""
+        if self.rows + m > self.a.shape[0]:
+            a = _device.empty((max(2 * self.a.shape[0], self.rows + m), self.cols), np.int32)
+            if self.rows:
+                H.copy_rows_at(self.a, self.rows, a, 0, self.cols)
+            self.a = a
+        at = self.rows
+        self.rows += m
+        return at
+
+
+def _round(K, P, Wd, skip_d, grid, d, scratch, ids, claim, counter, known, front, fopp, fkey, k, out_s, out_f, r):
+    """Hull round r over the front's k faces: appends its simplices and new faces to out_s and
+    out_f; returns the next front (faces, opposite vertices, keys, count), in the scratch
+    arrays of the round's parity."""
     apex = scratch("apex", k, 0, np.int32)
     K.gift_wrap(P, Wd, skip_d, front, fopp, k, apex, *grid, d)
     H.assign_apex_ids(apex, k, ids, claim, counter)
@@ -159,28 +186,12 @@ def _round(K, P, Wd, skip_d, grid, d, scratch, ids, claim, counter, known, front
     ms, mf, k2, nid = (int(v) for v in _device.fetch(tot, 4))
     if nid >= (1 << H.key_bits(d)) - 1:
         raise MemoryError(f"weighted_delaunay: more than {(1 << H.key_bits(d)) - 2} points along the hull")
-    simp = _device.empty((max(ms, 1), d + 1), np.int32)
-    nface = _device.empty((max(mf, 1), d), np.int32)
-    nkey = _device.empty((max(mf, 1),), np.int64)
-    front2 = _device.empty((max(k2, 1), d), np.int32)
-    fopp2 = _device.empty((max(k2, 1),), np.int32)
-    fkey2 = _device.empty((max(k2, 1),), np.int64)
-    H.round_emit(srow, keep, soff, k, simp, gkey, gleft, new, noff, nface, nkey, nxt, foff, front2, fopp2, fkey2, d)
+    nkey = scratch("nkey", mf, 0, np.int64)
+    nxt_f = f"front{r % 2}", f"fopp{r % 2}", f"fkey{r % 2}"
+    front2 = scratch(nxt_f[0], k2, d, np.int32)
+    fopp2, fkey2 = scratch(nxt_f[1], k2, 0, np.int32), scratch(nxt_f[2], k2, 0, np.int64)
+    at_s, at_f = out_s.reserve(ms), out_f.reserve(mf)  # may grow the arrays: before reading them
+    H.round_emit(srow, keep, soff, k, out_s.a, at_s, gkey, gleft, new, noff, out_f.a, at_f, nkey, nxt, foff,
+                 front2, fopp2, fkey2, d)
     known.add(nkey, mf)
-    out_s.append((simp, ms))
-    out_f.append((nface, mf))
     return front2, fopp2, fkey2, k2
-
-
-def _concat(parts, cols: int):
-    """The (array, rows) parts stacked into one device array: (array, rows)."""
-    total = sum(m for _, m in parts)
-    if len(parts) == 1:
-        return parts[0]
-    out = _device.empty((max(total, 1), cols), np.int32)
-    at = 0
-    for a, m in parts:
-        if m:
-            H.copy_rows_at(a, m, out, at, cols)
-        at += m
-    return out, total

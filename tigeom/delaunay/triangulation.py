@@ -304,8 +304,9 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     # hidden = no vertex. A cell that lies wholly outside the clipping box (possible next to very
     # heavy points) comes out empty from the clipping, but its simplices are found by the wrapping.
     # (the kernels' labels are grid positions: the outputs go back to the input's indices)
-    hidden = np.empty(n, bool)
-    hidden[s.perm] = _device.fetch(used) == 0
+    hid = _device.empty((n,), np.uint8)
+    K.hidden_mask(used, s.perm_d, hid)
+    hidden = _device.fetch(hid).view(bool)
     simplices = _stack_int64(K, simp, ms, wrapped_d, nw, d + 1, s.perm_d, False)
     faces = _stack_int64(K, faces_d, nf, new_d, nnew, d, s.perm_d, True)
     laps("finish")
