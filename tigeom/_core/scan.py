@@ -255,7 +255,7 @@ def element(x, i: int) -> int:
         return int(x[i])
     out = _device.empty((1,), np.int32)
     _element(x, int(i), out)
-    return int(out.to_numpy()[0])
+    return int(_device.fetch(out)[0])
 
 
 def exclusive_offsets(counts, n: int) -> tuple[object, int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._core import device as _device
-from .._core.scan import ExclusiveScan, compact_rows
+from .._core.scan import ExclusiveScan, compact_rows, element
 
 
 class CellLists:
@@ -90,8 +90,8 @@ class CellLists:
             scan = ExclusiveScan(r)
             scan.run(own, soff, r)
             scan.run(nface, foff, r)
-            ms = int(_device.fetch(soff)[r])
-            nf = int(_device.fetch(foff)[r])
+            ms = element(soff, r)  # one value each, not the (rows + 1)-long arrays
+            nf = element(foff, r)
         simp = _device.empty((max(ms, 1), d + 1), np.int32)
         fout = _device.empty((max(nf, 1), d + 2), np.int32)
         if r:

@@ -25,7 +25,7 @@ from .. import runtime
 from .._core import device as _device
 from .._core.keys import row_keys
 from .._core.launch import fast_module_kernels
-from .._core.scan import ExclusiveScan, sort_segments
+from .._core.scan import ExclusiveScan, element, sort_segments
 from ._kernels import EDGES  # the tet's local edge numbering, shared with the move kernels
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
@@ -134,7 +134,7 @@ class MeshTopology:
         _edge_owner(self.Td, self.ptr, self.vt, own)
         slot = _device.empty((n6 + 1,), np.int32)
         ExclusiveScan(n6).run(own, slot, n6)
-        ne = int(_device.fetch(slot)[n6])
+        ne = element(slot, n6)
         E = _device.empty((ne, 2), np.int32)
         etet = _device.empty((ne,), np.int32)
         _edge_emit(self.Td, own, slot, E, etet)
