@@ -691,9 +691,9 @@ def test_hull_rounds_grow_their_output_arrays(d, monkeypatch):
     class Tight(hull._Known):
         SLACK = 1.1  # full after the open faces: the first round's new faces make it grow
 
-        def add(self, keys, m):
+        def reserve(self, m):
             full = self.count
-            super().add(keys, m)
+            super().reserve(m)
             grown.append(self.rehashes if full else 0)
 
     monkeypatch.setattr(hull, "_Rows", OneRow)

@@ -20,6 +20,7 @@ a set are indexed by a key's final slot, so they too are written after the inser
 import taichi as ti
 
 from .._core.launch import fast_module_kernels
+from .._core.scan import scan_two_levels, serial_scan
 from ._kernels import _sort_small
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
@@ -29,6 +30,7 @@ nd_i64 = ti.types.ndarray(dtype=ti.i64, ndim=1)
 EMPTY = (1 << 63) - 1  # a free slot of a key set
 NO_KEY = -1  # an entry with no key (no face)
 FIRST_NONE = (1 << 31) - 1
+SCAN_SERIAL, SCAN_BLOCKED, SCAN_DONE = 0, 1, 2
 
 
 def key_bits(d: int) -> int:
@@ -100,13 +102,6 @@ def assign_ids(v: nd_i32_2, m: ti.i32, cols: ti.template(), ids: nd_i32, claim: 
     for e in range(m):
         for c in ti.static(range(cols)):
             _claim(v[e, c], ids, claim, counter)
-
-
-@ti.kernel
-def assign_apex_ids(v: nd_i32, m: ti.i32, ids: nd_i32, claim: nd_i32, counter: nd_i32):
-    """Compact ids for the first m entries of v (-1: none)."""
-    for e in range(m):
-        _claim(v[e], ids, claim, counter)
 
 
 @ti.kernel
@@ -246,12 +241,50 @@ def round_flags(gkey: nd_i64, fresh: nd_i32, m: ti.i32, Tr: nd_i64, bits_r: ti.i
 
 
 @ti.kernel
-def round_totals(soff: nd_i32, m: ti.i32, noff: nd_i32, foff: nd_i32, md: ti.i32, counter: nd_i32, out: nd_i32):
-    """(new simplices, new faces, next front, vertex ids given) into out, for one fetch."""
-    out[0] = soff[m]
-    out[1] = noff[md]
-    out[2] = foff[md]
-    out[3] = counter[0]
+def round_scans(keep: nd_i32, soff: nd_i32, m: ti.i32, new: nd_i32, noff: nd_i32, front: nd_i32, foff: nd_i32,
+                md: ti.i32, counter: nd_i32, out: nd_i32, s1: nd_i32, o1: nd_i32, s2: nd_i32, o2: nd_i32,
+                mode: ti.template()):
+    """The three exclusive scans of a round (kept simplices, new faces, next front) and the
+    totals into out (with the vertex ids given), for one fetch. mode: SCAN_SERIAL (one thread),
+    SCAN_BLOCKED (two levels, see _core.scan) or SCAN_DONE (scanned already: totals only)."""
+    if ti.static(mode == SCAN_SERIAL):
+        serial_scan(keep, soff, m)
+        serial_scan(new, noff, md)
+        serial_scan(front, foff, md)
+    elif ti.static(mode == SCAN_BLOCKED):
+        scan_two_levels(keep, soff, s1, o1, s2, o2, m)
+        scan_two_levels(new, noff, s1, o1, s2, o2, md)
+        scan_two_levels(front, foff, s1, o1, s2, o2, md)
+    for _ in range(1):
+        out[0] = soff[m]
+        out[1] = noff[md]
+        out[2] = foff[md]
+        out[3] = counter[0]
+
+
+@ti.kernel
+def round_clear(Tf: nd_i64, Tr: nd_i64, cnt: nd_i32, first: nd_i32, nkey: nd_i64, mk: ti.i32, Tk: nd_i64,
+                bits_k: ti.i32):
+    """Empty the round's key sets and counters, and insert the previous round's mk new faces
+    (nkey) into the known set Tk."""
+    for s in range(Tf.shape[0]):
+        Tf[s] = ti.i64(EMPTY)
+    for s in range(Tr.shape[0]):
+        Tr[s] = ti.i64(EMPTY)
+    for s in range(cnt.shape[0]):
+        cnt[s] = 0
+        first[s] = FIRST_NONE
+    for e in range(mk):
+        _insert(Tk, nkey[e], bits_k)
+
+
+@ti.kernel
+def round_front(fkey: nd_i64, m: ti.i32, Tf: nd_i64, bits_f: ti.i32, apex: nd_i32, ids: nd_i32, claim: nd_i32,
+                counter: nd_i32):
+    """The front's keys into its set Tf; compact ids for the apexes found."""
+    for e in range(m):
+        _insert(Tf, fkey[e], bits_f)
+        _claim(apex[e], ids, claim, counter)
 
 
 @ti.kernel

@@ -51,16 +51,11 @@ class _Scratch:
             self.arrays[name] = a
         return a
 
-    def set(self, name: str, bits: int):
-        """A key set of 2^bits slots (at least), emptied."""
-        t = self(name, 1 << bits, 0, np.int64)
-        H.fill64(t, H.EMPTY)
-        return t, int(t.shape[0]).bit_length() - 1
-
 
 class _Known:
     """The set of every face met so far (open faces of the cells' triangulation, then every new
-    face), grown when it fills past half."""
+    face), grown when it would fill past half. A round's new faces go in at the start of the
+    next round (``round_clear``); ``pending`` holds them until then."""
 
     SLACK = 4  # slots per key at first
 
@@ -69,9 +64,13 @@ class _Known:
         self.bits = _bits(int(self.SLACK * m))
         self.T = _device.empty((1 << self.bits,), np.int64)
         H.fill64(self.T, H.EMPTY)
-        self.add(keys, m)
+        self.reserve(m)
+        if m:
+            H.set_insert(keys, m, self.T, self.bits)
+        self.pending = (keys, 0)
 
-    def add(self, keys, m: int) -> None:
+    def reserve(self, m: int) -> None:
+        """Room for m more keys (a rehash into a larger set when needed)."""
         if 2 * (self.count + m) > (1 << self.bits):
             self.rehashes += 1
             bits = _bits(4 * (self.count + m))
@@ -79,8 +78,6 @@ class _Known:
             H.fill64(T2, H.EMPTY)
             H.set_rehash(self.T, T2, bits)
             self.T, self.bits = T2, bits
-        if m:
-            H.set_insert(keys, m, self.T, self.bits)
         self.count += m
 
 
@@ -147,27 +144,27 @@ class _Rows:
 def _round(K, P, Wd, skip_d, grid, d, scratch, ids, claim, counter, known, front, fopp, fkey, k, out_s, out_f, r):
     """Hull round r over the front's k faces: appends its simplices and new faces to out_s and
     out_f; returns the next front (faces, opposite vertices, keys, count), in the scratch
-    arrays of the round's parity."""
+    arrays of the round's parity. Ten launches and one fetch of four counts."""
+    kd = k * d
+    bits_f, bits_r = _bits(k), _bits(kd)
+    Tf = scratch("Tf", 1 << bits_f, 0, np.int64)
+    Tr = scratch("Tr", 1 << bits_r, 0, np.int64)
+    bits_f, bits_r = int(Tf.shape[0]).bit_length() - 1, int(Tr.shape[0]).bit_length() - 1
+    cnt = scratch("cnt", 1 << bits_r, 0, np.int32)
+    first = scratch("first", 1 << bits_r, 0, np.int32)
+    H.round_clear(Tf, Tr, cnt, first, *known.pending, known.T, known.bits)
     apex = scratch("apex", k, 0, np.int32)
     K.gift_wrap(P, Wd, skip_d, front, fopp, k, apex, *grid, d)
-    H.assign_apex_ids(apex, k, ids, claim, counter)
-    Tf, bits_f = scratch.set("Tf", _bits(k))
+    H.round_front(fkey, k, Tf, bits_f, apex, ids, claim, counter)
     fval = scratch("fval", 1 << bits_f, 0, np.int32)
-    H.set_insert(fkey, k, Tf, bits_f)
     H.set_index(fkey, k, Tf, bits_f, fval)
-    kd = k * d
     keep = scratch("keep", k, 0, np.int32)
     srow = scratch("srow", k, d + 1, np.int32)
     gkey = scratch("gkey", kd, 0, np.int64)
     gleft = scratch("gleft", kd, 0, np.int32)
     H.new_simplices(front, apex, k, ids, Tf, bits_f, fval, keep, srow, gkey, gleft, d)
-    Tr, bits_r = scratch.set("Tr", _bits(kd))
     fresh = scratch("fresh", kd, 0, np.int32)
     H.round_insert(gkey, kd, known.T, known.bits, Tr, bits_r, fresh)
-    cnt = scratch("cnt", 1 << bits_r, 0, np.int32)
-    H.fill32(cnt, 0)
-    first = scratch("first", 1 << bits_r, 0, np.int32)
-    H.fill32(first, H.FIRST_NONE)
     H.round_count(gkey, fresh, kd, Tr, bits_r, cnt, first)
     new = scratch("new", kd, 0, np.int32)
     nxt = scratch("next", kd, 0, np.int32)
@@ -178,20 +175,26 @@ def _round(K, P, Wd, skip_d, grid, d, scratch, ids, claim, counter, known, front
     soff = scratch("soff", k + 1, 0, np.int32)
     noff = scratch("noff", kd + 1, 0, np.int32)
     foff = scratch("foff", kd + 1, 0, np.int32)
-    scan.run(keep, soff, k)
-    scan.run(new, noff, kd)
-    scan.run(nxt, foff, kd)
     tot = scratch("tot", 4, 0, np.int32)
-    H.round_totals(soff, k, noff, foff, kd, counter, tot)
+    if scan.serial(kd):
+        mode = H.SCAN_SERIAL
+    elif scan.one_launch:
+        mode = H.SCAN_BLOCKED
+    else:  # beyond BLOCK^3 entries: the scans' own recursion
+        for x, y, m in ((keep, soff, k), (new, noff, kd), (nxt, foff, kd)):
+            scan.run(x, y, m)
+        mode = H.SCAN_DONE
+    H.round_scans(keep, soff, k, new, noff, nxt, foff, kd, counter, tot, *scan.scratch(), mode)
     ms, mf, k2, nid = (int(v) for v in _device.fetch(tot, 4))
     if nid >= (1 << H.key_bits(d)) - 1:
         raise MemoryError(f"weighted_delaunay: more than {(1 << H.key_bits(d)) - 2} points along the hull")
-    nkey = scratch("nkey", mf, 0, np.int64)
+    nkey = scratch(f"nkey{r % 2}", mf, 0, np.int64)  # inserted into the known set by the next round
     nxt_f = f"front{r % 2}", f"fopp{r % 2}", f"fkey{r % 2}"
     front2 = scratch(nxt_f[0], k2, d, np.int32)
     fopp2, fkey2 = scratch(nxt_f[1], k2, 0, np.int32), scratch(nxt_f[2], k2, 0, np.int64)
     at_s, at_f = out_s.reserve(ms), out_f.reserve(mf)  # may grow the arrays: before reading them
     H.round_emit(srow, keep, soff, k, out_s.a, at_s, gkey, gleft, new, noff, out_f.a, at_f, nkey, nxt, foff,
                  front2, fopp2, fkey2, d)
-    known.add(nkey, mf)
+    known.reserve(mf)
+    known.pending = (nkey, mf)
     return front2, fopp2, fkey2, k2
