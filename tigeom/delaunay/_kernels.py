@@ -1299,6 +1299,23 @@ def hidden_mask(used: nd_i32, label: nd_i32, out: ti.types.ndarray(dtype=ti.u8, 
 
 
 @ti.kernel
+def flag_counts(flag: nd_i32, out: nd_i32):
+    """out[0]: entries equal to 1 (duplicates found), out[1]: negative ones (crowded cells)."""
+    for i in range(flag.shape[0]):
+        if flag[i] == 1:
+            ti.atomic_add(out[0], 1)
+        elif flag[i] < 0:
+            ti.atomic_add(out[1], 1)
+
+
+@ti.kernel
+def skip_from(skip: nd_i32, k: ti.i32):
+    """skip[i] = 1 for the labels from k on (the duplicates), 0 below."""
+    for i in range(skip.shape[0]):
+        skip[i] = 1 if i >= k else 0
+
+
+@ti.kernel
 def iota(a: nd_i32):
     """a[i] = i."""
     for i in range(a.shape[0]):

@@ -47,7 +47,7 @@ class CellSetup:
 
     src_pts: np.ndarray    # (n, d) float64, the input's order
     src_w: np.ndarray      # (n,) weights, the input's order
-    perm: np.ndarray       # (n,) int32: the input index of each label
+    perm_host: object      # (n,) int32 perm when the host has it, else None (see perm)
     n_live: int
     h: float               # grid cell size
     res: np.ndarray        # grid resolution (3,) int32
@@ -76,6 +76,14 @@ class CellSetup:
         return np.arange(self.n_live)
 
     @cached_property
+    def perm(self) -> np.ndarray:
+        """(n,) int32: the input index of each label (fetched when first needed: only the
+        exact recomputation and the rare paths read it on the host)."""
+        if self.perm_host is not None:
+            return self.perm_host
+        return np.array(_device.fetch(self.perm_d), dtype=np.int32)
+
+    @cached_property
     def pts(self) -> np.ndarray:
         """(n, d) points by label (host; only the exact recomputation reads them)."""
         return self.src_pts[self.perm]
@@ -86,7 +94,7 @@ class CellSetup:
         return self.src_w[self.perm]
 
 
-def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple) -> CellSetup:
+def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple, weighted: bool = True) -> CellSetup:
     """Upload the points, find the duplicates, sort the live points into a uniform grid and
     relabel every point by its place in the grid order (see CellSetup); ``box``: the points'
     bounding box (lo, hi).
@@ -100,19 +108,16 @@ def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple) -> CellSetup:
     up = _device.upload
     per_cell = 2.0 if d == 2 else 3.0
     lo, h, res = box_grid_params(_pad3(box[0]), _pad3(box[1]), n, per_cell)
-    P, Wd = up(pts), up(w)
+    P = up(pts)
+    Wd = up(w) if weighted else _device.zeros((n,), np.float64)  # unweighted: w is all zeros
     P3 = _device.empty((n, 3), np.float64)
     K.pad3(P, P3)
     start, order_d = build_grid(P3, n, up(lo), h, up(res), sort=False)
     flag = _device.zeros((n,), np.int32)
     K.grid_twins(P3, Wd, start, order_d, K.TWIN_CAP, flag)
     del P3
-    flag = _device.fetch(flag)
-    dup = flag == 1
-    crowded = np.flatnonzero(flag < 0)
-    if len(crowded):
-        dup[crowded] = twins(pts[crowded], w[crowded])  # ascending indices: ties keep the smaller
-    if dup.any():
+    dup = _duplicate_mask(K, flag, pts, w, twins)  # None: no duplicates
+    if dup is not None:
         live = np.flatnonzero(~dup)
         p3 = np.zeros((len(live), 3))
         p3[:, :d] = pts[live]
@@ -122,22 +127,38 @@ def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple) -> CellSetup:
         perm_d = up(perm)
         box = bounding_box(pts[live])
         wmax = float(w[live].max())
+        n_live = len(live)
     else:
-        live = np.arange(n)
         sort_segments(start, order_d)  # as build_grid(sort=True) would
-        perm_d = order_d
-        perm = np.array(_device.fetch(perm_d), dtype=np.int32)
-        wmax = float(w.max())
-    n_live = len(live)
+        perm_d, perm = order_d, None  # the host fetches the labels' order only if it needs it
+        wmax = float(w.max()) if weighted else 0.0
+        n_live = n
     Pl = _device.empty((n, d), np.float64)
     Wl = _device.empty((n,), np.float64)
     K.gather_points(P, Wd, perm_d, Pl, Wl)
-    skip = np.zeros(n, np.int32)
-    skip[n_live:] = 1
+    skip = _device.empty((n,), np.int32)
+    K.skip_from(skip, n_live)
     order = _device.empty((n_live,), np.int32)  # the live labels in grid order: 0, 1, ...
     K.iota(order)
-    return CellSetup(pts, w, perm, n_live, h, res, wmax, Pl, Wl, up(skip), perm_d, start, order,
+    return CellSetup(pts, w, perm, n_live, h, res, wmax, Pl, Wl, skip, perm_d, start, order,
                      up(lo[:d].copy()), up(res), box)
+
+
+def _duplicate_mask(K, flag, pts, w, twins):
+    """The duplicates as a host mask from the device flags of ``K.grid_twins`` (1: a twin, -1: in
+    a crowded cell, which ``twins`` decides on the host), or None when there are none. Two
+    counts come back first; the flags only when some are set."""
+    counts = _device.zeros((2,), np.int32)
+    K.flag_counts(flag, counts)
+    found, crowded = (int(v) for v in _device.fetch(counts))
+    if not (found or crowded):
+        return None
+    flag = _device.fetch(flag)
+    dup = flag == 1
+    crowded = np.flatnonzero(flag < 0)
+    if len(crowded):
+        dup[crowded] = twins(pts[crowded], w[crowded])  # ascending indices: ties keep the smaller
+    return dup if dup.any() else None
 
 
 def _pad3(v: np.ndarray) -> np.ndarray:
@@ -213,7 +234,7 @@ def clip_cells(K, s: CellSetup, box_lo, box_hi, band: float, stats: dict):
     nworkers = GPU_WORKERS[d] if gpu else cpu_workers()
     cap = 64 if d == 2 else 128
     chunk = 1 if gpu else 64  # rows a worker reserves per atomic (see _emit)
-    bufcap = int((6.5 if d == 2 else 30.0) * len(s.live)) + 4096 + min(nworkers, len(s.live)) * chunk
+    bufcap = int((6.5 if d == 2 else 30.0) * s.n_live) + 4096 + min(nworkers, s.n_live) * chunk
     ids = None  # every live cell, then those that overflowed
     passes = []
     while True:

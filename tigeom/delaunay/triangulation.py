@@ -286,7 +286,7 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     from . import _kernels as K
 
     n, d = pts.shape
-    s = prepare(K, pts, w, _duplicates, box)
+    s = prepare(K, pts, w, _duplicates, box, weights is not None)
     if s.n_live == n:
         _check_spread(pts, box)
     else:
