@@ -1298,6 +1298,35 @@ def hidden_mask(used: nd_i32, label: nd_i32, out: ti.types.ndarray(dtype=ti.u8, 
         out[label[k]] = ti.u8(1) if used[k] == 0 else ti.u8(0)
 
 
+BOX_CHUNK = 4096  # points per thread of point_box
+
+
+@ti.kernel
+def point_box(P: nd_f64_2, box: nd_f64_2, bad: nd_i32):
+    """box[0] = min, box[1] = max of the points' coordinates over the finite ones (box comes in
+    as (+inf, -inf) rows); bad[0] = the number of NaN or infinite coordinates, recognised by
+    their exponent bits (a float comparison may be optimised away under fast math)."""
+    for c in range((P.shape[0] + BOX_CHUNK - 1) // BOX_CHUNK):
+        lo = ti.Vector([box[0, 0], box[0, 1], box[0, 2]])  # +inf at first, or a real coordinate
+        hi = ti.Vector([box[1, 0], box[1, 1], box[1, 2]])
+        nb = 0
+        for i in range(c * BOX_CHUNK, ti.min(P.shape[0], (c + 1) * BOX_CHUNK)):
+            for a in ti.static(range(3)):
+                if a < P.shape[1]:
+                    x = P[i, a]
+                    if ti.bit_cast(x, ti.u64) & ti.u64(0x7FF0000000000000) == ti.u64(0x7FF0000000000000):
+                        nb += 1
+                    else:
+                        lo[a] = ti.min(lo[a], x)
+                        hi[a] = ti.max(hi[a], x)
+        for a in ti.static(range(3)):
+            if a < P.shape[1]:
+                ti.atomic_min(box[0, a], lo[a])
+                ti.atomic_max(box[1, a], hi[a])
+        if nb:
+            ti.atomic_add(bad[0], nb)
+
+
 @ti.kernel
 def flag_counts(flag: nd_i32, out: nd_i32):
     """out[0]: entries equal to 1 (duplicates found), out[1]: negative ones (crowded cells)."""

@@ -158,16 +158,22 @@ def unit_scale(lo: np.ndarray, hi: np.ndarray) -> float:
     return float(np.ldexp(1.0, -(int(e) + 1)))
 
 
-def _validate(points, weights):
-    """(points, weights, scale, box): the input checked and scaled by ``unit_scale`` (weights by
-    its square), and the scaled points' bounding box (lo, hi). Duplicates and flatness are
-    checked after the grid is built (``_check_spread``)."""
+def _validate(K, points, weights):
+    """(points, weights, scale, box, P): the input checked and scaled by ``unit_scale`` (weights
+    by its square), the scaled points' bounding box (lo, hi), and the points as a kernel array
+    (None when scaled: the kernels then get the scaled copy). The box and the count of NaN and
+    infinite coordinates come from one kernel over the uploaded points. Duplicates and flatness
+    are checked after the grid is built (``_check_spread``)."""
     pts = as_points(points, "points", finite=False)
     n, d = pts.shape
     if n < d + 1:
         raise ValueError(f"points: need at least {d + 1} distinct points in {d}D, got {n}")
-    lo, hi = bounding_box(pts)
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # min and max see every NaN and inf
+    P = _device.upload(pts)
+    box = _device.upload(np.array([[np.inf] * 3, [-np.inf] * 3]))
+    bad = _device.zeros((1,), np.int32)
+    K.point_box(P, box, bad)
+    lo, hi = (np.array(r[:d]) for r in _device.fetch(box))
+    if int(_device.fetch(bad)[0]):
         as_points(points, "points")  # raises, with the count
     if weights is None:
         w = np.zeros(n)
@@ -177,6 +183,7 @@ def _validate(points, weights):
             raise ValueError(f"weights: expected shape ({n},) to match points, got {w.shape}")
     scale = unit_scale(lo, hi)
     if scale != 1.0:
+        P = None
         pts = pts * scale
         lo, hi = lo * scale, hi * scale
         with np.errstate(over="ignore", under="ignore"):
@@ -184,7 +191,7 @@ def _validate(points, weights):
         if not np.isfinite(w).all():
             raise ValueError("weights: too large for the points' extent (a weight beyond about 1e300 times the "
                              "squared side of the points' bounding box)")
-    return pts, w, scale, (lo, hi)
+    return pts, w, scale, (lo, hi), P
 
 
 FLAT_SAMPLE = 65536  # the flatness test looks at a strided sample of this many points first
@@ -281,12 +288,12 @@ def weighted_delaunay(points, weights=None, *, check: bool = True) -> Triangulat
     """
     stats: dict = {"exact_cells": 0, "wrapped": 0, "retries": 0, "seconds": {}}
     laps = Laps(stats)
-    pts, w, scale, box = _validate(points, weights)
     runtime.ensure_init()
     from . import _kernels as K
 
+    pts, w, scale, box, P = _validate(K, points, weights)
     n, d = pts.shape
-    s = prepare(K, pts, w, _duplicates, box, weights is not None)
+    s = prepare(K, pts, w, _duplicates, box, weights is not None, P)
     if s.n_live == n:
         _check_spread(pts, box)
     else:
