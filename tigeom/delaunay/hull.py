@@ -1,6 +1,6 @@
 """Hull completion: the simplices whose power centre lies outside the clipping box (thin ones
 on the convex hull), found by gift wrapping outward from the faces with a simplex on one side
-only; and the final orientation of every simplex."""
+only, round by round, with the rounds' bookkeeping on the device (``_hull_kernels``)."""
 
 from __future__ import annotations
 
