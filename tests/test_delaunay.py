@@ -703,3 +703,20 @@ def test_hull_rounds_grow_their_output_arrays(d, monkeypatch):
     assert max(g for g in grown if not isinstance(g, bool)) >= 1  # ... and the set of known faces
     np.testing.assert_array_equal(got.simplices, ref.simplices)
     np.testing.assert_array_equal(got.faces, ref.faces)
+
+
+@pytest.mark.parametrize("mode", ["blocked", "recursive"])
+def test_hull_round_scans_on_every_path(mode, monkeypatch):
+    """The hull rounds' scans run serially on a CPU, blocked in one kernel on a GPU, and by the
+    scan's own recursion beyond its one-launch size: forced here on the CPU, each gives the same
+    triangulation."""
+    from tigeom._core.scan import ExclusiveScan
+
+    p = np.random.default_rng(8).random((2000, 3))
+    ref = tigeom.weighted_delaunay(p)
+    monkeypatch.setattr(ExclusiveScan, "serial", lambda self, n: False)
+    if mode == "recursive":
+        monkeypatch.setattr(ExclusiveScan, "one_launch", property(lambda self: False))
+    got = tigeom.weighted_delaunay(p)
+    np.testing.assert_array_equal(got.simplices, ref.simplices)
+    np.testing.assert_array_equal(got.faces, ref.faces)

@@ -20,7 +20,7 @@ a set are indexed by a key's final slot, so they too are written after the inser
 import taichi as ti
 
 from .._core.launch import fast_module_kernels
-from .._core.scan import scan_two_levels, serial_scan
+from .._core.scan import scan_two_levels
 from ._kernels import _sort_small
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
@@ -240,6 +240,17 @@ def round_flags(gkey: nd_i64, fresh: nd_i32, m: ti.i32, Tr: nd_i64, bits_r: ti.i
         front[e] = b
 
 
+@ti.func
+def _scan_in_place(x: ti.template(), out: ti.template(), n):
+    """Exclusive scan of x[:n] into out (total in out[n]), by the calling thread."""
+    t = 0
+    for i in range(n):
+        v = x[i]
+        out[i] = t
+        t += v
+    out[n] = t
+
+
 @ti.kernel
 def round_scans(keep: nd_i32, soff: nd_i32, m: ti.i32, new: nd_i32, noff: nd_i32, front: nd_i32, foff: nd_i32,
                 md: ti.i32, counter: nd_i32, out: nd_i32, s1: nd_i32, o1: nd_i32, s2: nd_i32, o2: nd_i32,
@@ -248,9 +259,10 @@ def round_scans(keep: nd_i32, soff: nd_i32, m: ti.i32, new: nd_i32, noff: nd_i32
     totals into out (with the vertex ids given), for one fetch. mode: SCAN_SERIAL (one thread),
     SCAN_BLOCKED (two levels, see _core.scan) or SCAN_DONE (scanned already: totals only)."""
     if ti.static(mode == SCAN_SERIAL):
-        serial_scan(keep, soff, m)
-        serial_scan(new, noff, md)
-        serial_scan(front, foff, md)
+        for _ in range(1):  # one thread, one task: the three scans in turn
+            _scan_in_place(keep, soff, m)
+            _scan_in_place(new, noff, md)
+            _scan_in_place(front, foff, md)
     elif ti.static(mode == SCAN_BLOCKED):
         scan_two_levels(keep, soff, s1, o1, s2, o2, m)
         scan_two_levels(new, noff, s1, o1, s2, o2, md)
@@ -266,16 +278,17 @@ def round_scans(keep: nd_i32, soff: nd_i32, m: ti.i32, new: nd_i32, noff: nd_i32
 def round_clear(Tf: nd_i64, Tr: nd_i64, cnt: nd_i32, first: nd_i32, nkey: nd_i64, mk: ti.i32, Tk: nd_i64,
                 bits_k: ti.i32):
     """Empty the round's key sets and counters, and insert the previous round's mk new faces
-    (nkey) into the known set Tk."""
-    for s in range(Tf.shape[0]):
-        Tf[s] = ti.i64(EMPTY)
-    for s in range(Tr.shape[0]):
-        Tr[s] = ti.i64(EMPTY)
-    for s in range(cnt.shape[0]):
-        cnt[s] = 0
-        first[s] = FIRST_NONE
-    for e in range(mk):
-        _insert(Tk, nkey[e], bits_k)
+    (nkey) into the known set Tk: one loop (one task on a CPU, where each loop costs a dispatch)."""
+    for s in range(ti.max(ti.max(Tf.shape[0], Tr.shape[0]), ti.max(cnt.shape[0], mk))):
+        if s < Tf.shape[0]:
+            Tf[s] = ti.i64(EMPTY)
+        if s < Tr.shape[0]:
+            Tr[s] = ti.i64(EMPTY)
+        if s < cnt.shape[0]:
+            cnt[s] = 0
+            first[s] = FIRST_NONE
+        if s < mk:
+            _insert(Tk, nkey[s], bits_k)
 
 
 @ti.kernel
