@@ -43,14 +43,21 @@ def block_scan(x: ti.template(), out: ti.template(), offsets: ti.template(), n, 
 
 
 @ti.func
+def scan_in_thread(x: ti.template(), out: ti.template(), n):
+    """Exclusive scan of x[:n] into out (total in out[n]) by the calling thread, inside a loop
+    of the caller's (several such scans can share one task)."""
+    s = 0
+    for i in range(n):
+        v = x[i]
+        out[i] = s
+        s += v
+    out[n] = s
+
+
+@ti.func
 def serial_scan(x: ti.template(), out: ti.template(), n):
     for _ in range(1):  # one thread
-        s = 0
-        for i in range(n):
-            v = x[i]
-            out[i] = s
-            s += v
-        out[n] = s
+        scan_in_thread(x, out, n)
 
 
 @ti.func

@@ -20,7 +20,7 @@ a set are indexed by a key's final slot, so they too are written after the inser
 import taichi as ti
 
 from .._core.launch import fast_module_kernels
-from .._core.scan import scan_two_levels
+from .._core.scan import scan_in_thread, scan_two_levels
 from ._kernels import _sort_small
 
 nd_i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
@@ -240,17 +240,6 @@ def round_flags(gkey: nd_i64, fresh: nd_i32, m: ti.i32, Tr: nd_i64, bits_r: ti.i
         front[e] = b
 
 
-@ti.func
-def _scan_in_place(x: ti.template(), out: ti.template(), n):
-    """Exclusive scan of x[:n] into out (total in out[n]), by the calling thread."""
-    t = 0
-    for i in range(n):
-        v = x[i]
-        out[i] = t
-        t += v
-    out[n] = t
-
-
 @ti.kernel
 def round_scans(keep: nd_i32, soff: nd_i32, m: ti.i32, new: nd_i32, noff: nd_i32, front: nd_i32, foff: nd_i32,
                 md: ti.i32, counter: nd_i32, out: nd_i32, s1: nd_i32, o1: nd_i32, s2: nd_i32, o2: nd_i32,
@@ -260,9 +249,9 @@ def round_scans(keep: nd_i32, soff: nd_i32, m: ti.i32, new: nd_i32, noff: nd_i32
     SCAN_BLOCKED (two levels, see _core.scan) or SCAN_DONE (scanned already: totals only)."""
     if ti.static(mode == SCAN_SERIAL):
         for _ in range(1):  # one thread, one task: the three scans in turn
-            _scan_in_place(keep, soff, m)
-            _scan_in_place(new, noff, md)
-            _scan_in_place(front, foff, md)
+            scan_in_thread(keep, soff, m)
+            scan_in_thread(new, noff, md)
+            scan_in_thread(front, foff, md)
     elif ti.static(mode == SCAN_BLOCKED):
         scan_two_levels(keep, soff, s1, o1, s2, o2, m)
         scan_two_levels(new, noff, s1, o1, s2, o2, md)
