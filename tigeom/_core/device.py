@@ -125,6 +125,9 @@ def empty(shape, dtype):
 
 
 def zeros(shape, dtype):
+    """A zeroed kernel array; on the CPU ``np.zeros``, whose pages stay unmapped until written."""
+    if not runtime.on_gpu():
+        return np.zeros(tuple(int(s) for s in shape), dtype)
     buf = empty(shape, dtype)
     buf.fill(0)
     return buf

@@ -1339,9 +1339,9 @@ def flag_counts(flag: nd_i32, out: nd_i32):
 
 @ti.kernel
 def skip_from(skip: nd_i32, k: ti.i32):
-    """skip[i] = 1 for the labels from k on (the duplicates), 0 below."""
-    for i in range(skip.shape[0]):
-        skip[i] = 1 if i >= k else 0
+    """skip[i] = 1 for the labels from k on (the duplicates); the rest is left as it is."""
+    for i in range(k, skip.shape[0]):
+        skip[i] = 1
 
 
 @ti.kernel

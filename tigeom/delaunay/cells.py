@@ -110,8 +110,7 @@ def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple, weighted: bool
     per_cell = 2.0 if d == 2 else 3.0
     lo, h, res = box_grid_params(_pad3(box[0]), _pad3(box[1]), n, per_cell)
     P = up(pts) if P is None else P  # P: the points already uploaded
-    gpu = runtime.on_gpu()
-    Wd = up(w) if weighted or not gpu else _device.zeros((n,), np.float64)  # not the host's zeros over the bus
+    Wd = up(w) if weighted else _device.zeros((n,), np.float64)  # not the host's zeros over the bus
     P3 = _device.empty((n, 3), np.float64)
     K.pad3(P, P3)
     start, order_d = build_grid(P3, n, up(lo), h, up(res), sort=False)
@@ -138,12 +137,9 @@ def prepare(K, pts: np.ndarray, w: np.ndarray, twins, box: tuple, weighted: bool
     Pl = _device.empty((n, d), np.float64)
     Wl = _device.empty((n,), np.float64)
     K.gather_points(P, Wd, perm_d, Pl, Wl)
-    if gpu:
-        skip = _device.empty((n,), np.int32)
+    skip = _device.zeros((n,), np.int32)
+    if n_live < n:
         K.skip_from(skip, n_live)
-    else:  # on the CPU the kernels read host arrays in place: zero pages cost nothing until written
-        skip = np.zeros(n, np.int32)
-        skip[n_live:] = 1
     order = _device.empty((n_live,), np.int32)  # the live labels in grid order: 0, 1, ...
     K.iota(order)
     return CellSetup(pts, w, perm, n_live, h, res, wmax, Pl, Wl, skip, perm_d, start, order,
