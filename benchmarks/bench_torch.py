@@ -4,6 +4,7 @@ grid evaluation, the extraction and the backward; gradcheck of the tensor path o
 tensors.
 
     python benchmarks/bench_torch.py --arch cuda --n 256
+    python benchmarks/bench_torch.py --arch cuda --n 256 --reps 30 --floor   # where tt's time goes
     python benchmarks/bench_torch.py --arch cpu --n 128
 """
 
@@ -53,6 +54,60 @@ def device_internal(host: np.ndarray, h: float):
         K.vertex_vjp(flat, r["vedge"], r["V"], ones, 3, 1, strides, spc_d, 3, 0.0, 1e-6, vmax, out)
 
     return fb
+
+
+def interface_floor(vals, h, own, reps, rounds=3):
+    """Where tt.marching_cubes' time over the kernels' own goes, in ``rounds`` rounds of best of
+    ``reps`` (all paths in turn): the forward alone, forward + backward, the same with a
+    backward that does no work (it returns the zero gradient prepared in the forward, skipping
+    the vjp: the floor of any autograd.Function over these kernels), autograd's worker threads
+    turned off, and a trivial autograd.Function on a small tensor (the engine's own cost)."""
+    real = tt._Extract.backward
+
+    def no_work(ctx, grad_verts, _grad_elems):
+        out, ctx.prepared = ctx.prepared[0], (None, None)
+        return out, None, None, None, None
+
+    def fb(backward=None, threads=True):
+        def run():
+            v, _ = tt.marching_cubes(vals, 0.0, h, -1.0)
+            if backward is not None:
+                tt._Extract.backward = staticmethod(backward)
+            try:
+                with torch.autograd.set_multithreading_enabled(threads):
+                    v.sum().backward()
+            finally:
+                tt._Extract.backward = real
+            vals.grad = None
+
+        return run
+
+    class Trivial(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 1
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    x = torch.ones(8, device=vals.device, requires_grad=True)
+
+    def trivial():
+        Trivial.apply(x).sum().backward()
+        x.grad = None
+
+    def forward_only():
+        tt.marching_cubes(vals, 0.0, h, -1.0)
+
+    names = ["kernels' own", "tt forward", "tt forward + backward", "backward without work", "worker threads off",
+             "trivial Function"]
+    print("| round | " + " | ".join(f"{nm} (ms)" for nm in names) + " | ratios to the kernels' own |")
+    print("|---" * (len(names) + 2) + "|")
+    for r in range(rounds):
+        b = best_interleaved([own, forward_only, fb(), fb(no_work), fb(threads=False), trivial], reps)
+        ratios = ", ".join(f"{x / b[0]:.2f}" for x in b[1:5])
+        print(f"| {r + 1} | " + " | ".join(f"{1e3 * x:.3f}" for x in b) + f" | {ratios} |", flush=True)
 
 
 def meshsdf_split(device, n, reps):
@@ -157,6 +212,7 @@ def main(argv=None):
     ap.add_argument("--meshsdf-n", type=int, default=128)
     ap.add_argument("--gradcheck-only", action="store_true")
     ap.add_argument("--steps-only", action="store_true", help="only the DMesh step and the Flow2D gradient")
+    ap.add_argument("--floor", action="store_true", help="only the split of tt.marching_cubes' time over the kernels'")
     a = ap.parse_args(argv)
     if a.gradcheck_only:
         return gradchecks(a.arch, "cuda" if a.arch == "cuda" else "cpu")
@@ -181,6 +237,8 @@ def main(argv=None):
 
     surf = numpy_f()
     ones = np.ones_like(surf.vertices)
+    if a.floor:
+        return interface_floor(vals, h, device_internal(host, h), a.reps)
     t_dev, t_torch = best_interleaved([device_internal(host, h), torch_fb], a.reps)
     t_np_f = best_synced(numpy_f, a.reps)
     t_np_b = best_synced(lambda: surf.vjp(ones), a.reps)
