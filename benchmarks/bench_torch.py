@@ -215,6 +215,8 @@ def main(argv=None):
     ap.add_argument("--floor", action="store_true", help="only the split of tt.marching_cubes' time over the kernels'")
     a = ap.parse_args(argv)
     if a.gradcheck_only:
+        if a.arch == "cuda":
+            stream_checks()
         return gradchecks(a.arch, "cuda" if a.arch == "cuda" else "cpu")
     if a.steps_only:
         cfg = tigeom.init(arch=a.arch, precision="f32")
@@ -249,7 +251,49 @@ def main(argv=None):
           f"{1e3 * t_np_f:.2f} | {1e3 * t_np_b:.2f} | {(t_np_f + t_np_b) / t_torch:.1f}x |")
     meshsdf_split(device, a.meshsdf_n, a.reps)
     step_comparisons(device, a.reps)
+    if device == "cuda":
+        stream_checks()
     gradchecks(a.arch, device)
+
+
+def stream_checks():
+    """tigeom.torch under a side stream (CUDA): the grid is written on the side stream behind a
+    50 ms sleep, then extracted and differentiated there; results equal those on the default
+    stream only if the kernels wait for the side stream's work and the side stream for theirs.
+    The same with the ordering switched off shows whether the check can see a race."""
+    tigeom.init(arch="cuda", precision="f32")
+    ref_vals, h = sphere_grid(96, "cuda", torch.float32)
+    v_ref, _ = tt.marching_cubes(ref_vals.clone().requires_grad_(True), 0.0, h, -1.0)
+    x = ref_vals.clone().requires_grad_(True)
+    v, _ = tt.marching_cubes(x, 0.0, h, -1.0)
+    (v * v).sum().backward()
+    g_ref = x.grad.clone()
+
+    def on_side_stream():
+        side = torch.cuda.Stream()
+        buf = torch.ones_like(ref_vals)  # no surface until the copy below has run
+        torch.cuda.synchronize()
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(100_000_000)  # about 50 ms on an H200
+            buf.copy_(ref_vals)
+            y = buf.requires_grad_(True)
+            v, _ = tt.marching_cubes(y, 0.0, h, -1.0)
+            (v * v).sum().backward()
+            g = y.grad * 1.0  # read on the side stream
+        torch.cuda.synchronize()
+        same_v = len(v) == len(v_ref) and bool(torch.equal(v, v_ref.detach()))
+        return same_v and bool(torch.allclose(g, g_ref, rtol=1e-5, atol=1e-7))  # atomic sums: last bits
+
+    ordered = on_side_stream()
+    real = tt._side_stream
+    tt._side_stream = lambda args: None
+    try:
+        unordered = on_side_stream()
+    finally:
+        tt._side_stream = real
+    print(f"# side stream: results equal the default stream's with ordering: {ordered}; "
+          f"with the ordering switched off: {unordered} (False shows the check sees the race)")
+    return ordered
 
 
 def gradchecks(arch, device):

@@ -164,6 +164,64 @@ def test_broadcast_and_transposed_vertex_gradients_are_read_in_place():
         np.testing.assert_allclose(vals.grad.numpy(), ref.vjp(W.T.numpy()), rtol=1e-13, atol=1e-13)
 
 
+def test_side_stream_work_is_ordered_around_the_kernels(monkeypatch):
+    """Under a side CUDA stream the forward and the backward each run on the default stream (where
+    Taichi launches) after the side stream's queued work, and the side stream then waits for
+    theirs; stand-in streams record the order on the CPU (the device run of
+    benchmarks/bench_torch.py checks the real one)."""
+    import contextlib
+
+    events = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(f"{self.name} waits for {other.name}")
+
+    side, default = Stream("side"), Stream("default")
+
+    @contextlib.contextmanager
+    def on(stream):
+        events.append(f"on {stream.name}")
+        yield
+        events.append(f"off {stream.name}")
+
+    monkeypatch.setattr(tt, "_side_stream", lambda args: side)
+    monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: default)
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    vals, _ = _ellipsoid_grid(9)
+    vals.requires_grad_(True)
+    ref = tigeom.marching_cubes(vals.detach().numpy(), 0.0, 0.25, -1.0)
+    order = ["default waits for side", "on default", "off default", "side waits for default"]
+    v, f = tt.marching_cubes(vals, 0.0, 0.25, -1.0)
+    assert events == order
+    events.clear()
+    v.sum().backward()
+    assert events == order
+    np.testing.assert_array_equal(v.detach().numpy(), ref.vertices)
+    np.testing.assert_allclose(vals.grad.numpy(), ref.vjp(np.ones(tuple(v.shape))), rtol=1e-13, atol=1e-13)
+    events.clear()
+    P = torch.tensor(np.random.default_rng(2).random((12, 2)), requires_grad=True)
+    tt.face_probabilities(P, None, torch.full((12,), 0.5), dmesh.candidate_faces(P.detach().numpy()),
+                          method="minball", sharpness=20.0).sum().backward()
+    assert events == order * 2
+
+
+def test_only_tensors_on_the_kernels_device_are_read_in_place(monkeypatch):
+    """On a CUDA runtime Taichi runs on the first CUDA device: tensors there are read in place,
+    tensors on another GPU or on the CPU go through the host."""
+    from types import SimpleNamespace
+
+    def on(dev):
+        return tt._on_runtime_device(SimpleNamespace(device=torch.device(dev)))
+
+    assert on("cpu") and not on("cuda:0")  # this CPU runtime
+    monkeypatch.setattr(tigeom.runtime, "on_gpu", lambda: True)
+    assert on("cuda:0") and not on("cuda:1") and not on("cpu")
+
+
 class Ball(torch.nn.Module):
     """s(x) = |x - c| - r: a distance field with parameters."""
 

@@ -25,6 +25,8 @@ the device). Tensors elsewhere go through host arrays (see docs/torch.md).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 try:
@@ -95,9 +97,47 @@ def _same_device(name_ref, tensors):
 
 
 def _on_runtime_device(t: torch.Tensor) -> bool:
-    """Whether the kernels can read ``t`` in place: a CUDA tensor on a CUDA runtime, a CPU tensor
-    on a CPU runtime."""
-    return (t.device.type == "cuda") == runtime.on_gpu() and t.device.type in ("cpu", "cuda")
+    """Whether the kernels can read ``t`` in place: a tensor on the first CUDA device on a CUDA
+    runtime (Taichi runs on device 0), a CPU tensor on a CPU runtime."""
+    if t.device.type == "cuda":
+        return runtime.on_gpu() and t.device.index == 0
+    return t.device.type == "cpu" and not runtime.on_gpu()
+
+
+def _side_stream(args):
+    """The caller's current stream on the kernels' CUDA device when some tensor among ``args``
+    lives there and that stream is not the legacy default stream, on which Taichi launches; None
+    otherwise."""
+    if not runtime.on_gpu() or not any(isinstance(a, torch.Tensor) and _on_runtime_device(a) for a in args):
+        return None
+    cur = torch.cuda.current_stream(0)
+    return None if cur.cuda_stream == 0 else cur
+
+
+def _ordered(fn):
+    """A forward or backward that runs on the caller's current stream as far as the caller can
+    tell: when that stream is a side stream, the body runs on the default stream (Taichi's and
+    the body's torch operations alike) after the work already queued on the side stream, the
+    side stream waits for the body's work before anything queued later, and the tensors
+    returned are marked as used on the side stream, so that the allocator does not hand their
+    memory out again while the side stream may still read them."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args):
+        cur = _side_stream(args)
+        if cur is None:
+            return fn(ctx, *args)
+        base = torch.cuda.default_stream(0)
+        base.wait_stream(cur)
+        with torch.cuda.stream(base):
+            out = fn(ctx, *args)
+        cur.wait_stream(base)
+        for t in out if isinstance(out, tuple) else (out,):
+            if isinstance(t, torch.Tensor) and t.is_cuda:
+                t.record_stream(cur)
+        return out
+
+    return wrapper
 
 
 def _runtime_dtype() -> torch.dtype:
@@ -195,6 +235,7 @@ class _Extract(torch.autograd.Function):
     there. Elsewhere through host arrays."""
 
     @staticmethod
+    @_ordered
     def forward(ctx, values, level, spacing, origin, dim):
         ctx.values_meta = _meta(values)
         ctx.set_materialize_grads(False)  # no zero gradient is built for the faces
@@ -229,6 +270,7 @@ class _Extract(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_ordered
     def backward(ctx, grad_verts, _grad_elems):
         if grad_verts is None:
             return None, None, None, None, None
@@ -512,6 +554,7 @@ def _wants_in_place(*tensors) -> bool:
 
 class _FaceProbs(torch.autograd.Function):
     @staticmethod
+    @_ordered
     def forward(ctx, points, weights, reals, faces, method, sharpness):
         ctx.meta = (_meta(points), _meta(weights), _meta(reals))
         if _wants_in_place(points, weights, reals):
@@ -525,6 +568,7 @@ class _FaceProbs(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_ordered
     def backward(ctx, grad_probs):
         mp, mw, mr = ctx.meta
         res = ctx.res
@@ -612,6 +656,7 @@ def _chamfer_in_place(points, probs, faces, targets, kwargs):
 
 class _Chamfer(torch.autograd.Function):
     @staticmethod
+    @_ordered
     def forward(ctx, points, probs, faces, targets, kwargs):
         ctx.meta = (_meta(points), _meta(probs))
         if _wants_in_place(points, probs):
@@ -625,6 +670,7 @@ class _Chamfer(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_ordered
     def backward(ctx, grad):
         mp, mprob = ctx.meta
         if ctx.loss is None:  # in place: reverse mode on the device, the incoming scalar never leaves it
