@@ -340,6 +340,16 @@ def gradchecks(arch, device):
     V3 = torch.tensor(v3, device=device, requires_grad=True)
     ok["flow_force 3D"] = gc(lambda t: tt.flow_force(fl3, t, f3), (V3,), eps=1e-5, atol=1e-7, rtol=1e-4,
                              fast_mode=True, nondet_tol=dm["nondet_tol"])
+    rng = np.random.default_rng(3)
+    VT = torch.tensor(rng.normal(size=(8, 3)), device=device, requires_grad=True)
+    TT = torch.tensor(np.array([rng.choice(8, 4, replace=False) for _ in range(6)]), device=device)
+
+    def tq(x):
+        q = tt.tet_quality(x, TT)
+        a = torch.where(torch.isfinite(q["amips"]), q["amips"], torch.zeros_like(q["amips"]))
+        return q["volume"], q["radius_ratio"], q["mean_ratio"], a, q["min_sine"], q["dihedrals"]
+
+    ok["tet_quality"] = gc(tq, (VT,), nondet_tol=dm["nondet_tol"])
     print(f"# gradcheck on {device} tensors (f64): " + ", ".join(f"{k} {v}" for k, v in ok.items()))
 
 

@@ -62,6 +62,68 @@ def test_inverted_tet_is_signed():
     assert counts.sum() == 0  # negative (inverted) angles fall outside [0, 180]
 
 
+def _random_tets(seed, n=10, m=12):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 3)), np.array([rng.choice(n, 4, replace=False) for _ in range(m)]), rng
+
+
+@pytest.mark.parametrize("key", ["volume", "radius_ratio", "mean_ratio", "amips", "min_sine", "min_dihedral",
+                                 "max_dihedral", "dihedrals"])
+def test_quality_vjp_matches_central_differences(key):
+    """Random tets, about half of them inverted: the vjp of each measure against central
+    differences in f64 (amips only where it is finite)."""
+    v, t, rng = _random_tets(1)
+    q = tet_quality(v, t)
+    assert 0 < (q["volume"] < 0).sum() < len(t)
+    w = rng.normal(size=q[key].shape)
+    if key == "amips":
+        w = np.where(np.isfinite(q[key]), w, 0.0)
+
+    def f(x):
+        val = tet_quality(x, t)[key]
+        return float(np.sum(w * np.where(w != 0, val, 0.0)))
+
+    h, fd = 1e-6, np.zeros_like(v)
+    for i in range(len(v)):
+        for c in range(3):
+            e = np.zeros_like(v)
+            e[i, c] = h
+            fd[i, c] = (f(v + e) - f(v - e)) / (2 * h)
+    g = q.vjp({key: w})
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6 * np.abs(fd).max())
+
+
+def test_quality_vjp_of_several_keys_adds_and_regular_tet_is_stationary():
+    v, t, rng = _random_tets(2)
+    q = tet_quality(v, t)
+    ws = {"volume": rng.normal(size=len(t)), "dihedrals": rng.normal(size=(len(t), 6))}
+    np.testing.assert_allclose(q.vjp(ws), q.vjp({"volume": ws["volume"]}) + q.vjp({"dihedrals": ws["dihedrals"]}),
+                               rtol=1e-12, atol=1e-12)
+    # the regular tet maximises the mean ratio and the radius ratio: no gradient there
+    r = tet_quality(REGULAR, ONE)
+    for key in ("mean_ratio", "radius_ratio"):
+        assert np.abs(r.vjp({key: np.ones(1)})).max() < 1e-12
+    assert np.abs(r.vjp({"volume": np.ones(1)})).max() > 0.1
+
+
+def test_quality_vjp_at_flat_tets_and_bad_weights():
+    flat = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], float)
+    q = tet_quality(flat, ONE)
+    assert q["volume"][0] == 0
+    assert np.isnan(q.vjp({"mean_ratio": np.ones(1)})).any()  # infinite slope, as documented
+    assert np.isfinite(q.vjp({"volume": np.ones(1), "radius_ratio": np.ones(1), "dihedrals": np.ones((1, 6))})).all()
+    inv = tet_quality(REGULAR, [[0, 2, 1, 3]])
+    assert not inv.vjp({"amips": np.ones(1)}).any()  # amips is +inf and constant on inverted tets
+    with pytest.raises(ValueError, match="unknown key 'volumes'"):
+        q.vjp({"volumes": np.ones(1)})
+    with pytest.raises(ValueError, match=r"grads\['dihedrals'\]: expected shape \(1, 6\)"):
+        q.vjp({"dihedrals": np.ones(6)})
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        q.vjp({"volume": [np.inf]})
+    with pytest.raises(ValueError, match="grads: expected a mapping"):
+        q.vjp(np.ones(1))
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(vertices=np.full((4, 3), np.nan)), "vertices"),
     (dict(vertices=np.zeros((4, 2))), "vertices"),

@@ -499,3 +499,30 @@ def test_functions_run_under_torch_compile():
     torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-12, atol=0)
     for a, b in zip(outs[1][1], outs[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_tet_quality_gradcheck_dtype_and_errors():
+    rng = np.random.default_rng(3)
+    v = torch.tensor(rng.normal(size=(8, 3)), requires_grad=True)
+    t = torch.tensor(np.array([rng.choice(8, 4, replace=False) for _ in range(6)]))
+    ref = tigeom.tet_quality(v.detach().numpy(), t.numpy())
+    q = tt.tet_quality(v, t)
+    assert set(q) == set(ref)
+    for k in q:
+        np.testing.assert_array_equal(q[k].detach().numpy(), ref[k])
+
+    def f(x):
+        q = tt.tet_quality(x, t)
+        amips = torch.where(torch.isfinite(q["amips"]), q["amips"], torch.zeros_like(q["amips"]))
+        return (q["volume"], q["radius_ratio"], q["mean_ratio"], amips, q["min_sine"], q["min_dihedral"],
+                q["max_dihedral"], q["dihedrals"])
+
+    assert torch.autograd.gradcheck(f, (v,))
+    q32 = tt.tet_quality(v.detach().float(), t.numpy())
+    assert all(x.dtype == torch.float32 and not x.requires_grad for x in q32.values())
+    with pytest.raises(ValueError, match=r"vertices: expected shape \(N, 3\)"):
+        tt.tet_quality(v[:, :2], t)
+    with pytest.raises(TypeError, match="tets: expected an integer tensor"):
+        tt.tet_quality(v, t.double())
+    with pytest.raises(ValueError, match="tets"):
+        tt.tet_quality(v, t[:, :3])

@@ -12,7 +12,8 @@ on a CPU runtime) are read in place, and outputs and gradients are written into 
 ``face_probabilities`` / ``expected_chamfer``: only the call's scalar checks and the count of
 likely faces (and, for "wdt", the positions and weights for the triangulation). ``flow_force``:
 the vertices (the body is checked and placed on the lattice on the host; the flow state stays on
-the device). Tensors elsewhere go through host arrays (see docs/torch.md).
+the device). ``tet_quality`` computes in f64 through host arrays. Tensors elsewhere go through
+host arrays (see docs/torch.md).
 
     import tigeom.torch as tt
     verts, faces = tt.marching_cubes(values, level=0.0, spacing=(1, 1, 1), origin=(0, 0, 0))
@@ -21,6 +22,7 @@ the device). Tensors elsewhere go through host arrays (see docs/torch.md).
     probs = tt.face_probabilities(points, weights, reals, faces, method="minball")
     loss = tt.expected_chamfer(points, faces, probs, targets)
     force = tt.flow_force(flow, vertices, elements)
+    q = tt.tet_quality(vertices, tets)          # dict of per-tet tensors, e.g. q["mean_ratio"]
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ from .isosurface import marching_squares as _marching_squares
 from ._core.launch import fast
 from ._core.validate import as_scalar
 from .spatial import PointGrid
+from .tetmesh import tet_quality as _tet_quality
 
-__all__ = ["marching_cubes", "marching_squares", "meshsdf", "face_probabilities", "expected_chamfer", "flow_force"]
+__all__ = ["marching_cubes", "marching_squares", "meshsdf", "face_probabilities", "expected_chamfer", "flow_force",
+           "tet_quality"]
 
 
 # --------------------------------------------------------------------------- conversions
@@ -700,6 +704,41 @@ def expected_chamfer(points: torch.Tensor, faces, probs: torch.Tensor, targets, 
     if isinstance(faces, torch.Tensor) and (faces.is_floating_point() or faces.is_complex()):
         raise TypeError(f"faces: expected an integer tensor, got dtype {faces.dtype}")
     return _Chamfer.apply(points, probs, faces, targets, kwargs)
+
+
+# --------------------------------------------------------------------------- tet quality
+
+_TET_KEYS = ("volume", "min_dihedral", "max_dihedral", "radius_ratio", "mean_ratio", "amips", "min_sine", "dihedrals")
+
+
+class _TetQuality(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vertices, tets):
+        ctx.q = _tet_quality(_host(vertices).astype(np.float64), tets)
+        ctx.meta = _meta(vertices)
+        return tuple(_like(ctx.q[k], vertices) for k in _TET_KEYS)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        w = {k: _host(g).astype(np.float64) for k, g in zip(_TET_KEYS, grads) if g is not None}
+        if "amips" in w:  # amips is +inf (constant) where the mean ratio is not positive: no weight there
+            w["amips"] = np.where(np.isfinite(ctx.q["amips"]), w["amips"], 0.0)
+        return _like(ctx.q.vjp(w), ctx.meta), None
+
+
+def tet_quality(vertices: torch.Tensor, tets) -> dict:
+    """The per-tet quality measures of :func:`tigeom.tet_quality` as a dict of tensors on the
+    vertices' device and dtype (keys ``volume``, ``min_dihedral``, ``max_dihedral``,
+    ``radius_ratio``, ``mean_ratio``, ``amips``, ``min_sine``: (M,); ``dihedrals``: (M, 6),
+    degrees), each differentiable with respect to ``vertices`` (N, 3) through
+    :meth:`tigeom.tetmesh.TetQuality.vjp`. ``tets``: (M, 4) indices, a tensor or an array.
+    Computed in f64 through host arrays."""
+    vertices = _tensor(vertices, "vertices")
+    if vertices.dim() != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"vertices: expected shape (N, 3), got {tuple(vertices.shape)}")
+    outs = _TetQuality.apply(vertices, _index_array(tets, "tets"))
+    return dict(zip(_TET_KEYS, outs))
 
 
 # --------------------------------------------------------------------------- flow

@@ -127,6 +127,125 @@ def measures(V: nd_f64_2, T: nd_i32_2, out: nd_f64_2, dih: nd_f64_2):
             dih[t, e] = angs[e]
 
 
+# --------------------------------------------------------------------------- gradients of the measures
+
+# the vertices of the face opposite vertex k in the order _face_normal crosses them: n = (y - x) x (z - x)
+FACE_XYZ = ((1, 2, 3), (0, 3, 2), (0, 1, 3), (0, 2, 1))
+
+
+@ti.func
+def _add_row(G: ti.template(), q: ti.template(), x):
+    for c in ti.static(range(3)):
+        G[q, c] += x[c]
+
+
+@ti.func
+def _area_grads(G: ti.template(), p: ti.template(), coef):
+    """G += coef * d(sum of the four face areas)/dp: the area of a triangle (x, y, z) with unit
+    normal m moves with x as m x (z - y) / 2 (and cyclically)."""
+    for k in ti.static(range(4)):
+        x, y, z = ti.static(FACE_XYZ[k][0], FACE_XYZ[k][1], FACE_XYZ[k][2])
+        n = _face_normal(p, k)
+        nl = n.norm()
+        if nl > 0.0:
+            m = n * (0.5 * coef / nl)
+            _add_row(G, x, m.cross(p[z] - p[y]))
+            _add_row(G, y, m.cross(p[x] - p[z]))
+            _add_row(G, z, m.cross(p[y] - p[x]))
+
+
+@ti.func
+def _circum_grads(G: ti.template(), u, v, w, coef):
+    """G += coef * d|N|/dp, N = |u|^2 v x w + |v|^2 w x u + |w|^2 u x v (u, v, w the edges from
+    vertex 0), which is 2 det[u, v, w] times the circumcentre's offset from vertex 0."""
+    N = u.norm_sqr() * v.cross(w) + v.norm_sqr() * w.cross(u) + w.norm_sqr() * u.cross(v)
+    nn = N.norm()
+    if nn > 0.0:
+        h = N / nn
+        du = 2.0 * h.dot(v.cross(w)) * u + v.norm_sqr() * h.cross(w) + w.norm_sqr() * v.cross(h)
+        dv = 2.0 * h.dot(w.cross(u)) * v + w.norm_sqr() * h.cross(u) + u.norm_sqr() * w.cross(h)
+        dw = 2.0 * h.dot(u.cross(v)) * w + u.norm_sqr() * h.cross(v) + v.norm_sqr() * u.cross(h)
+        _add_row(G, 1, coef * du)
+        _add_row(G, 2, coef * dv)
+        _add_row(G, 3, coef * dw)
+        _add_row(G, 0, -coef * (du + dv + dw))
+
+
+@ti.func
+def _dihedral_grads(G: ti.template(), p: ti.template(), gd: ti.template()):
+    """G += sum_e gd[e] * d(angle_e in degrees)/dp. Moving the vertex k off edge (i, j) along the
+    outward normal of its face (the face opposite l) by h turns that face about the edge by
+    h / (distance of k from the edge); i and j take the opposite of the two, split by where k's
+    and l's feet fall on the edge."""
+    nrm = [_face_normal(p, k) for k in ti.static(range(4))]
+    for e in ti.static(range(6)):
+        i, j, k, l = ti.static(EDGES[e][0], EDGES[e][1], OTHER[e][0], OTHER[e][1])
+        nk2, nl2 = nrm[k].norm_sqr(), nrm[l].norm_sqr()
+        if gd[e] != 0.0 and nk2 > 0.0 and nl2 > 0.0:
+            ev = p[j] - p[i]
+            el2 = ev.norm_sqr()
+            scale = gd[e] * ti.f64(DEG) * ti.sqrt(el2)
+            gk = scale / nl2 * nrm[l]
+            gl = scale / nk2 * nrm[k]
+            tk = (p[k] - p[i]).dot(ev) / el2
+            tl = (p[l] - p[i]).dot(ev) / el2
+            _add_row(G, k, gk)
+            _add_row(G, l, gl)
+            _add_row(G, i, -((1.0 - tk) * gk + (1.0 - tl) * gl))
+            _add_row(G, j, -(tk * gk + tl * gl))
+
+
+@ti.kernel
+def measures_vjp(V: nd_f64_2, T: nd_i32_2, g: nd_f64_2, gdih: nd_f64_2, out: nd_f64_2):
+    """out (N, 3) += the gradient of sum_t g[t, 0] volume_t + g[t, 1] radius_ratio_t +
+    g[t, 2] mean_ratio_t + sum_e gdih[t, e] dihedral_te (degrees), the measures of ``measures``.
+    A flat tet's mean ratio has an infinite slope: its term is NaN where g[t, 2] is not 0."""
+    for t in range(T.shape[0]):
+        p = [_pt(V, T[t, q]) for q in ti.static(range(4))]
+        G = ti.Matrix.zero(ti.f64, 4, 3)
+        u, v, w = p[1] - p[0], p[2] - p[0], p[3] - p[0]
+        vol = u.dot(v.cross(w)) / 6.0
+        cvol = g[t, 0]  # the coefficient of d(volume)/dp
+        gm = g[t, 2]
+        if gm != 0.0:
+            l2sum = ti.f64(0.0)
+            for e in ti.static(range(6)):
+                l2sum += (p[EDGES[e][1]] - p[EDGES[e][0]]).norm_sqr()
+            if l2sum > 0.0:
+                if vol == 0.0:
+                    cvol += ti.math.nan
+                else:
+                    mr = 12.0 * ti.pow(3.0 * ti.abs(vol), ti.f64(2.0 / 3.0)) / l2sum * ti.math.sign(vol)
+                    cvol += gm * (2.0 / 3.0) * mr / vol
+                    cen = 0.25 * (p[0] + p[1] + p[2] + p[3])  # d(sum l^2)/dp_q = 8 (p_q - centroid)
+                    for q in ti.static(range(4)):
+                        _add_row(G, q, (-gm * mr / l2sum * 8.0) * (p[q] - cen))
+        gr = g[t, 1]
+        if gr != 0.0 and vol != 0.0:
+            # radius ratio 108 V |V| / (A |N|): A the faces' total area, N as in _circum_grads
+            N = u.norm_sqr() * v.cross(w) + v.norm_sqr() * w.cross(u) + w.norm_sqr() * u.cross(v)
+            area = ti.f64(0.0)
+            for k in ti.static(range(4)):
+                area += 0.5 * _face_normal(p, k).norm()
+            an = area * N.norm()
+            if an > 0.0:
+                rr = 108.0 * vol * ti.abs(vol) / an
+                cvol += gr * 216.0 * ti.abs(vol) / an
+                _area_grads(G, p, -gr * rr / area)
+                _circum_grads(G, u, v, w, -gr * rr / N.norm())
+        gd = ti.Vector([gdih[t, e] for e in ti.static(range(6))], ti.f64)
+        _dihedral_grads(G, p, gd)
+        # d(volume)/dp: (v x w, w x u, u x v) / 6 for vertices 1-3, minus their sum for vertex 0
+        a1, a2, a3 = v.cross(w) * (cvol / 6.0), w.cross(u) * (cvol / 6.0), u.cross(v) * (cvol / 6.0)
+        _add_row(G, 1, a1)
+        _add_row(G, 2, a2)
+        _add_row(G, 3, a3)
+        _add_row(G, 0, -(a1 + a2 + a3))
+        for q in ti.static(range(4)):
+            for c in ti.static(range(3)):
+                ti.atomic_add(out[T[t, q], c], G[q, c])
+
+
 # --------------------------------------------------------------------------- improvement
 
 MAXRING = 8  # tets around an edge that an edge removal (n <= 7) or a split (n <= 8) may touch

@@ -51,10 +51,14 @@ class TetQuality(Mapping):
     squared edge lengths, 1 regular, signed), ``amips`` (tr(J^T J) / det(J)^(2/3) against the
     regular tet, 3 at best, inf when not positive), ``min_sine`` (smallest dihedral sine, the
     measure :func:`improve_tets` maximises) and ``dihedrals`` (M, 6), every angle.
+
+    :meth:`vjp` gives the gradient of any weighted sum of these arrays with respect to the
+    vertices.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    def __init__(self, arrays: dict[str, np.ndarray], vertices=None, tets=None):
         self._a = arrays
+        self._mesh = (vertices, tets)
 
     def __getitem__(self, key):
         return self._a[key]
@@ -99,6 +103,74 @@ class TetQuality(Mapping):
         """``np.histogram`` of every dihedral angle (default) or of one per-tet key."""
         return np.histogram(np.asarray(self._a[key]).ravel(), bins=bins, range=range)
 
+    def vjp(self, grads: Mapping) -> np.ndarray:
+        """``d(sum over keys of sum(grads[key] * self[key])) / d vertices``, (N, 3) float64.
+
+        ``grads`` maps any of the keys to an array of that key's shape ((M,), or (M, 6) for
+        ``dihedrals``); missing keys weigh nothing. The gradients are exact (hand-derived, in a
+        Taichi kernel, f64). Where a measure is not differentiable: ``min_dihedral``,
+        ``max_dihedral`` and ``min_sine`` pass their gradient to the smallest (largest) angle
+        (the first on ties); ``amips`` is infinite and constant on tets whose mean ratio is not
+        positive, so it passes nothing there; a flat tet's mean ratio has an infinite slope and
+        gives NaN where its gradient weight is not 0; a dihedral angle of a face with no area
+        passes nothing. ValueError: an unknown key, a wrong shape, NaN or infinite weights.
+        """
+        v, t = self._mesh
+        if v is None:
+            raise ValueError("vjp: this TetQuality was not made by tet_quality, so it has no mesh")
+        if not isinstance(grads, Mapping):
+            raise ValueError(f"grads: expected a mapping of key -> array, got {type(grads).__name__}")
+        m = self.n_tets
+        w = {}
+        for key, g in grads.items():
+            if key not in self._a:
+                raise ValueError(f"grads: unknown key {key!r} (keys: {', '.join(self._a)})")
+            arr = np.asarray(g, dtype=np.float64)
+            want = (m, 6) if key == "dihedrals" else (m,)
+            if arr.shape == () and key != "dihedrals":
+                arr = np.full(want, float(arr))
+            if arr.shape != want:
+                raise ValueError(f"grads[{key!r}]: expected shape {want}, got {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"grads[{key!r}]: contains NaN or infinite values")
+            w[key] = arr
+        g3, gd = _fold(self._a, w, m)
+        out = np.zeros((len(v), 3))
+        if m and (g3.any() or gd.any()):
+            runtime.ensure_init()
+            from . import _kernels as K
+
+            out_d = _device.upload(out)
+            K.measures_vjp(_device.upload(v), _device.upload(t.astype(np.int32)), _device.upload(g3),
+                           _device.upload(gd), out_d)
+            out = _device.fetch(out_d).copy()
+        return out
+
+
+def _fold(a: dict, w: dict, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The weights on (volume, radius ratio, mean ratio) and on the six angles that the weights
+    ``w`` on every key amount to: the derived keys go back to the measures they come from."""
+    g3 = np.zeros((m, 3))
+    gd = np.array(w.get("dihedrals", np.zeros((m, 6))), dtype=np.float64)
+    for col, key in enumerate(("volume", "radius_ratio", "mean_ratio")):
+        if key in w:
+            g3[:, col] += w[key]
+    rows = np.arange(m)
+    d = a["dihedrals"]
+    if "amips" in w:  # amips = 3 / mean ratio where that is positive
+        mr = a["mean_ratio"]
+        pos = mr > 0
+        g3[pos, 2] -= w["amips"][pos] * 3.0 / mr[pos] ** 2
+    if "min_dihedral" in w and m:
+        gd[rows, d.argmin(1)] += w["min_dihedral"]
+    if "max_dihedral" in w and m:
+        gd[rows, d.argmax(1)] += w["max_dihedral"]
+    if "min_sine" in w and m:  # the sine of the angle in degrees
+        rad = np.radians(d)
+        k = np.sin(rad).argmin(1)
+        gd[rows, k] += w["min_sine"] * np.cos(rad[rows, k]) * (np.pi / 180.0)
+    return g3, gd
+
 
 def tet_quality(vertices, tets) -> TetQuality:
     """Quality measures of every tet, computed in a Taichi kernel in f64 (see :class:`TetQuality`).
@@ -122,7 +194,7 @@ def tet_quality(vertices, tets) -> TetQuality:
         "volume": out[:, 0], "min_dihedral": dih.min(1) if m else np.zeros(0),
         "max_dihedral": dih.max(1) if m else np.zeros(0), "radius_ratio": out[:, 1], "mean_ratio": out[:, 2],
         "amips": out[:, 3], "min_sine": out[:, 4], "dihedrals": dih,
-    })
+    }, v, t)
 
 
 _EDGE_I = np.array([0, 0, 0, 1, 1, 2])  # the six tet edges in the order of ``dihedrals``' columns
