@@ -350,6 +350,23 @@ def gradchecks(arch, device):
         return q["volume"], q["radius_ratio"], q["mean_ratio"], a, q["min_sine"], q["dihedrals"]
 
     ok["tet_quality"] = gc(tq, (VT,), nondet_tol=dm["nondet_tol"])
+    from tigeom import render
+
+    RV = torch.tensor([[-0.5, -0.4, 0.0], [0.5, -0.45, 0.05], [0.45, 0.5, -0.02], [-0.48, 0.42, 0.03],
+                       [0.0, 0.0, 0.35], [-0.2, -0.3, 0.6], [0.3, 0.1, 0.55], [-0.1, 0.35, 0.7]],
+                      dtype=torch.float64, device=device, requires_grad=True)
+    RF = np.array([[0, 1, 4], [1, 2, 4], [2, 3, 4], [3, 0, 4], [5, 6, 7]])
+    RO = torch.tensor([0.7, 0.9, 0.6, 0.8, 0.5], dtype=torch.float64, device=device, requires_grad=True)
+    K = render.orbit_cameras(1, 1, resolution=(12, 14)).K[0]
+    cams = render.Cameras(np.stack([K, K]), np.stack([render.look_at([0.3, -0.2, 2.5], [0, 0, 0.2], [0, 1, 0]),
+                                                      render.look_at([2.2, 0.4, 1.0], [0, 0, 0.2])]), (12, 14))
+    seen = torch.isfinite(tt.rasterize(RV.detach(), RF, cams)[1])
+
+    def rast(x, o):
+        a, d, n = tt.rasterize(x, RF, cams, opacity=o)
+        return a, torch.where(seen, d, torch.zeros_like(d)), n
+
+    ok["rasterize"] = gc(rast, (RV, RO), eps=1e-6, atol=1e-5, rtol=1e-4, nondet_tol=dm["nondet_tol"])
     print(f"# gradcheck on {device} tensors (f64): " + ", ".join(f"{k} {v}" for k, v in ok.items()))
 
 

@@ -526,3 +526,40 @@ def test_tet_quality_gradcheck_dtype_and_errors():
         tt.tet_quality(v, t.double())
     with pytest.raises(ValueError, match="tets"):
         tt.tet_quality(v, t[:, :3])
+
+
+def test_rasterize_gradcheck_matches_the_numpy_api_and_checks_input():
+    """The scene of test_render (a semi-transparent pyramid and a floating triangle, two views):
+    values equal to tigeom.render.rasterize, gradcheck with respect to vertices and opacities
+    (depth masked where no face is seen, as a loss must), and an opaque mesh."""
+    from tigeom import render
+
+    V = np.array([[-0.5, -0.4, 0.0], [0.5, -0.45, 0.05], [0.45, 0.5, -0.02], [-0.48, 0.42, 0.03], [0.0, 0.0, 0.35],
+                  [-0.2, -0.3, 0.6], [0.3, 0.1, 0.55], [-0.1, 0.35, 0.7]])
+    F = np.array([[0, 1, 4], [1, 2, 4], [2, 3, 4], [3, 0, 4], [5, 6, 7]])
+    K = render.orbit_cameras(1, 1, resolution=(12, 14)).K[0]
+    cams = render.Cameras(np.stack([K, K]), np.stack([render.look_at([0.3, -0.2, 2.5], [0, 0, 0.2], [0, 1, 0]),
+                                                      render.look_at([2.2, 0.4, 1.0], [0, 0, 0.2])]), (12, 14))
+    op = np.array([0.7, 0.9, 0.6, 0.8, 0.5])
+    v, o = torch.tensor(V, requires_grad=True), torch.tensor(op, requires_grad=True)
+    ref = render.rasterize(V, F, cams, op)
+    alpha, depth, normal = tt.rasterize(v, torch.tensor(F), cams, opacity=o)
+    for a, b in ((alpha, ref.alpha), (depth, ref.depth), (normal, ref.normal)):
+        np.testing.assert_array_equal(a.detach().numpy(), b)
+    seen = torch.tensor(np.isfinite(ref.depth))
+    assert 0 < seen.sum() < seen.numel()
+
+    def f(x, p):
+        a, d, n = tt.rasterize(x, F, cams, opacity=p)
+        return a, torch.where(seen, d, torch.zeros_like(d)), n
+
+    assert torch.autograd.gradcheck(f, (v, o), eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(lambda x: tt.rasterize(x, F, cams)[0], (v,), eps=1e-6, atol=1e-5, rtol=1e-4)
+    a32, _, _ = tt.rasterize(v.detach().float(), F, cams)
+    assert a32.dtype == torch.float32 and not a32.requires_grad
+    with pytest.raises(ValueError, match=r"vertices: expected shape \(V, 3\)"):
+        tt.rasterize(v[:, :2], F, cams)
+    with pytest.raises(ValueError, match="opacity: expected values in"):
+        tt.rasterize(v, F, cams, opacity=o + 1.0)
+    with pytest.raises(TypeError, match="cams: expected tigeom.render.Cameras"):
+        tt.rasterize(v, F, None)

@@ -12,7 +12,7 @@ on a CPU runtime) are read in place, and outputs and gradients are written into 
 ``face_probabilities`` / ``expected_chamfer``: only the call's scalar checks and the count of
 likely faces (and, for "wdt", the positions and weights for the triangulation). ``flow_force``:
 the vertices (the body is checked and placed on the lattice on the host; the flow state stays on
-the device). ``tet_quality`` computes in f64 through host arrays. Tensors elsewhere go through
+the device). ``rasterize`` and ``tet_quality`` go through host arrays. Tensors elsewhere go through
 host arrays (see docs/torch.md).
 
     import tigeom.torch as tt
@@ -22,6 +22,7 @@ host arrays (see docs/torch.md).
     probs = tt.face_probabilities(points, weights, reals, faces, method="minball")
     loss = tt.expected_chamfer(points, faces, probs, targets)
     force = tt.flow_force(flow, vertices, elements)
+    alpha, depth, normal = tt.rasterize(vertices, faces, cams, opacity=probs)
     q = tt.tet_quality(vertices, tets)          # dict of per-tet tensors, e.g. q["mean_ratio"]
 """
 
@@ -37,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed for the 
     raise ImportError("tigeom.torch needs PyTorch: pip install 'tigeom[torch]'") from exc
 
 from . import dmesh as _dmesh
+from . import render as _render
 from . import runtime
 from .isosurface import extract as _iso
 from .isosurface import marching_cubes as _marching_cubes
@@ -47,7 +49,7 @@ from .spatial import PointGrid
 from .tetmesh import tet_quality as _tet_quality
 
 __all__ = ["marching_cubes", "marching_squares", "meshsdf", "face_probabilities", "expected_chamfer", "flow_force",
-           "tet_quality"]
+           "rasterize", "tet_quality"]
 
 
 # --------------------------------------------------------------------------- conversions
@@ -704,6 +706,42 @@ def expected_chamfer(points: torch.Tensor, faces, probs: torch.Tensor, targets, 
     if isinstance(faces, torch.Tensor) and (faces.is_floating_point() or faces.is_complex()):
         raise TypeError(f"faces: expected an integer tensor, got dtype {faces.dtype}")
     return _Chamfer.apply(points, probs, faces, targets, kwargs)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+class _Rasterize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vertices, opacity, faces, cams):
+        op = None if opacity is None else _host(opacity).astype(np.float64)
+        ctx.img = _render.rasterize(_host(vertices).astype(np.float64), faces, cams, op)
+        ctx.meta = (_meta(vertices), _meta(opacity))
+        return tuple(_like(a, vertices) for a in (ctx.img.alpha, ctx.img.depth, ctx.img.normal))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_alpha, g_depth, g_normal):
+        gv, gop = ctx.img.vjp(*(None if g is None else _host(g).astype(np.float64) for g in (g_alpha, g_depth, g_normal)))
+        mv, mo = ctx.meta
+        return _like(gv, mv), (None if mo is None else _like(gop, mo)), None, None
+
+
+def rasterize(vertices: torch.Tensor, faces, cams, opacity: torch.Tensor | None = None):
+    """(alpha (C, H, W), depth (C, H, W), normal (C, H, W, 3)) of :func:`tigeom.render.rasterize`
+    as tensors on the vertices' device and dtype, differentiable with respect to ``vertices``
+    (V, 3) and ``opacity`` (F,) (DMesh's face probabilities, e.g. from
+    :func:`face_probabilities`; None: opaque) through :meth:`tigeom.render.Image.vjp`, silhouette
+    edges included. ``depth`` is inf where ``alpha`` is 0 and passes no gradient there: mask it
+    (``torch.where(torch.isfinite(d), d, 0)``) before it enters a loss. ``faces`` (F, 3): a
+    tensor or an array; ``cams``: :class:`tigeom.render.Cameras`. Through host arrays."""
+    vertices = _tensor(vertices, "vertices")
+    if vertices.dim() != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"vertices: expected shape (V, 3), got {tuple(vertices.shape)}")
+    if opacity is not None:
+        opacity = _tensor(opacity, "opacity")
+        _same_device("rasterize", (vertices, opacity))
+    return _Rasterize.apply(vertices, opacity, _index_array(faces, "faces"), cams)
 
 
 # --------------------------------------------------------------------------- tet quality
