@@ -204,6 +204,42 @@ def step_comparisons(device, reps):
         print(f"| {name} | {1e3 * tn:.2f} | {1e3 * tt_:.2f} | {tt_ / tn:.3f} |", flush=True)
 
 
+def kuhn_tets(n: int):
+    """A jittered n^3 grid of cubes, six tets each (6 n^3 tets)."""
+    g = np.arange(n + 1)
+    P = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    P += np.random.default_rng(0).uniform(-0.2, 0.2, P.shape)
+    idx = np.arange((n + 1) ** 3).reshape(n + 1, n + 1, n + 1)
+    c = [idx[i:i + n, j:j + n, k:k + n].ravel() for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+    # corners c[4i + 2j + k]; six tets on the diagonal 0-7
+    paths = ((1, 3), (1, 5), (2, 3), (2, 6), (4, 5), (4, 6))
+    T = np.concatenate([np.stack([c[0], c[a], c[b], c[7]], 1) for a, b in paths])
+    return P, T
+
+
+def tet_quality_row(device, n_cubes, reps):
+    """tt.tet_quality forward + backward (a mean-ratio and angle loss) on tensors on ``device``
+    against the numpy API (tet_quality and TetQuality.vjp), the same mesh, in turn."""
+    P, T = kuhn_tets(n_cubes)
+    q = tigeom.tet_quality(P, T)
+    T[q["volume"] < 0, 2:] = T[q["volume"] < 0, 3:1:-1]  # positive orientation
+    V = torch.tensor(P, device=device, requires_grad=True)
+    TT = torch.tensor(T, device=device)
+
+    def with_torch():
+        q = tt.tet_quality(V, TT)
+        (q["mean_ratio"].sum() + q["min_dihedral"].sum()).backward()
+        V.grad = None
+
+    def with_numpy():
+        q = tigeom.tet_quality(P, T)
+        q.vjp({"mean_ratio": np.ones(len(T)), "min_dihedral": np.ones(len(T))})
+
+    t_t, t_n = best_interleaved([with_torch, with_numpy], reps)
+    print(f"# tet_quality forward + backward, {len(T):,} tets on {device}: tt {1e3 * t_t:.1f} ms, numpy API "
+          f"{1e3 * t_n:.1f} ms ({t_n / t_t:.1f}x)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="cpu")
@@ -213,7 +249,12 @@ def main(argv=None):
     ap.add_argument("--gradcheck-only", action="store_true")
     ap.add_argument("--steps-only", action="store_true", help="only the DMesh step and the Flow2D gradient")
     ap.add_argument("--floor", action="store_true", help="only the split of tt.marching_cubes' time over the kernels'")
+    ap.add_argument("--tets", type=int, default=0, metavar="N",
+                    help="only tet_quality forward + backward on a jittered N^3-cube mesh (6 N^3 tets)")
     a = ap.parse_args(argv)
+    if a.tets:
+        cfg = tigeom.init(arch=a.arch, precision="f32")
+        return tet_quality_row("cuda" if cfg.backend == "cuda" else "cpu", a.tets, a.reps)
     if a.gradcheck_only:
         if a.arch == "cuda":
             stream_checks()

@@ -524,8 +524,16 @@ def test_tet_quality_gradcheck_dtype_and_errors():
         tt.tet_quality(v[:, :2], t)
     with pytest.raises(TypeError, match="tets: expected an integer tensor"):
         tt.tet_quality(v, t.double())
-    with pytest.raises(ValueError, match="tets"):
+    with pytest.raises(ValueError, match=r"tets: expected shape \(M, 4\)"):
         tt.tet_quality(v, t[:, :3])
+    with pytest.raises(ValueError, match="tets: index out of range"):
+        tt.tet_quality(v, t + 3)
+    with pytest.raises(ValueError, match="repeat a vertex"):
+        tt.tet_quality(v, torch.tensor([[0, 1, 1, 2]]))
+    with pytest.raises(ValueError, match="vertices"):
+        tt.tet_quality(v.detach().index_fill(0, torch.tensor([2]), float("nan")), t)
+    empty = tt.tet_quality(v, np.zeros((0, 4), np.int64))
+    assert empty["dihedrals"].shape == (0, 6) and empty["min_dihedral"].shape == (0,)
 
 
 def test_rasterize_gradcheck_matches_the_numpy_api_and_checks_input():

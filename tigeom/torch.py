@@ -12,8 +12,8 @@ on a CPU runtime) are read in place, and outputs and gradients are written into 
 ``face_probabilities`` / ``expected_chamfer``: only the call's scalar checks and the count of
 likely faces (and, for "wdt", the positions and weights for the triangulation). ``flow_force``:
 the vertices (the body is checked and placed on the lattice on the host; the flow state stays on
-the device). ``rasterize`` and ``tet_quality`` go through host arrays. Tensors elsewhere go through
-host arrays (see docs/torch.md).
+the device). ``tet_quality``: one flag of the mesh's checks. ``rasterize`` goes through host
+arrays. Tensors elsewhere go through host arrays (see docs/torch.md).
 
     import tigeom.torch as tt
     verts, faces = tt.marching_cubes(values, level=0.0, spacing=(1, 1, 1), origin=(0, 0, 0))
@@ -46,7 +46,8 @@ from .isosurface import marching_squares as _marching_squares
 from ._core.launch import fast
 from ._core.validate import as_scalar
 from .spatial import PointGrid
-from .tetmesh import tet_quality as _tet_quality
+from .tetmesh import validate_mesh as _validate_mesh
+from .tetmesh.quality import fold_weights as _fold_weights
 
 __all__ = ["marching_cubes", "marching_squares", "meshsdf", "face_probabilities", "expected_chamfer", "flow_force",
            "rasterize", "tet_quality"]
@@ -749,33 +750,91 @@ def rasterize(vertices: torch.Tensor, faces, cams, opacity: torch.Tensor | None 
 _TET_KEYS = ("volume", "min_dihedral", "max_dihedral", "radius_ratio", "mean_ratio", "amips", "min_sine", "dihedrals")
 
 
+def _work_device() -> torch.device:
+    """Where the kernels read tensors in place: cuda:0 on a CUDA runtime, else the CPU."""
+    return torch.device("cuda", 0) if runtime.on_gpu() else torch.device("cpu")
+
+
+def _validate_tets(v, t):
+    _validate_mesh(v, t, reorient=False)
+
+
+def _checked_mesh(vertices: torch.Tensor, tets) -> tuple:
+    """(vertices (N, 3) float64, tets (M, 4) int32) contiguous on the kernels' device, checked
+    there with one synchronisation; on a failure the numpy API's checks raise its error."""
+    dev = _work_device()
+    v = vertices.detach().to(device=dev, dtype=torch.float64).contiguous()
+    t = (tets.detach() if isinstance(tets, torch.Tensor) else torch.as_tensor(np.asarray(tets)))
+    if t.is_floating_point() or t.is_complex() or t.dim() != 2 or t.shape[1] != 4:
+        _validate_tets(_host(v), _host(t) if isinstance(t, torch.Tensor) else t)
+    t = t.to(device=dev)
+    if len(t):
+        s = t.sort(dim=1).values
+        bad = torch.stack([~torch.isfinite(v).all(), (t.min() < 0) | (t.max() >= len(v)),
+                           (s[:, 1:] == s[:, :-1]).any()])
+    else:
+        bad = ~torch.isfinite(v).all().reshape(1)
+    if bool(bad.any()):
+        _validate_tets(_host(v), _host(t))
+        raise ValueError("vertices, tets: rejected by the checks")  # not reached: the line above raises
+    return v, t.to(torch.int32).contiguous()
+
+
 class _TetQuality(torch.autograd.Function):
     @staticmethod
+    @_ordered
     def forward(ctx, vertices, tets):
-        ctx.q = _tet_quality(_host(vertices).astype(np.float64), tets)
+        from .tetmesh import _kernels as K
+
+        ctx.set_materialize_grads(False)  # outputs without a gradient pass None, not zeros, and cost nothing
+        v, t = _checked_mesh(vertices, tets)
+        m = len(t)
+        out = torch.empty((m, 5), dtype=torch.float64, device=v.device)
+        dih = torch.empty((m, 6), dtype=torch.float64, device=v.device)
+        if m:
+            K.measures(v, t, out, dih)
+        q = {"volume": out[:, 0], "min_dihedral": dih.min(1).values if m else out[:, 0],
+             "max_dihedral": dih.max(1).values if m else out[:, 0], "radius_ratio": out[:, 1],
+             "mean_ratio": out[:, 2], "amips": out[:, 3], "min_sine": out[:, 4], "dihedrals": dih}
+        ctx.saved = (v, t, q)
         ctx.meta = _meta(vertices)
-        return tuple(_like(ctx.q[k], vertices) for k in _TET_KEYS)
+        return tuple(q[k].to(dtype=vertices.dtype, device=vertices.device) for k in _TET_KEYS)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @_ordered
     def backward(ctx, *grads):
-        w = {k: _host(g).astype(np.float64) for k, g in zip(_TET_KEYS, grads) if g is not None}
+        from .tetmesh import _kernels as K
+
+        v, t, q = ctx.saved
+        if all(g is None for g in grads):
+            return None, None
+        w = {k: g.to(device=v.device, dtype=torch.float64) for k, g in zip(_TET_KEYS, grads) if g is not None}
         if "amips" in w:  # amips is +inf (constant) where the mean ratio is not positive: no weight there
-            w["amips"] = np.where(np.isfinite(ctx.q["amips"]), w["amips"], 0.0)
-        return _like(ctx.q.vjp(w), ctx.meta), None
+            w["amips"] = torch.where(torch.isfinite(q["amips"]), w["amips"], 0.0)
+        g3, gd = _fold_weights(q, w, len(t), torch,
+                               lambda shape: torch.zeros(shape, dtype=torch.float64, device=v.device))
+        out = torch.zeros((len(v), 3), dtype=torch.float64, device=v.device)
+        if len(t):
+            K.measures_vjp(v, t, g3.contiguous(), gd.contiguous(), out)
+        return out.to(dtype=ctx.meta[0], device=ctx.meta[1]), None
 
 
 def tet_quality(vertices: torch.Tensor, tets) -> dict:
     """The per-tet quality measures of :func:`tigeom.tet_quality` as a dict of tensors on the
     vertices' device and dtype (keys ``volume``, ``min_dihedral``, ``max_dihedral``,
     ``radius_ratio``, ``mean_ratio``, ``amips``, ``min_sine``: (M,); ``dihedrals``: (M, 6),
-    degrees), each differentiable with respect to ``vertices`` (N, 3) through
+    degrees), each differentiable with respect to ``vertices`` (N, 3) by the kernel of
     :meth:`tigeom.tetmesh.TetQuality.vjp`. ``tets``: (M, 4) indices, a tensor or an array.
-    Computed in f64 through host arrays."""
+    Computed in f64 in tensors on the kernels' device (tensors elsewhere are copied there and
+    the results back); the mesh is checked there, with one synchronisation."""
     vertices = _tensor(vertices, "vertices")
     if vertices.dim() != 2 or vertices.shape[1] != 3:
         raise ValueError(f"vertices: expected shape (N, 3), got {tuple(vertices.shape)}")
-    outs = _TetQuality.apply(vertices, _index_array(tets, "tets"))
+    if isinstance(tets, torch.Tensor) and (tets.is_floating_point() or tets.is_complex()):
+        raise TypeError(f"tets: expected an integer tensor, got dtype {tets.dtype}")
+    runtime.ensure_init()
+    outs = _TetQuality.apply(vertices, tets)
     return dict(zip(_TET_KEYS, outs))
 
 

@@ -134,7 +134,7 @@ class TetQuality(Mapping):
             if not np.isfinite(arr).all():
                 raise ValueError(f"grads[{key!r}]: contains NaN or infinite values")
             w[key] = arr
-        g3, gd = _fold(self._a, w, m)
+        g3, gd = fold_weights(self._a, w, m)
         out = np.zeros((len(v), 3))
         if m and (g3.any() or gd.any()):
             runtime.ensure_init()
@@ -147,28 +147,34 @@ class TetQuality(Mapping):
         return out
 
 
-def _fold(a: dict, w: dict, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """The weights on (volume, radius ratio, mean ratio) and on the six angles that the weights
-    ``w`` on every key amount to: the derived keys go back to the measures they come from."""
-    g3 = np.zeros((m, 3))
-    gd = np.array(w.get("dihedrals", np.zeros((m, 6))), dtype=np.float64)
+def fold_weights(a: Mapping, w: dict, m: int, xp=np, zeros=np.zeros):
+    """The weights on (volume, radius ratio, mean ratio) and on the six angles, (M, 3) and
+    (M, 6), that the weights ``w`` on any keys of the measures ``a`` amount to: the derived keys
+    go back to the measures they come from. ``xp`` and ``zeros((rows, cols))``: numpy's, or
+    torch's on the arrays' device in float64 (``tigeom.torch``)."""
+    g3 = zeros((m, 3))
+    gd = zeros((m, 6))
+    if "dihedrals" in w:
+        gd = gd + w["dihedrals"]
     for col, key in enumerate(("volume", "radius_ratio", "mean_ratio")):
         if key in w:
             g3[:, col] += w[key]
-    rows = np.arange(m)
+    if m == 0:
+        return g3, gd
+    rows = xp.arange(m) if xp is np else xp.arange(m, device=g3.device)
     d = a["dihedrals"]
     if "amips" in w:  # amips = 3 / mean ratio where that is positive
         mr = a["mean_ratio"]
         pos = mr > 0
         g3[pos, 2] -= w["amips"][pos] * 3.0 / mr[pos] ** 2
-    if "min_dihedral" in w and m:
+    if "min_dihedral" in w:
         gd[rows, d.argmin(1)] += w["min_dihedral"]
-    if "max_dihedral" in w and m:
+    if "max_dihedral" in w:
         gd[rows, d.argmax(1)] += w["max_dihedral"]
-    if "min_sine" in w and m:  # the sine of the angle in degrees
-        rad = np.radians(d)
-        k = np.sin(rad).argmin(1)
-        gd[rows, k] += w["min_sine"] * np.cos(rad[rows, k]) * (np.pi / 180.0)
+    if "min_sine" in w:  # the sine of the angle in degrees
+        rad = d * (np.pi / 180.0)
+        k = xp.sin(rad).argmin(1)
+        gd[rows, k] += w["min_sine"] * xp.cos(rad[rows, k]) * (np.pi / 180.0)
     return g3, gd
 
 
