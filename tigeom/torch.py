@@ -48,6 +48,8 @@ from ._core.validate import as_scalar
 from .spatial import PointGrid
 from .tetmesh import validate_mesh as _validate_mesh
 from .tetmesh.quality import fold_weights as _fold_weights
+from .tetmesh.quality import measures_into as _measures_into
+from .tetmesh.quality import measures_vjp_into as _measures_vjp_into
 
 __all__ = ["marching_cubes", "marching_squares", "meshsdf", "face_probabilities", "expected_chamfer", "flow_force",
            "rasterize", "tet_quality"]
@@ -784,15 +786,13 @@ class _TetQuality(torch.autograd.Function):
     @staticmethod
     @_ordered
     def forward(ctx, vertices, tets):
-        from .tetmesh import _kernels as K
-
         ctx.set_materialize_grads(False)  # outputs without a gradient pass None, not zeros, and cost nothing
         v, t = _checked_mesh(vertices, tets)
         m = len(t)
         out = torch.empty((m, 5), dtype=torch.float64, device=v.device)
         dih = torch.empty((m, 6), dtype=torch.float64, device=v.device)
         if m:
-            K.measures(v, t, out, dih)
+            _measures_into(v, t, out, dih)
         q = {"volume": out[:, 0], "min_dihedral": dih.min(1).values if m else out[:, 0],
              "max_dihedral": dih.max(1).values if m else out[:, 0], "radius_ratio": out[:, 1],
              "mean_ratio": out[:, 2], "amips": out[:, 3], "min_sine": out[:, 4], "dihedrals": dih}
@@ -804,8 +804,6 @@ class _TetQuality(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     @_ordered
     def backward(ctx, *grads):
-        from .tetmesh import _kernels as K
-
         v, t, q = ctx.saved
         if all(g is None for g in grads):
             return None, None
@@ -816,7 +814,7 @@ class _TetQuality(torch.autograd.Function):
                                lambda shape: torch.zeros(shape, dtype=torch.float64, device=v.device))
         out = torch.zeros((len(v), 3), dtype=torch.float64, device=v.device)
         if len(t):
-            K.measures_vjp(v, t, g3.contiguous(), gd.contiguous(), out)
+            _measures_vjp_into(v, t, g3.contiguous(), gd.contiguous(), out)
         return out.to(dtype=ctx.meta[0], device=ctx.meta[1]), None
 
 

@@ -138,13 +138,30 @@ class TetQuality(Mapping):
         out = np.zeros((len(v), 3))
         if m and (g3.any() or gd.any()):
             runtime.ensure_init()
-            from . import _kernels as K
-
             out_d = _device.upload(out)
-            K.measures_vjp(_device.upload(v), _device.upload(t.astype(np.int32)), _device.upload(g3),
-                           _device.upload(gd), out_d)
+            measures_vjp_into(_device.upload(v), _device.upload(t.astype(np.int32)), _device.upload(g3),
+                              _device.upload(gd), out_d)
             out = _device.fetch(out_d).copy()
         return out
+
+
+def measures_into(v, t, out, dih) -> None:
+    """The measures of the tets ``t`` (M, 4) int32 of ``v`` (N, 3) float64 into ``out`` (M, 5):
+    volume, radius ratio, mean ratio, AMIPS, smallest sine, and ``dih`` (M, 6), degrees; each a
+    kernel-ready array (numpy, a Taichi ndarray, or a contiguous tensor on the runtime's
+    device). The mesh is not checked here."""
+    from . import _kernels as K
+
+    K.measures(v, t, out, dih)
+
+
+def measures_vjp_into(v, t, g3, gd, out) -> None:
+    """``out`` (N, 3) += the gradient of the measures weighted by ``g3`` (M, 3: volume, radius
+    ratio, mean ratio) and ``gd`` (M, 6: the angles); arrays as in :func:`measures_into`, all
+    float64 but ``t``."""
+    from . import _kernels as K
+
+    K.measures_vjp(v, t, g3, gd, out)
 
 
 def fold_weights(a: Mapping, w: dict, m: int, xp=np, zeros=np.zeros):
@@ -190,11 +207,9 @@ def tet_quality(vertices, tets) -> TetQuality:
         out, dih = np.zeros((0, 5)), np.zeros((0, 6))
     else:
         runtime.ensure_init()
-        from . import _kernels as K
-
         out_d = _device.empty((m, 5), np.float64)
         dih_d = _device.empty((m, 6), np.float64)
-        K.measures(_device.upload(v), _device.upload(t.astype(np.int32)), out_d, dih_d)
+        measures_into(_device.upload(v), _device.upload(t.astype(np.int32)), out_d, dih_d)
         out, dih = _device.fetch(out_d).copy(), _device.fetch(dih_d).copy()
     return TetQuality({
         "volume": out[:, 0], "min_dihedral": dih.min(1) if m else np.zeros(0),
