@@ -10,6 +10,7 @@ M^-1 K found by Lanczos.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,13 @@ class StaticSolve:
     converged: bool
     residuals: np.ndarray  # relative residual norm per iteration
     cond_estimate: float  # of the (preconditioned) operator, from the CG Lanczos coefficients
+
+
+@dataclass
+class Compliance:
+    value: float  # f . u
+    gradient: np.ndarray  # (N, 3), d value / d vertices
+    solve: StaticSolve
 
 
 class TetElasticity:
@@ -52,6 +60,7 @@ class TetElasticity:
         if len(t) == 0:
             raise ValueError("tets: the mesh has no tets")
         self.vertices, self.tets = v, t
+        self.density, self.poisson = density, poisson
         self.lam = young * poisson / ((1 + poisson) * (1 - 2 * poisson))
         self.mu = young / (2 * (1 + poisson))
         n = len(v)
@@ -67,6 +76,7 @@ class TetElasticity:
                 raise ValueError(f"clamped: a mask must have shape ({n},), got {mask.shape}")
         if not mask.any():
             raise ValueError("clamped: no vertex is clamped, the stiffness matrix would be singular")
+        self.clamped = mask
         used = np.zeros(n, bool)
         used[t.ravel()] = True
         self.free = (~mask & used)[:, None].repeat(3, 1)  # DOF mask
@@ -124,11 +134,42 @@ class TetElasticity:
                 break
             z = dinv * r
             rz_new = float((r * z).sum())
+            if rz_new == 0.0:  # the residual vanished in the preconditioned norm: nothing left to solve
+                break
             beta = rz_new / rz
             betas.append(beta)
             rz = rz_new
             p = z + beta * p
         return StaticSolve(u, len(res), converged, np.array(res), _lanczos_cond(alphas, betas))
+
+    def moved(self, vertices) -> "TetElasticity":
+        """The same tets, material and clamped vertices on new vertex positions (N, 3)."""
+        v = np.asarray(vertices, np.float64)
+        if v.shape != self.vertices.shape:
+            raise ValueError(f"vertices: expected shape {self.vertices.shape}, got {v.shape}")
+        young = self.mu * 2 * (1 + self.poisson)
+        return TetElasticity(v, self.tets, young=young, poisson=self.poisson, density=self.density,
+                             clamped=self.clamped)
+
+    def compliance(self, load=None, *, tol: float = 1e-10, max_iter: int = 20000) -> Compliance:
+        """The compliance f . u at equilibrium (K u = f, Jacobi-CG to ``tol``) and its exact
+        gradient with respect to the vertices, (N, 3): the clamped vertices and a given ``load``
+        (N, 3) held fixed; the default load, gravity (0, 0, -1) lumped as density V / 4 per
+        vertex, moves with the tets' volumes and the gradient includes that. Per tet, the
+        gradient is the strain energy's derivative with respect to the vertices (the Eshelby
+        stress, the displacement held) and the load's; its accuracy follows ``tol``."""
+        sol = self.solve(load, tol=tol, max_iter=max_iter)
+        if not sol.converged:
+            warnings.warn(f"compliance: the static solve stopped at a relative residual of {sol.residuals[-1]:.2e}, "
+                          f"above tol={tol}; the gradient is that inaccurate", RuntimeWarning, stacklevel=2)
+        f = self.gravity() if load is None else np.asarray(load, np.float64)
+        u = sol.displacement
+        value = float((np.where(self.free, f, 0.0) * u).sum())
+        rho_g = self.density * np.array([0.0, 0.0, -1.0]) if load is None else np.zeros(3)
+        out = _device.zeros(u.shape, np.float64)
+        self._K.compliance_gradient(self._T, self._G, self._vol, self.lam, self.mu, _device.upload(u),
+                                    _device.upload(rho_g), out)
+        return Compliance(value, _device.fetch(out).copy(), sol)
 
     def diagonal(self) -> np.ndarray:
         """Diagonal of K (free DOFs; 1 on clamped ones), from the element gradients."""

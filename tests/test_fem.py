@@ -73,3 +73,36 @@ def test_bad_arguments(mesh):
         TetElasticity(v, t).solve(precondition="ilu")
     with pytest.raises(ValueError, match="zero volume"):
         TetElasticity(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], float), [[0, 1, 2, 3]])
+
+
+@pytest.mark.parametrize("gravity", [True, False])
+def test_compliance_gradient_matches_central_differences(mesh, gravity):
+    """d(f . u)/d vertices against central differences in f64 on a small cube mesh clamped at
+    one face: under gravity, whose lumped load moves with the volumes, and under a fixed load."""
+    v, t = mesh
+    rng = np.random.default_rng(1)
+    load = None if gravity else rng.normal(size=v.shape)
+    fe = TetElasticity(v, t, young=3.0, poisson=0.3, density=2.0)
+    c = fe.compliance(load, tol=1e-13)
+    assert c.solve.converged and c.value > 0
+    np.testing.assert_allclose(c.value, float((fe.matvec(c.solve.displacement) * c.solve.displacement).sum()),
+                               rtol=1e-9)
+    h, fd = 1e-6, np.zeros_like(v)
+    for i in range(len(v)):
+        for k in range(3):
+            e = np.zeros_like(v)
+            e[i, k] = h
+            fd[i, k] = (fe.moved(v + e).compliance(load, tol=1e-13).value
+                        - fe.moved(v - e).compliance(load, tol=1e-13).value) / (2 * h)
+    np.testing.assert_allclose(c.gradient, fd, atol=1e-6 * np.abs(fd).max())
+    assert np.abs(c.gradient[fe.clamped]).max() > 0  # moving a clamped vertex changes K too
+
+
+def test_moved_keeps_material_and_clamps(mesh):
+    v, t = mesh
+    fe = TetElasticity(v, t, young=3.0, poisson=0.25, density=2.0, clamped=[0, 1, 2, 3])
+    mv = fe.moved(v * 1.1)
+    assert (mv.clamped == fe.clamped).all() and mv.lam == pytest.approx(fe.lam) and mv.mu == pytest.approx(fe.mu)
+    np.testing.assert_allclose(mv.mass.sum(), fe.mass.sum() * 1.1 ** 3, rtol=1e-12)
+    with pytest.raises(ValueError, match="vertices: expected shape"):
+        fe.moved(v[:-1])

@@ -601,3 +601,23 @@ def test_dmesh_multiview_loss_chains_face_probabilities_into_rasterize():
         opt.step()
         losses_seen.append(loss.item())
     assert losses_seen[-1] < 0.8 * losses_seen[0]
+
+
+def test_compliance_gradcheck_and_errors():
+    from tigeom.sim import TetElasticity
+    from tigeom.tetmesh import cube_mesh
+
+    v, t = cube_mesh(2, 12, seed=0)
+    fem = TetElasticity(v, t, young=3.0, poisson=0.3)
+    V = torch.tensor(v, requires_grad=True)
+    c = tt.compliance(fem, V, tol=1e-13)
+    assert c.shape == () and c.item() == pytest.approx(fem.compliance(tol=1e-13).value, rel=1e-12)
+    assert torch.autograd.gradcheck(lambda x: tt.compliance(fem, x, tol=1e-13), (V,), eps=1e-6, atol=1e-6,
+                                    rtol=1e-5, fast_mode=True)
+    load = torch.tensor(np.random.default_rng(0).normal(size=v.shape))
+    assert torch.autograd.gradcheck(lambda x: tt.compliance(fem, x, load, tol=1e-13), (V,), eps=1e-6, atol=1e-6,
+                                    rtol=1e-5, fast_mode=True)
+    with pytest.raises(TypeError, match="fem: expected a tigeom.sim.TetElasticity"):
+        tt.compliance(None, V)
+    with pytest.raises(ValueError, match="did not reach tol"), pytest.warns(RuntimeWarning, match="stopped at"):
+        tt.compliance(fem, V, max_iter=2)

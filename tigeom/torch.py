@@ -12,8 +12,8 @@ on a CPU runtime) are read in place, and outputs and gradients are written into 
 ``face_probabilities`` / ``expected_chamfer``: only the call's scalar checks and the count of
 likely faces (and, for "wdt", the positions and weights for the triangulation). ``flow_force``:
 the vertices (the body is checked and placed on the lattice on the host; the flow state stays on
-the device). ``tet_quality``: one flag of the mesh's checks. ``rasterize`` goes through host
-arrays. Tensors elsewhere go through host arrays (see docs/torch.md).
+the device). ``tet_quality``: one flag of the mesh's checks. ``rasterize`` and ``compliance``
+go through host arrays. Tensors elsewhere go through host arrays (see docs/torch.md).
 
     import tigeom.torch as tt
     verts, faces = tt.marching_cubes(values, level=0.0, spacing=(1, 1, 1), origin=(0, 0, 0))
@@ -23,6 +23,7 @@ arrays. Tensors elsewhere go through host arrays (see docs/torch.md).
     loss = tt.expected_chamfer(points, faces, probs, targets)
     force = tt.flow_force(flow, vertices, elements)
     alpha, depth, normal = tt.rasterize(vertices, faces, cams, opacity=probs)
+    c = tt.compliance(fem, vertices)            # fem: tigeom.sim.TetElasticity
     q = tt.tet_quality(vertices, tets)          # dict of per-tet tensors, e.g. q["mean_ratio"]
 """
 
@@ -52,7 +53,7 @@ from .tetmesh.quality import measures_into as _measures_into
 from .tetmesh.quality import measures_vjp_into as _measures_vjp_into
 
 __all__ = ["marching_cubes", "marching_squares", "meshsdf", "face_probabilities", "expected_chamfer", "flow_force",
-           "rasterize", "tet_quality"]
+           "compliance", "rasterize", "tet_quality"]
 
 
 # --------------------------------------------------------------------------- conversions
@@ -852,6 +853,37 @@ class _FlowForce(torch.autograd.Function):
     def backward(ctx, grad_force):
         g = ctx.res.vjp(_host(grad_force).astype(np.float64))
         return _like(g, ctx.meta), None, None, None
+
+
+class _Compliance(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vertices, fem, load, tol, max_iter):
+        c = fem.moved(_host(vertices).astype(np.float64)).compliance(load, tol=tol, max_iter=max_iter)
+        if not c.solve.converged:
+            raise ValueError(f"compliance: the static solve did not reach tol={tol} in {c.solve.iterations} "
+                             "iterations")
+        ctx.grad = c.gradient
+        ctx.meta = _meta(vertices)
+        return torch.tensor(c.value, dtype=vertices.dtype, device=vertices.device)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return _like(ctx.grad, ctx.meta) * grad, None, None, None, None
+
+
+def compliance(fem, vertices: torch.Tensor, load=None, *, tol: float = 1e-10, max_iter: int = 20000) -> torch.Tensor:
+    """The compliance f . u (a 0-d tensor) of ``fem``, a :class:`tigeom.sim.TetElasticity`, with
+    its tets on the positions ``vertices`` (N, 3), differentiable with respect to them
+    (``TetElasticity.compliance``: the clamped vertices and a given ``load`` held fixed, the
+    default gravity load moving with the volumes). Through host arrays; ValueError when the
+    static solve does not reach ``tol`` in ``max_iter`` iterations."""
+    vertices = _tensor(vertices, "vertices")
+    if not (hasattr(fem, "moved") and hasattr(fem, "compliance")):
+        raise TypeError(f"fem: expected a tigeom.sim.TetElasticity, got {type(fem).__name__}")
+    if load is not None:
+        load = _host(load) if isinstance(load, torch.Tensor) else np.asarray(load, np.float64)
+    return _Compliance.apply(vertices, fem, load, float(tol), int(max_iter))
 
 
 def flow_force(flow, vertices: torch.Tensor, elements, *, warm_start: bool = True) -> torch.Tensor:
