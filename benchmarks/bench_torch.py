@@ -408,6 +408,14 @@ def gradchecks(arch, device):
         return a, torch.where(seen, d, torch.zeros_like(d)), n
 
     ok["rasterize"] = gc(rast, (RV, RO), eps=1e-6, atol=1e-5, rtol=1e-4, nondet_tol=dm["nondet_tol"])
+    from tigeom.sim import TetElasticity
+    from tigeom.tetmesh import cube_mesh
+
+    cv, ct = cube_mesh(2, 12, seed=0)
+    fem = TetElasticity(cv, ct, young=3.0, poisson=0.3)
+    CV = torch.tensor(cv, device=device, requires_grad=True)
+    ok["compliance"] = gc(lambda x: tt.compliance(fem, x, tol=1e-13), (CV,), eps=1e-6, atol=1e-6, rtol=1e-5,
+                          fast_mode=True, nondet_tol=dm["nondet_tol"])
     print(f"# gradcheck on {device} tensors (f64): " + ", ".join(f"{k} {v}" for k, v in ok.items()))
 
 
