@@ -9,7 +9,7 @@ import trimesh
 from scipy import ndimage
 
 import tigeom
-from helpers import ARCH
+from helpers import ARCH, render_scene
 from tigeom import render
 
 
@@ -83,15 +83,7 @@ def test_rasterize_agrees_with_a_ray_caster(shape):
 
 
 def _scene():
-    """A semi-transparent pyramid of four faces and a triangle floating in front of it, seen by
-    two cameras (one tilted, one from the side)."""
-    V = np.array([[-0.5, -0.4, 0.0], [0.5, -0.45, 0.05], [0.45, 0.5, -0.02], [-0.48, 0.42, 0.03], [0.0, 0.0, 0.35],
-                  [-0.2, -0.3, 0.6], [0.3, 0.1, 0.55], [-0.1, 0.35, 0.7]])
-    F = np.array([[0, 1, 4], [1, 2, 4], [2, 3, 4], [3, 0, 4], [5, 6, 7]])
-    K = render.orbit_cameras(1, 1, resolution=(20, 24)).K[0]
-    cams = render.Cameras(np.stack([K, K]), np.stack([render.look_at([0.3, -0.2, 2.5], [0, 0, 0.2], [0, 1, 0]),
-                                                      render.look_at([2.2, 0.4, 1.0], [0, 0, 0.2])]), (20, 24))
-    return V, F, cams
+    return render_scene()
 
 
 def _loss_and_grad(V, F, cams, op, seed=0, channels=("alpha", "depth", "normal")):

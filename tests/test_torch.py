@@ -10,6 +10,7 @@ import torch
 
 import tigeom
 import tigeom.torch as tt
+from helpers import render_scene
 from tigeom import dmesh
 from tigeom.dmesh import losses
 from tigeom.sim import Flow2D, Flow3D, meshes, polygons
@@ -542,12 +543,7 @@ def test_rasterize_gradcheck_matches_the_numpy_api_and_checks_input():
     (depth masked where no face is seen, as a loss must), and an opaque mesh."""
     from tigeom import render
 
-    V = np.array([[-0.5, -0.4, 0.0], [0.5, -0.45, 0.05], [0.45, 0.5, -0.02], [-0.48, 0.42, 0.03], [0.0, 0.0, 0.35],
-                  [-0.2, -0.3, 0.6], [0.3, 0.1, 0.55], [-0.1, 0.35, 0.7]])
-    F = np.array([[0, 1, 4], [1, 2, 4], [2, 3, 4], [3, 0, 4], [5, 6, 7]])
-    K = render.orbit_cameras(1, 1, resolution=(12, 14)).K[0]
-    cams = render.Cameras(np.stack([K, K]), np.stack([render.look_at([0.3, -0.2, 2.5], [0, 0, 0.2], [0, 1, 0]),
-                                                      render.look_at([2.2, 0.4, 1.0], [0, 0, 0.2])]), (12, 14))
+    V, F, cams = render_scene((12, 14))
     op = np.array([0.7, 0.9, 0.6, 0.8, 0.5])
     v, o = torch.tensor(V, requires_grad=True), torch.tensor(op, requires_grad=True)
     ref = render.rasterize(V, F, cams, op)
