@@ -60,7 +60,7 @@ class TetElasticity:
         if len(t) == 0:
             raise ValueError("tets: the mesh has no tets")
         self.vertices, self.tets = v, t
-        self.density, self.poisson = density, poisson
+        self.young, self.poisson, self.density = young, poisson, density
         self.lam = young * poisson / ((1 + poisson) * (1 - 2 * poisson))
         self.mu = young / (2 * (1 + poisson))
         n = len(v)
@@ -147,8 +147,7 @@ class TetElasticity:
         v = np.asarray(vertices, np.float64)
         if v.shape != self.vertices.shape:
             raise ValueError(f"vertices: expected shape {self.vertices.shape}, got {v.shape}")
-        young = self.mu * 2 * (1 + self.poisson)
-        return TetElasticity(v, self.tets, young=young, poisson=self.poisson, density=self.density,
+        return TetElasticity(v, self.tets, young=self.young, poisson=self.poisson, density=self.density,
                              clamped=self.clamped)
 
     def compliance(self, load=None, *, tol: float = 1e-10, max_iter: int = 20000) -> Compliance:

@@ -758,10 +758,6 @@ def _work_device() -> torch.device:
     return torch.device("cuda", 0) if runtime.on_gpu() else torch.device("cpu")
 
 
-def _validate_tets(v, t):
-    _validate_mesh(v, t, reorient=False)
-
-
 def _checked_mesh(vertices: torch.Tensor, tets) -> tuple:
     """(vertices (N, 3) float64, tets (M, 4) int32) contiguous on the kernels' device, checked
     there with one synchronisation; on a failure the numpy API's checks raise its error."""
@@ -769,7 +765,7 @@ def _checked_mesh(vertices: torch.Tensor, tets) -> tuple:
     v = vertices.detach().to(device=dev, dtype=torch.float64).contiguous()
     t = (tets.detach() if isinstance(tets, torch.Tensor) else torch.as_tensor(np.asarray(tets)))
     if t.is_floating_point() or t.is_complex() or t.dim() != 2 or t.shape[1] != 4:
-        _validate_tets(_host(v), _host(t) if isinstance(t, torch.Tensor) else t)
+        _validate_mesh(_host(v), _host(t), reorient=False)  # raises the numpy API's error
     t = t.to(device=dev)
     if len(t):
         s = t.sort(dim=1).values
@@ -778,7 +774,7 @@ def _checked_mesh(vertices: torch.Tensor, tets) -> tuple:
     else:
         bad = ~torch.isfinite(v).all().reshape(1)
     if bool(bad.any()):
-        _validate_tets(_host(v), _host(t))
+        _validate_mesh(_host(v), _host(t), reorient=False)
         raise ValueError("vertices, tets: rejected by the checks")  # not reached: the line above raises
     return v, t.to(torch.int32).contiguous()
 

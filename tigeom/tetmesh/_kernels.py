@@ -155,10 +155,9 @@ def _area_grads(G: ti.template(), p: ti.template(), coef):
 
 
 @ti.func
-def _circum_grads(G: ti.template(), u, v, w, coef):
+def _circum_grads(G: ti.template(), u, v, w, N, coef):
     """G += coef * d|N|/dp, N = |u|^2 v x w + |v|^2 w x u + |w|^2 u x v (u, v, w the edges from
     vertex 0), which is 2 det[u, v, w] times the circumcentre's offset from vertex 0."""
-    N = u.norm_sqr() * v.cross(w) + v.norm_sqr() * w.cross(u) + w.norm_sqr() * u.cross(v)
     nn = N.norm()
     if nn > 0.0:
         h = N / nn
@@ -232,7 +231,7 @@ def measures_vjp(V: nd_f64_2, T: nd_i32_2, g: nd_f64_2, gdih: nd_f64_2, out: nd_
                 rr = 108.0 * vol * ti.abs(vol) / an
                 cvol += gr * 216.0 * ti.abs(vol) / an
                 _area_grads(G, p, -gr * rr / area)
-                _circum_grads(G, u, v, w, -gr * rr / N.norm())
+                _circum_grads(G, u, v, w, N, -gr * rr / N.norm())
         gd = ti.Vector([gdih[t, e] for e in ti.static(range(6))], ti.f64)
         _dihedral_grads(G, p, gd)
         # d(volume)/dp: (v x w, w x u, u x v) / 6 for vertices 1-3, minus their sum for vertex 0
